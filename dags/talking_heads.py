@@ -1,0 +1,139 @@
+"""``talking_heads``: a table of portraits and voice clips -> talking-head videos, every row accounted for.
+
+    plan (read table, validate, consult the ledger)
+      -> generate[row] (mapped task group: submit -> wait (deferred) -> download)
+      -> record_outcomes (one line per input row, whatever happened)
+
+Rows are the unit of money: each one's progress is kept under ``{output_root}/state/`` so retries,
+reruns, clears and backfills never pay twice for a row (see ``talking_heads.ledger``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pendulum
+from airflow.sdk import Param, TriggerRule, dag, get_current_context, task, task_group
+from talking_heads.ledger import RowLedger
+from talking_heads.operators import DownloadRowOperator, SubmitRowOperator, WaitRowSensor
+from talking_heads.outcomes import build_outcomes, write_outcomes
+from talking_heads.plan import plan_run, read_input_table
+from talking_heads.storage import OutputLayout
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SAMPLE_TABLE = str(REPO_ROOT / "include" / "sample" / "talking_heads_sample.csv")
+DEFAULT_OUTPUT_ROOT = os.environ.get("TALKING_HEADS_OUTPUT_ROOT", str(REPO_ROOT / "output"))
+
+OUTPUT_ROOT = "{{ params.output_root }}"
+CONN_ID = "{{ params.dashscope_conn_id }}"
+
+
+@dag(
+    dag_id="talking_heads",
+    description="Portraits + voice clips -> DashScope talking-head videos, with per-row outcomes and usage",
+    schedule="@daily",
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    default_args={"retries": 2, "retry_delay": timedelta(seconds=30), "retry_exponential_backoff": True},
+    tags=["dashscope", "video"],
+    params={
+        "input_table": Param(
+            SAMPLE_TABLE, type="string", title="Input table",
+            description="Path or fsspec URL of a .csv or .parquet table (may be a template, e.g. "
+                        "s3://bucket/inputs/{{ ds }}.csv).",
+        ),
+        "output_root": Param(
+            DEFAULT_OUTPUT_ROOT, type="string", title="Output root",
+            description="fsspec URL (file://, s3://, oss://, ...) where videos/, outcomes/ and state/ go.",
+        ),
+        "dashscope_conn_id": Param(
+            "dashscope_default", type="string", title="DashScope connection",
+            description="Connection of type dashscope: host = base URL, password = API key.",
+        ),
+        "max_cost_usd": Param(
+            None, type=["null", "number"], minimum=0, title="Budget cap (USD)",
+            description="Refuse to submit rows whose estimated cost would pass this cap.",
+        ),
+        "dry_run": Param(
+            False, type="boolean", title="Dry run",
+            description="Validate and estimate only; submit nothing.",
+        ),
+        "resubmit_uncertain": Param(
+            False, type="boolean", title="Resubmit uncertain rows",
+            description="Submit again rows whose earlier submission answer was lost. A task may already "
+                        "exist for them, so this can pay twice: only after checking the console.",
+        ),
+        "poll_interval_seconds": Param(
+            15, type="number", minimum=0.1, title="Poll interval (s)",
+            description="Seconds between status queries of one task (the reference suggests 15).",
+        ),
+    },
+    render_template_as_native_obj=False,
+    doc_md=__doc__,
+)
+def talking_heads() -> None:
+    @task(multiple_outputs=True)
+    def plan(params: dict[str, Any], run_id: str) -> dict[str, Any]:
+        """Read and validate the table; decide per row: generate, skip, or fail before any spend."""
+        context = get_current_context()
+        table_url = context["task"].render_template(params["input_table"], context)
+        ledger = RowLedger(params["output_root"])
+        entries = plan_run(
+            read_input_table(table_url), ledger,
+            dry_run=bool(params["dry_run"]), resubmit_uncertain=bool(params["resubmit_uncertain"]),
+        )
+        plan_path = ledger.layout.plan(run_id)
+        plan_path.parent.mkdir(parents=True, exist_ok=True)
+        plan_path.write_text(json.dumps({"input_table": table_url, "rows": entries}))
+        work = [{"row_id": e["row_id"], "request": e["request"]} for e in entries if e["plan"] == "generate"]
+        print(f"Planned {len(entries)} rows from {table_url}: {len(work)} to generate, "
+              f"{len(entries) - len(work)} settled before any spend")
+        return {"work": work, "rows": len(entries)}
+
+    @task_group(group_id="generate")
+    def generate(row: dict[str, Any]) -> None:
+        submit = SubmitRowOperator(
+            task_id="submit", row=row, output_root=OUTPUT_ROOT, dashscope_conn_id=CONN_ID,
+            resubmit_uncertain="{{ params.resubmit_uncertain }}",
+        )
+        wait = WaitRowSensor(
+            task_id="wait", submission=submit.output, output_root=OUTPUT_ROOT, dashscope_conn_id=CONN_ID,
+            poll_interval="{{ params.poll_interval_seconds }}", deferrable=True,
+            timeout=timedelta(hours=23).total_seconds(),
+        )
+        DownloadRowOperator(task_id="download", result=wait.output, output_root=OUTPUT_ROOT)
+
+    @task(trigger_rule=TriggerRule.ALL_DONE)
+    def record_outcomes(params: dict[str, Any], run_id: str) -> dict[str, Any]:
+        """Write one outcome line per input row, whatever happened to its tasks."""
+        layout = OutputLayout(params["output_root"])
+        plan_doc = json.loads(layout.plan(run_id).read_text())
+        frame = build_outcomes(plan_doc["rows"], RowLedger(params["output_root"]), run_id)
+        written = write_outcomes(frame, layout, run_id)
+        counts = frame["status"].value_counts().to_dict()
+        billed = frame[frame["status"] == "succeeded"]
+        summary = {
+            "rows": len(frame),
+            **{s: int(counts.get(s, 0)) for s in ("succeeded", "failed", "skipped")},
+            "seconds": round(float(billed["video_duration"].astype(float).sum()), 2),
+            "cost_usd": round(float(billed["cost_usd"].astype(float).fillna(0).sum()), 6),
+            "cost_unknown_rows": int(billed["cost_usd"].isna().sum()),
+            "videos": str(layout.root / "videos"),
+            "outcomes": written["csv"],
+        }
+        print("OUTCOME SUMMARY " + json.dumps(summary))
+        return summary
+
+    planned = plan()
+    generated = generate.expand(row=planned["work"])
+    outcomes = record_outcomes()
+    generated >> outcomes
+    planned >> outcomes
+
+
+talking_heads()

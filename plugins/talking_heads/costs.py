@@ -1,0 +1,59 @@
+"""Unit prices from the DashScope reference, and the cost of one generated video.
+
+The reference prices emo-v1 per second of output video by aspect ratio (USD on the international
+page, CNY and a free quota on the Chinese page). It gives no unit price for emoji-v1: such costs are
+left unknown (``None``) rather than invented, unless the user supplies a price.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+
+#: (model, video_ratio) -> (USD per second, CNY per second), from reference pages 000 and 001.
+REFERENCE_PRICES: dict[tuple[str, str], tuple[float, float]] = {
+    ("emo-v1", "1:1"): (0.011469, 0.08),
+    ("emo-v1", "3:4"): (0.022937, 0.16),
+}
+
+#: Free quota in seconds of output video, per model (reference page 001).
+FREE_QUOTA_SECONDS: dict[str, float] = {"emo-v1": 1800.0}
+
+#: Users may add or override prices, e.g. for emoji-v1, with a JSON object in this environment
+#: variable (or the Airflow Variable of the same name): {"emoji-v1/standard": [usd, cny]}.
+PRICE_OVERRIDE_ENV = "DASHSCOPE_PRICES"
+
+
+@dataclass(frozen=True)
+class Cost:
+    """The cost of one video; ``None`` means no unit price is known for its model and ratio."""
+
+    usd: float | None
+    cny: float | None
+
+
+def load_prices(overrides_json: str | None = None) -> dict[tuple[str, str], tuple[float, float]]:
+    """Reference prices, updated with user overrides (``"model/ratio": [usd, cny]``)."""
+    prices = dict(REFERENCE_PRICES)
+    raw = overrides_json if overrides_json is not None else os.environ.get(PRICE_OVERRIDE_ENV)
+    if raw:
+        for key, (usd, cny) in json.loads(raw).items():
+            model, _, ratio = key.partition("/")
+            prices[(model, ratio)] = (float(usd), float(cny))
+    return prices
+
+
+def cost_of(
+    model: str,
+    video_ratio: str | None,
+    video_duration: float | None,
+    prices: dict[tuple[str, str], tuple[float, float]] | None = None,
+) -> Cost:
+    """Billed cost = ``usage.video_duration`` x the unit price of ``(model, usage.video_ratio)``."""
+    table = REFERENCE_PRICES if prices is None else prices
+    unit = table.get((model, video_ratio or ""))
+    if unit is None or video_duration is None:
+        return Cost(None, None)
+    usd, cny = unit
+    return Cost(round(video_duration * usd, 6), round(video_duration * cny, 6))

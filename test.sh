@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Runs the whole test suite (creating .venv/ first if needed): lint, then pytest. Extra args go to pytest.
+set -euo pipefail
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+source "$REPO_ROOT/scripts/bootstrap.sh"
+cd "$REPO_ROOT"
+echo "==> ruff"
+ruff check .
+echo "==> pytest"
+exec python -m pytest "$@"
