@@ -1,0 +1,91 @@
+"""Planning against the ledger, and the outcome table: every row ends with exactly one outcome."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from talking_heads.costs import cost_of, load_prices
+from talking_heads.ledger import RowLedger, RowState
+from talking_heads.outcomes import OUTCOME_COLUMNS, build_outcomes, write_outcomes
+from talking_heads.plan import InputTableError, plan_run, read_input_table
+
+ROW = {
+    "model": "emo-v1", "image_url": "http://m/p.png", "audio_url": "http://m/v.wav",
+    "face_bbox": "[10, 10, 50, 50]", "ext_bbox": "[0, 0, 100, 100]", "note": "carried",
+}  # fmt: skip
+
+
+def _frame(*ids: str) -> pd.DataFrame:
+    return pd.DataFrame([{"row_id": i, **ROW} for i in ids])
+
+
+def test_plan_uses_the_ledger_so_no_row_is_paid_twice(tmp_path: Path) -> None:
+    ledger = RowLedger(str(tmp_path))
+    ledger.put(RowState("done", "succeeded", model="emo-v1", task_id="t1", video_uri="file:///v.mp4", run_id="r0"))
+    ledger.put(RowState("lost", "uncertain", model="emo-v1"))
+    ledger.put(RowState("flight", "submitted", model="emo-v1", task_id="t3"))
+    ledger.put(RowState("paid-expired", "failed", model="emo-v1", task_id="t4", billed=True, code="ResultExpired",
+                        message="gone"))
+    ledger.put(RowState("refused", "failed", model="emo-v1", code="InvalidURL", message="bad", billed=False))
+    frame = pd.concat([_frame("done", "lost", "flight", "paid-expired", "refused", "new"),
+                       pd.DataFrame([{"row_id": "bad", **ROW, "model": "nope"}])])
+    plan = plan_run(frame, ledger)
+    by_id = {e["row_id"]: e for e in plan}
+    assert len(plan) == 7
+    assert by_id["done"]["outcome"]["status"] == "skipped"
+    assert by_id["lost"]["outcome"]["code"] == "SubmissionUncertain"
+    assert by_id["paid-expired"]["plan"] == "done"
+    assert by_id["bad"]["outcome"]["code"] == "InvalidInput"
+    assert {k for k, e in by_id.items() if e["plan"] == "generate"} == {"flight", "refused", "new"}
+    assert by_id["new"]["columns"] == {"note": "carried"}
+    assert plan_run(frame, ledger, resubmit_uncertain=True)[1]["plan"] == "generate"
+
+
+def test_dry_run_submits_nothing(tmp_path: Path) -> None:
+    plan = plan_run(_frame("a", "b"), RowLedger(str(tmp_path)), dry_run=True)
+    assert [e["outcome"]["status"] for e in plan] == ["skipped", "skipped"]
+
+
+def test_outcomes_one_line_per_row_with_costs(tmp_path: Path) -> None:
+    ledger = RowLedger(str(tmp_path))
+    plan = plan_run(_frame("ok", "api-failed", "never-ran", "lost"), ledger)
+    ledger.put(RowState("ok", "succeeded", model="emo-v1", task_id="t1", video_uri="u", video_duration=10.0,
+                        video_ratio="3:4", run_id="run1", billed=True))
+    ledger.put(RowState("api-failed", "failed", model="emo-v1", task_id="t2", code="InvalidFile.Resolution",
+                        message="The image resolution is invalid"))
+    ledger.put(RowState("lost", "uncertain", model="emo-v1"))
+    frame = build_outcomes(plan, ledger, "run1")
+    assert list(frame.columns[: len(OUTCOME_COLUMNS)]) == OUTCOME_COLUMNS
+    assert frame["row_id"].tolist() == ["ok", "api-failed", "never-ran", "lost"]
+    assert frame["status"].tolist() == ["succeeded", "failed", "failed", "failed"]
+    assert frame.loc[0, "cost_usd"] == pytest.approx(0.22937)
+    assert frame.loc[0, "cost_cny"] == pytest.approx(1.6)
+    assert frame.loc[1, "code"] == "InvalidFile.Resolution"
+    assert frame.loc[2, "code"] == "Incomplete"
+    assert frame.loc[3, "code"] == "SubmissionUncertain"
+    assert (frame["note"] == "carried").all()
+    written = write_outcomes(frame, ledger.layout, "manual__2026-11-23T10:00:00+00:00")
+    assert written["csv"].endswith("outcomes/manual__2026-11-23T10_00_00_00_00.csv")
+    again = pd.read_parquet(written["parquet"].removeprefix("file://"))
+    assert again["status"].tolist() == frame["status"].tolist()
+
+
+def test_unknown_price_is_left_empty_not_invented() -> None:
+    assert cost_of("emoji-v1", "standard", 3).usd is None
+    prices = load_prices('{"emoji-v1/standard": [0.01, 0.07]}')
+    assert cost_of("emoji-v1", "standard", 3, prices).usd == pytest.approx(0.03)
+
+
+def test_table_errors_name_the_table(tmp_path: Path) -> None:
+    with pytest.raises(InputTableError, match="not found"):
+        read_input_table(str(tmp_path / "missing.csv"))
+    corrupt = tmp_path / "corrupt.parquet"
+    corrupt.write_bytes(b"PAR1 not really")
+    with pytest.raises(InputTableError, match="corrupt.parquet: cannot be read"):
+        read_input_table(str(corrupt))
+    (tmp_path / "t.xlsx").write_text("x")
+    with pytest.raises(InputTableError, match="unsupported format"):
+        read_input_table(str(tmp_path / "t.xlsx"))
