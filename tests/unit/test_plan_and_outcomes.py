@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from talking_heads.costs import cost_of, load_prices
 from talking_heads.ledger import RowLedger, RowState
 from talking_heads.outcomes import OUTCOME_COLUMNS, build_outcomes, write_outcomes
@@ -84,7 +83,7 @@ def test_table_errors_name_the_table(tmp_path: Path) -> None:
         read_input_table(str(tmp_path / "missing.csv"))
     corrupt = tmp_path / "corrupt.parquet"
     corrupt.write_bytes(b"PAR1 not really")
-    with pytest.raises(InputTableError, match="corrupt.parquet: cannot be read"):
+    with pytest.raises(InputTableError, match=r"corrupt\.parquet: cannot be read"):
         read_input_table(str(corrupt))
     (tmp_path / "t.xlsx").write_text("x")
     with pytest.raises(InputTableError, match="unsupported format"):

@@ -6,7 +6,6 @@ import json
 
 import pandas as pd
 import pytest
-
 from talking_heads.validation import validate_frame, validate_records, video_ratio_of
 
 GOOD_EMO = {
