@@ -1,0 +1,110 @@
+"""``talking_heads`` end to end with ``dag.test()``: real Airflow, the emulator over real HTTP.
+
+Both models produce stored, playable videos; every row gets exactly one outcome; a second run of
+the same table pays for nothing (checked against the emulator's own billing log).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from dashscope_emulator import EmulatorServer, make_samples, serve_directory
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+KEY = "sk-dag-test-0123456789"
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict]]:
+    folder = tmp_path_factory.mktemp("media")
+    make_samples(folder)
+    boxes = json.loads((folder / "samples.json").read_text())
+    with serve_directory(folder, port=0) as base_url:
+        yield base_url, boxes
+
+
+@pytest.fixture
+def emulator(monkeypatch: pytest.MonkeyPatch) -> Iterator[EmulatorServer]:
+    with EmulatorServer(api_keys=[KEY], port=0, speed=2000) as emu:
+        monkeypatch.setenv(
+            "AIRFLOW_CONN_DASHSCOPE_DEFAULT",
+            json.dumps({"conn_type": "dashscope", "host": emu.base_url, "password": KEY}),
+        )
+        yield emu
+
+
+def _table(path: Path, media_url: str, boxes: dict) -> Path:
+    def box(name: str, key: str) -> str:
+        return json.dumps(boxes[name][key])
+
+    rows = [
+        {"row_id": "square", "model": "emo-v1", "image_url": f"{media_url}/portrait_square.png",
+         "audio_url": f"{media_url}/voice.wav", "face_bbox": box("portrait_square.png", "face_bbox"),
+         "ext_bbox": box("portrait_square.png", "ext_bbox"), "style_level": "calm", "speaker": "Ada"},
+        {"row_id": "halfbody", "model": "emo-v1", "image_url": f"{media_url}/portrait_halfbody.jpg",
+         "audio_url": f"{media_url}/voice.mp3", "face_bbox": box("portrait_halfbody.jpg", "face_bbox"),
+         "ext_bbox": box("portrait_halfbody.jpg", "ext_bbox"), "speaker": "Ada"},
+        {"row_id": "emoji", "model": "emoji-v1", "image_url": f"{media_url}/portrait_emoji.png",
+         "driven_id": "mengwa_kaixin", "face_bbox": box("portrait_emoji.png", "face_bbox"),
+         "ext_bbox": box("portrait_emoji.png", "ext_bbox"), "speaker": "Ben"},
+        {"row_id": "too-small", "model": "emo-v1", "image_url": f"{media_url}/tiny.png",
+         "audio_url": f"{media_url}/voice.wav", "face_bbox": "[10, 10, 200, 200]",
+         "ext_bbox": "[0, 0, 290, 290]", "speaker": "Cy"},
+        {"row_id": "invalid", "model": "emo-v1", "image_url": f"{media_url}/portrait_square.png",
+         "face_bbox": "[1, 2, 3]", "ext_bbox": "[0, 0, 100, 100]", "speaker": "Dee"},
+    ]  # fmt: skip
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
+def _run(tmp_path: Path, table: Path, output_root: Path, run_id: str) -> pd.DataFrame:
+    from airflow.models.dagbag import DagBag
+
+    dag = DagBag(str(REPO_ROOT / "dags"), include_examples=False).get_dag("talking_heads")
+    conf = {"input_table": str(table), "output_root": str(output_root), "poll_interval_seconds": 0.2}
+    dag.test(run_id=run_id, conf=conf)
+    return pd.read_csv(output_root / "outcomes" / f"{run_id}.csv")
+
+
+def test_dag_generates_both_models_and_never_pays_twice(
+    airflow_db: str, emulator: EmulatorServer, media: tuple[str, dict], tmp_path: Path
+) -> None:
+    media_url, boxes = media
+    table = _table(tmp_path / "table.csv", media_url, boxes)
+    output_root = tmp_path / "out"
+
+    first = _run(tmp_path, table, output_root, "first")
+    status = dict(zip(first["row_id"], first["status"], strict=True))
+    assert status == {"square": "succeeded", "halfbody": "succeeded", "emoji": "succeeded",
+                      "too-small": "failed", "invalid": "failed"}  # fmt: skip
+    by_id = first.set_index("row_id")
+    assert by_id.loc["square", "video_ratio"] == "1:1"
+    assert by_id.loc["halfbody", "video_ratio"] == "3:4"
+    assert by_id.loc["emoji", "video_ratio"] == "standard"
+    assert by_id.loc["too-small", "code"] == "InvalidFile.Resolution"
+    assert "field 'face_bbox'" in by_id.loc["invalid", "message"]
+    assert by_id.loc["square", "speaker"] == "Ada"  # extra columns carried through
+    assert pd.isna(by_id.loc["emoji", "cost_usd"])  # no reference price for emoji-v1: unknown, not invented
+
+    billing = {b["task_id"]: b for b in emulator.billing()}
+    assert len(billing) == 3
+    for row_id in ("square", "halfbody", "emoji"):
+        line = by_id.loc[row_id]
+        bill = billing[line["task_id"]]
+        assert float(line["video_duration"]) == pytest.approx(float(bill["video_duration"]))
+        video = output_root / "videos" / f"{row_id}.mp4"
+        assert video.stat().st_size == int(line["video_bytes"]) > 1000
+        assert video.read_bytes()[4:8] == b"ftyp"  # an MP4 container
+    expected_usd = round(float(by_id.loc["square", "video_duration"]) * 0.011469, 6)
+    assert float(by_id.loc["square", "cost_usd"]) == pytest.approx(expected_usd)
+    submitted = [r for r in emulator.request_log() if r["method"] == "POST" and r["path"].endswith("video-synthesis")]
+    assert len(submitted) == 4  # the invalid row never reached the service
+
+    second = _run(tmp_path, table, output_root, "second")
+    assert dict(zip(second["row_id"], second["status"], strict=True))["square"] == "skipped"
+    assert len(emulator.billing()) == 3  # nothing paid twice
