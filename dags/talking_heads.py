@@ -18,6 +18,7 @@ from typing import Any
 
 import pendulum
 from airflow.sdk import Param, TriggerRule, dag, get_current_context, task, task_group
+from talking_heads.assets import OUTCOMES, VIDEOS
 from talking_heads.ledger import RowLedger
 from talking_heads.operators import DownloadRowOperator, SubmitRowOperator, WaitRowSensor
 from talking_heads.outcomes import build_outcomes, write_outcomes
@@ -108,8 +109,8 @@ def talking_heads() -> None:
         )
         DownloadRowOperator(task_id="download", result=wait.output, output_root=OUTPUT_ROOT)
 
-    @task(trigger_rule=TriggerRule.ALL_DONE)
-    def record_outcomes(params: dict[str, Any], run_id: str) -> dict[str, Any]:
+    @task(trigger_rule=TriggerRule.ALL_DONE, outlets=[OUTCOMES, VIDEOS])
+    def record_outcomes(params: dict[str, Any], run_id: str, outlet_events: Any = None) -> dict[str, Any]:
         """Write one outcome line per input row, whatever happened to its tasks."""
         layout = OutputLayout(params["output_root"])
         plan_doc = json.loads(layout.plan(run_id).read_text())
@@ -126,6 +127,8 @@ def talking_heads() -> None:
             "videos": str(layout.root / "videos"),
             "outcomes": written["csv"],
         }
+        for asset in (OUTCOMES, VIDEOS):
+            outlet_events[asset].extra = {"output_root": params["output_root"], "run_id": run_id}
         print("OUTCOME SUMMARY " + json.dumps(summary))
         return summary
 

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from dashscope_emulator import EmulatorServer, make_samples, serve_directory
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

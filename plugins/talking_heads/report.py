@@ -1,0 +1,150 @@
+"""The cost report: every outcome table under an ``output_root`` -> ``reports/`` (CSV + one HTML page).
+
+Billed usage is counted once per DashScope task: a row generated in one run shows as ``skipped`` in
+later runs and is not counted again; a row regenerated on purpose is a second task and is.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+
+from talking_heads.costs import FREE_QUOTA_SECONDS, cost_of, load_prices
+from talking_heads.storage import as_storage_path
+
+
+@dataclass
+class CostReport:
+    """Aggregates of one ``output_root``; each frame is also written as a CSV under ``reports/``."""
+
+    by_model_ratio: pd.DataFrame
+    by_day: pd.DataFrame
+    free_quota: pd.DataFrame
+    failures: pd.DataFrame
+    billed: pd.DataFrame
+
+
+def read_outcomes(output_root: str) -> pd.DataFrame:
+    """All outcome tables under ``output_root/outcomes/`` (Parquet preferred, CSV when alone)."""
+    folder = as_storage_path(output_root) / "outcomes"
+    if not folder.exists():
+        return pd.DataFrame()
+    files = {p.stem: p for p in folder.iterdir() if p.suffix == ".csv"}
+    files |= {p.stem: p for p in folder.iterdir() if p.suffix == ".parquet"}
+    frames = []
+    for stem, path in sorted(files.items()):
+        with path.open("rb") as handle:
+            frame = pd.read_parquet(handle) if path.suffix == ".parquet" else pd.read_csv(handle)
+        frames.append(frame.assign(outcome_file=stem))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def _day_of(frame: pd.DataFrame) -> pd.Series:
+    # Runs are named with their logical date (manual__2026-11-23T..., scheduled__..., backfill__...).
+    text = frame.get("run_id", frame["outcome_file"]).astype(str)
+    return text.str.extract(r"(\d{4}-\d{2}-\d{2})", expand=False).fillna("unknown")
+
+
+def build_report(outcomes: pd.DataFrame, prices_json: str | None = None) -> CostReport:
+    """Per model and ratio: videos, seconds billed, USD, CNY; per day; free quota; failures by code."""
+    prices = load_prices(prices_json)
+    empty = pd.DataFrame(columns=["model", "video_ratio", "videos", "seconds", "cost_usd", "cost_cny"])
+    if outcomes.empty:
+        return CostReport(empty, empty.assign(day=[]), pd.DataFrame(), pd.DataFrame(), outcomes)
+    billed = outcomes[outcomes["status"] == "succeeded"].drop_duplicates("task_id").copy()
+    billed["video_duration"] = billed["video_duration"].astype(float)
+    costs = [cost_of(m, r, d, prices) for m, r, d in
+             zip(billed["model"], billed["video_ratio"], billed["video_duration"], strict=True)]
+    billed["cost_usd"] = [c.usd for c in costs]
+    billed["cost_cny"] = [c.cny for c in costs]
+    billed["day"] = _day_of(billed)
+
+    def aggregate(keys: list[str]) -> pd.DataFrame:
+        grouped = billed.groupby(keys, dropna=False)
+        table = grouped.agg(videos=("task_id", "count"), seconds=("video_duration", "sum")).reset_index()
+        # min_count=1 keeps "no known price" as empty instead of 0.
+        for column in ("cost_usd", "cost_cny"):
+            table[column] = grouped[column].sum(min_count=1).values
+        return table
+
+    quota = []
+    for model, seconds in billed.groupby("model")["video_duration"].sum().items():
+        free = FREE_QUOTA_SECONDS.get(str(model))
+        if free is not None:
+            quota.append({"model": model, "free_seconds": free, "used_seconds": round(seconds, 3),
+                          "left_seconds": round(max(free - seconds, 0.0), 3)})
+    failed = outcomes[outcomes["status"] == "failed"]
+    failures = (failed.groupby(["model", "code"], dropna=False).size().reset_index(name="rows")
+                if not failed.empty else pd.DataFrame(columns=["model", "code", "rows"]))
+    return CostReport(aggregate(["model", "video_ratio"]), aggregate(["day", "model", "video_ratio"]),
+                      pd.DataFrame(quota), failures, billed)
+
+
+def _chart_png(report: CostReport) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 3.6), dpi=110)
+    by_day = report.by_day.assign(series=report.by_day["model"] + " " + report.by_day["video_ratio"].astype(str))
+    pivot = by_day.pivot_table(index="day", columns="series", values="cost_usd", aggfunc="sum").fillna(0)
+    if pivot.empty:
+        ax.text(0.5, 0.5, "no billed videos yet", ha="center", va="center", transform=ax.transAxes)
+    else:
+        pivot.plot.bar(stacked=True, ax=ax, rot=0, width=0.7)
+        ax.set_ylabel("USD")
+        ax.legend(title="model / ratio", fontsize=8)
+    ax.set_title("Cost per day, stacked by model and video ratio")
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def render_html(report: CostReport, title: str) -> str:
+    """One self-contained page (the chart is an inline PNG): totals first, then the tables."""
+    usd = report.by_model_ratio["cost_usd"].sum(min_count=1)
+    cny = report.by_model_ratio["cost_cny"].sum(min_count=1)
+    seconds = report.by_model_ratio["seconds"].sum()
+    unknown = report.billed["cost_usd"].isna().sum() if not report.billed.empty else 0
+
+    def table(frame: pd.DataFrame) -> str:
+        return frame.to_html(index=False, na_rep="unknown", float_format=lambda v: f"{v:,.4f}", border=0)
+
+    chart = base64.b64encode(_chart_png(report)).decode()
+    note = f" ({unknown} videos have no known unit price and are not in the totals)" if unknown else ""
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>body{{font-family:system-ui,sans-serif;margin:2em;color:#222}}
+table{{border-collapse:collapse;margin:.5em 0 1.5em}}
+td,th{{padding:.25em .8em;border-bottom:1px solid #ddd;text-align:right}}th{{background:#f4f4f4}}
+.big{{font-size:1.6em;font-weight:600}}</style></head><body>
+<h1>{html.escape(title)}</h1>
+<p class="big">{len(report.billed)} videos · {seconds:,.2f} s billed · USD {0 if pd.isna(usd) else usd:,.4f}
+ · CNY {0 if pd.isna(cny) else cny:,.2f}</p><p>{html.escape(note)}</p>
+<img alt="cost per day by ratio" src="data:image/png;base64,{chart}">
+<h2>By model and video ratio</h2>{table(report.by_model_ratio)}
+<h2>Free quota</h2>{table(report.free_quota)}
+<h2>By day</h2>{table(report.by_day)}
+<h2>Failures by API code</h2>{table(report.failures)}
+<p>Seconds are the service's <code>usage.video_duration</code>, counted once per task; prices are the
+reference's unit prices per second of output video.</p></body></html>"""
+
+
+def write_report(output_root: str, prices_json: str | None = None) -> dict[str, Any]:
+    """Build the report for ``output_root`` and write ``reports/*.csv`` and ``reports/cost_report.html``."""
+    report = build_report(read_outcomes(output_root), prices_json)
+    folder = as_storage_path(output_root) / "reports"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("by_model_ratio", "by_day", "free_quota", "failures"):
+        (folder / f"{name}.csv").write_text(getattr(report, name).to_csv(index=False))
+    (folder / "cost_report.html").write_text(render_html(report, "DashScope cost report"))
+    return {"reports": str(folder), "videos": len(report.billed),
+            "seconds": float(report.by_model_ratio["seconds"].sum()),
+            "cost_usd": float(report.by_model_ratio["cost_usd"].sum(min_count=1) or 0)}

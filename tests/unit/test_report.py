@@ -1,0 +1,56 @@
+"""The cost report counts each billed task once, prices it by ratio, and never invents a price."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from talking_heads.report import build_report, read_outcomes, write_report
+
+
+def _outcomes(root: Path, run: str, rows: list[dict]) -> None:
+    (root / "outcomes").mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).assign(run_id=run).to_csv(root / "outcomes" / f"{run}.csv", index=False)
+
+
+def test_report_totals(tmp_path: Path) -> None:
+    _outcomes(tmp_path, "manual__2026-11-01T00:00:00", [
+        {"row_id": "a", "model": "emo-v1", "status": "succeeded", "task_id": "t1", "video_duration": 10.0,
+         "video_ratio": "1:1"},
+        {"row_id": "b", "model": "emo-v1", "status": "succeeded", "task_id": "t2", "video_duration": 4.5,
+         "video_ratio": "3:4"},
+        {"row_id": "c", "model": "emoji-v1", "status": "succeeded", "task_id": "t3", "video_duration": 3,
+         "video_ratio": "standard"},
+        {"row_id": "d", "model": "emo-v1", "status": "failed", "code": "InvalidURL"},
+    ])  # fmt: skip
+    _outcomes(tmp_path, "scheduled__2026-11-02T00:00:00", [
+        {"row_id": "a", "model": "emo-v1", "status": "skipped", "task_id": "t1", "video_duration": 10.0,
+         "video_ratio": "1:1"},
+        {"row_id": "e", "model": "emo-v1", "status": "succeeded", "task_id": "t4", "video_duration": 2.0,
+         "video_ratio": "1:1"},
+    ])  # fmt: skip
+    report = build_report(read_outcomes(str(tmp_path)))
+    table = report.by_model_ratio.set_index(["model", "video_ratio"])
+    assert table.loc[("emo-v1", "1:1"), "videos"] == 2
+    assert table.loc[("emo-v1", "1:1"), "seconds"] == pytest.approx(12.0)
+    assert table.loc[("emo-v1", "1:1"), "cost_usd"] == pytest.approx(12 * 0.011469)
+    assert table.loc[("emo-v1", "3:4"), "cost_cny"] == pytest.approx(4.5 * 0.16)
+    assert pd.isna(table.loc[("emoji-v1", "standard"), "cost_usd"])
+    quota = report.free_quota.set_index("model")
+    assert quota.loc["emo-v1", "left_seconds"] == pytest.approx(1800 - 16.5)
+    assert report.failures.to_dict("records") == [{"model": "emo-v1", "code": "InvalidURL", "rows": 1}]
+    assert sorted(report.by_day["day"].unique()) == ["2026-11-01", "2026-11-02"]
+
+    result = write_report(str(tmp_path))
+    page = (tmp_path / "reports" / "cost_report.html").read_text()
+    assert "data:image/png;base64," in page and "19.50 s billed" in page
+    assert (tmp_path / "reports" / "by_model_ratio.csv").exists()
+    assert result["videos"] == 4
+
+
+def test_empty_root_gives_an_empty_report(tmp_path: Path) -> None:
+    result = write_report(str(tmp_path))
+    assert result["videos"] == 0
+    assert "no billed videos yet" not in (tmp_path / "reports" / "by_model_ratio.csv").read_text()
