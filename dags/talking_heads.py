@@ -69,6 +69,12 @@ CONN_ID = "{{ params.dashscope_conn_id }}"
             description="Submit again rows whose earlier submission answer was lost. A task may already "
                         "exist for them, so this can pay twice: only after checking the console.",
         ),
+        "preflight_checks": Param(
+            True, type="boolean", title="Pre-flight media checks",
+            description="Fetch each image's header and each voice clip before submitting, to fail rows the "
+                        "service would refuse (format, 400..7000 px, WAV/MP3 <= 15 MB and 60 s). Turn off "
+                        "for stores that refuse range requests.",
+        ),
         "poll_interval_seconds": Param(
             15, type="number", minimum=0.1, title="Poll interval (s)",
             description="Seconds between status queries of one task (the reference suggests 15).",
@@ -87,6 +93,7 @@ def talking_heads() -> None:
         entries = plan_run(
             read_input_table(table_url), ledger,
             dry_run=bool(params["dry_run"]), resubmit_uncertain=bool(params["resubmit_uncertain"]),
+            preflight=bool(params["preflight_checks"]), max_cost_usd=params["max_cost_usd"],
         )
         plan_path = ledger.layout.plan(run_id)
         plan_path.parent.mkdir(parents=True, exist_ok=True)

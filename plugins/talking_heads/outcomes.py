@@ -17,7 +17,7 @@ from talking_heads.storage import OutputLayout
 #: The contract's columns, in order; the input's extra columns follow them.
 OUTCOME_COLUMNS = [
     "row_id", "model", "status", "task_id", "code", "message", "video_uri", "video_duration",
-    "video_ratio", "cost_usd", "cost_cny", "video_bytes", "video_sha256", "run_id",
+    "video_ratio", "cost_usd", "cost_cny", "estimated_cost_usd", "video_bytes", "video_sha256", "run_id",
 ]  # fmt: skip
 
 UNCERTAIN_CODE = "SubmissionUncertain"
@@ -53,7 +53,8 @@ def build_outcomes(plan: list[dict[str, Any]], ledger: RowLedger, run_id: str) -
     prices = load_prices()
     lines = []
     for entry in plan:
-        line: dict[str, Any] = {"row_id": entry.get("row_id"), "model": entry.get("model"), "run_id": run_id}
+        line: dict[str, Any] = {"row_id": entry.get("row_id"), "model": entry.get("model"), "run_id": run_id,
+                                "estimated_cost_usd": entry.get("estimated_cost_usd")}
         if entry["plan"] == "generate":
             line.update(outcome_from_state(ledger.get(entry["row_id"]), run_id))
         else:

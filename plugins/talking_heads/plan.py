@@ -12,10 +12,14 @@ from typing import Any
 
 import pandas as pd
 
+from talking_heads.costs import cost_of, load_prices
 from talking_heads.ledger import RowLedger
 from talking_heads.outcomes import UNCERTAIN_CODE
+from talking_heads.preflight import MediaCheck, check_media, media_problem
 from talking_heads.storage import as_storage_path
-from talking_heads.validation import KNOWN_COLUMNS, VALIDATION_CODE, validate_frame
+from talking_heads.validation import KNOWN_COLUMNS, VALIDATION_CODE, RowRequest, validate_frame
+
+PREFLIGHT_CODE = "PreflightCheck"
 
 
 class InputTableError(ValueError):
@@ -52,11 +56,15 @@ def plan_run(
     *,
     dry_run: bool = False,
     resubmit_uncertain: bool = False,
+    preflight: bool = False,
+    max_cost_usd: float | None = None,
 ) -> list[dict[str, Any]]:
     """One plan entry per input row, in table order.
 
     Each entry has ``row_id``, ``model``, ``plan`` (``generate``/``done``), ``columns`` (the extra
     input columns, carried through), and either ``request`` (to generate) or ``outcome`` (final).
+    With ``preflight``, the media of rows to generate are checked first (see :mod:`preflight`);
+    with ``max_cost_usd``, rows are admitted in table order while the estimated total stays within it.
     """
     try:
         valid, rejected = validate_frame(frame)
@@ -88,9 +96,43 @@ def plan_run(
             entry |= {"plan": "done", "outcome": {
                 "status": "failed", "code": state.code, "task_id": state.task_id, "message":
                 f"{state.message} (already billed; not generated again)"}}
-        elif dry_run:
-            entry |= {"plan": "done", "outcome": {"status": "skipped", "message": "dry run: would submit"}}
         else:
             entry |= {"plan": "generate", "request": request.model_dump()}
         entries[index] = entry
+    _admit(entries, preflight=preflight, max_cost_usd=max_cost_usd, dry_run=dry_run)
     return [{**entries[i], "columns": extras[i]} for i in range(len(records))]
+
+
+def _admit(entries: dict[int, dict[str, Any]], *, preflight: bool, max_cost_usd: float | None, dry_run: bool) -> None:
+    """Pre-flight checks, cost estimates, the budget cap and dry runs, over the rows to generate."""
+    to_generate = [i for i in sorted(entries) if entries[i]["plan"] == "generate"]
+    requests_ = {i: RowRequest(**entries[i]["request"]) for i in to_generate}
+    needs_audio = preflight or max_cost_usd is not None or dry_run
+    checks: dict[str, MediaCheck] = {}
+    if needs_audio and requests_:
+        checks = check_media(requests_.values(), images=preflight)
+    prices = load_prices()
+    committed = 0.0
+    for i in to_generate:
+        request, entry = requests_[i], entries[i]
+        problem = media_problem(request, checks) if preflight else None
+        if problem:
+            entry.pop("request")
+            entry |= {"plan": "done", "outcome": {
+                "status": "failed", "code": PREFLIGHT_CODE,
+                "message": f"row {i} (row_id {request.row_id!r}): {problem}"}}
+            continue
+        seconds = checks[request.audio_url].seconds if request.audio_url in checks else None
+        estimate = cost_of(request.model, request.expected_ratio, seconds, prices).usd
+        entry["estimated_cost_usd"] = estimate
+        if dry_run:
+            entry.pop("request")
+            shown = "unknown" if estimate is None else f"USD {estimate:.4f}"
+            entry |= {"plan": "done", "outcome": {"status": "skipped", "message": f"dry run: would submit ({shown})"}}
+        elif max_cost_usd is not None and estimate is not None and committed + estimate > max_cost_usd + 1e-9:
+            entry.pop("request")
+            entry |= {"plan": "done", "outcome": {"status": "skipped", "message":
+                      f"budget: estimated USD {estimate:.4f} would pass max_cost_usd {max_cost_usd:g} "
+                      f"(USD {committed:.4f} already committed in this run)"}}
+        else:
+            committed += estimate or 0.0

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from talking_heads.report import build_report, read_outcomes, write_report
 
 
