@@ -93,6 +93,19 @@ class RowLedger:
         except FileNotFoundError:
             return None
 
+    def get_many(self, row_ids: list[str]) -> dict[str, RowState]:
+        """States of the given rows that have one: one listing of ``state/``, then one read per hit
+        (a 10,000-row table on an object store costs a LIST, not 10,000 GETs)."""
+        folder = self.layout.root / "state"
+        if not folder.exists():
+            return {}
+        present = {p.name.removesuffix(".json") for p in folder.iterdir() if p.name.endswith(".json")}
+        found = {}
+        for row_id in row_ids:
+            if row_id in present and (state := self.get(row_id)) is not None:
+                found[row_id] = state
+        return found
+
     def put(self, record: RowState) -> RowState:
         _write_atomically(self.layout.state(record.row_id), record.to_json())
         return record

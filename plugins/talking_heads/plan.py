@@ -79,9 +79,10 @@ def plan_run(
             "row_id": rejection.row_id, "model": record.get("model"), "plan": "done",
             "outcome": {"status": "failed", "code": VALIDATION_CODE, "message": rejection.message},
         }
+    states = ledger.get_many([request.row_id for _, request in valid])
     for index, request in valid:
         entry: dict[str, Any] = {"row_id": request.row_id, "model": request.model}
-        state = ledger.get(request.row_id)
+        state = states.get(request.row_id)
         if state is not None and state.state == "succeeded":
             entry |= {"plan": "done", "outcome": {
                 "status": "skipped", "task_id": state.task_id, "video_uri": state.video_uri,

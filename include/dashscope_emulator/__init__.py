@@ -1,0 +1,50 @@
+"""A local emulator of Alibaba Cloud DashScope's talking-head video API (``emo-v1``, ``emoji-v1``).
+
+Use it where the real service can't be reached (tests, demos, CI)::
+
+    from dashscope_emulator import EmulatorServer, make_samples, serve_directory
+
+    with EmulatorServer(api_keys=["sk-test"], speed=1000) as emu:
+        ...  # point a DashScope client at emu.base_url
+
+See :mod:`dashscope_emulator.server` for what is emulated and how, and ``python -m dashscope_emulator
+--help`` for the command line.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from dashscope_emulator.server import (
+    DEFAULT_API_KEY,
+    EMOJI_TEMPLATES,
+    EmulatorServer,
+    emoji_template_seconds,
+    key_fingerprint,
+    run_seconds,
+    serve_directory,
+)
+
+if TYPE_CHECKING:
+    from dashscope_emulator.samples import make_samples
+
+__all__ = [
+    "DEFAULT_API_KEY",
+    "EMOJI_TEMPLATES",
+    "EmulatorServer",
+    "emoji_template_seconds",
+    "key_fingerprint",
+    "make_samples",
+    "run_seconds",
+    "serve_directory",
+]
+
+
+def __getattr__(name: str) -> Any:
+    # Imported lazily: `python -m dashscope_emulator.samples` would otherwise import the module twice
+    # (once through this package, once as __main__), and numpy is only needed for the samples.
+    if name == "make_samples":
+        from dashscope_emulator.samples import make_samples
+
+        return make_samples
+    raise AttributeError(f"module 'dashscope_emulator' has no attribute {name!r}")
