@@ -14,7 +14,6 @@ import tracemalloc
 from pathlib import Path
 
 import pandas as pd
-
 from talking_heads.ledger import RowLedger
 from talking_heads.plan import plan_run, read_input_table
 
