@@ -84,8 +84,8 @@ CONN_ID = "{{ params.dashscope_conn_id }}"
     doc_md=__doc__,
 )
 def talking_heads() -> None:
-    @task(multiple_outputs=True)
-    def plan(params: dict[str, Any], run_id: str) -> dict[str, Any]:
+    @task
+    def plan(params: dict[str, Any], run_id: str) -> list[dict[str, Any]]:
         """Read and validate the table; decide per row: generate, skip, or fail before any spend."""
         context = get_current_context()
         table_url = context["task"].render_template(params["input_table"], context)
@@ -101,7 +101,7 @@ def talking_heads() -> None:
         work = [{"row_id": e["row_id"], "request": e["request"]} for e in entries if e["plan"] == "generate"]
         print(f"Planned {len(entries)} rows from {table_url}: {len(work)} to generate, "
               f"{len(entries) - len(work)} settled before any spend")
-        return {"work": work, "rows": len(entries)}
+        return work
 
     @task_group(group_id="generate")
     def generate(row: dict[str, Any]) -> None:
@@ -140,7 +140,7 @@ def talking_heads() -> None:
         return summary
 
     planned = plan()
-    generated = generate.expand(row=planned["work"])
+    generated = generate.expand(row=planned)
     outcomes = record_outcomes()
     generated >> outcomes
     planned >> outcomes

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
@@ -54,6 +55,10 @@ def _table(path: Path, media_url: str, boxes: dict) -> Path:
         {"row_id": "too-small", "model": "emo-v1", "image_url": f"{media_url}/tiny.png",
          "audio_url": f"{media_url}/voice.wav", "face_bbox": "[10, 10, 200, 200]",
          "ext_bbox": "[0, 0, 290, 290]", "speaker": "Cy"},
+        {"row_id": "face-pose", "model": "emo-v1",
+         "image_url": f"{media_url}/portrait_square.png?emulator_error=InvalidFile.FacePose",
+         "audio_url": f"{media_url}/voice.wav", "face_bbox": box("portrait_square.png", "face_bbox"),
+         "ext_bbox": box("portrait_square.png", "ext_bbox"), "speaker": "Eve"},
         {"row_id": "invalid", "model": "emo-v1", "image_url": f"{media_url}/portrait_square.png",
          "face_bbox": "[1, 2, 3]", "ext_bbox": "[0, 0, 100, 100]", "speaker": "Dee"},
     ]  # fmt: skip
@@ -61,13 +66,15 @@ def _table(path: Path, media_url: str, boxes: dict) -> Path:
     return path
 
 
-def _run(tmp_path: Path, table: Path, output_root: Path, run_id: str) -> pd.DataFrame:
-    from airflow.models.dagbag import DagBag
+def _run(table: Path, output_root: Path, day: int) -> pd.DataFrame:
+    from airflow.dag_processing.dagbag import DagBag
 
-    dag = DagBag(str(REPO_ROOT / "dags"), include_examples=False).get_dag("talking_heads")
+    from talking_heads.storage import safe_name
+
+    dag = DagBag(str(REPO_ROOT / "dags")).get_dag("talking_heads")
     conf = {"input_table": str(table), "output_root": str(output_root), "poll_interval_seconds": 0.2}
-    dag.test(run_id=run_id, conf=conf)
-    return pd.read_csv(output_root / "outcomes" / f"{run_id}.csv")
+    run = dag.test(logical_date=datetime(2026, 11, day, tzinfo=UTC), run_conf=conf)
+    return pd.read_csv(output_root / "outcomes" / f"{safe_name(run.run_id)}.csv")
 
 
 def test_dag_generates_both_models_and_never_pays_twice(
@@ -77,15 +84,18 @@ def test_dag_generates_both_models_and_never_pays_twice(
     table = _table(tmp_path / "table.csv", media_url, boxes)
     output_root = tmp_path / "out"
 
-    first = _run(tmp_path, table, output_root, "first")
+    first = _run(table, output_root, 1)
     status = dict(zip(first["row_id"], first["status"], strict=True))
     assert status == {"square": "succeeded", "halfbody": "succeeded", "emoji": "succeeded",
-                      "too-small": "failed", "invalid": "failed"}  # fmt: skip
+                      "too-small": "failed", "face-pose": "failed", "invalid": "failed"}  # fmt: skip
     by_id = first.set_index("row_id")
     assert by_id.loc["square", "video_ratio"] == "1:1"
     assert by_id.loc["halfbody", "video_ratio"] == "3:4"
     assert by_id.loc["emoji", "video_ratio"] == "standard"
-    assert by_id.loc["too-small", "code"] == "InvalidFile.Resolution"
+    assert by_id.loc["too-small", "code"] == "PreflightCheck"  # caught before any spend
+    assert "field 'image_url'" in by_id.loc["too-small", "message"]
+    assert by_id.loc["face-pose", "code"] == "InvalidFile.FacePose"  # the service's own verdict
+    assert by_id.loc["face-pose", "message"].startswith("The pose of the detected face is invalid")
     assert "field 'face_bbox'" in by_id.loc["invalid", "message"]
     assert by_id.loc["square", "speaker"] == "Ada"  # extra columns carried through
     assert pd.isna(by_id.loc["emoji", "cost_usd"])  # no reference price for emoji-v1: unknown, not invented
@@ -102,8 +112,8 @@ def test_dag_generates_both_models_and_never_pays_twice(
     expected_usd = round(float(by_id.loc["square", "video_duration"]) * 0.011469, 6)
     assert float(by_id.loc["square", "cost_usd"]) == pytest.approx(expected_usd)
     submitted = [r for r in emulator.request_log() if r["method"] == "POST" and r["path"].endswith("video-synthesis")]
-    assert len(submitted) == 4  # the invalid row never reached the service
+    assert len(submitted) == 4  # the invalid and the undersized rows never reached the service
 
-    second = _run(tmp_path, table, output_root, "second")
+    second = _run(table, output_root, 2)
     assert dict(zip(second["row_id"], second["status"], strict=True))["square"] == "skipped"
     assert len(emulator.billing()) == 3  # nothing paid twice
