@@ -17,9 +17,11 @@ import threading
 
 from dashscope_emulator.server import EmulatorServer
 
+DESCRIPTION = "A local emulator of the DashScope video-synthesis API (emo-v1, emoji-v1), for tests and demos."
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m dashscope_emulator", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m dashscope_emulator", description=DESCRIPTION)
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="port (0 = any free port; default 8000)")
     parser.add_argument(

@@ -11,8 +11,10 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import shutil
 import struct
 import subprocess
+import tempfile
 import threading
 import urllib.error
 import urllib.request
@@ -193,15 +195,27 @@ class Renderer:
             if target.exists():
                 return target
             with self._slots:
-                self._render(job, key, target)
+                self._render(job, target)
+            with self._locks_guard:
                 self.renders += 1
         return target
 
-    def _render(self, job: RenderJob, key: str, target: Path) -> None:
+    def _render(self, job: RenderJob, target: Path) -> None:
+        # A private scratch folder per render: emulators in other processes may share the cache folder.
+        scratch = Path(tempfile.mkdtemp(prefix="render-", dir=self.cache_dir))
+        try:
+            self._run_ffmpeg(job, scratch)
+            # Rename last: a reader never sees a half-written video under the cached name.
+            (scratch / "out.mp4").replace(target)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    @staticmethod
+    def _run_ffmpeg(job: RenderJob, scratch: Path) -> None:
         from PIL import Image, ImageOps
 
         width, height = OUTPUT_SIZES[job.ratio]
-        frame_path = self.cache_dir / f"{key}.frame.png"
+        frame_path = scratch / "frame.png"
         with Image.open(io.BytesIO(job.image)) as image:
             crop = image.convert("RGB").crop(job.ext_bbox)
         # Fit (center-crop to the aspect, then scale): 512x704 is not exactly 3:4, so a plain resize
@@ -216,30 +230,18 @@ class Renderer:
             f"x='(iw-ow)/2*(1+sin(2*PI*t/{period}))':"
             f"y='(ih-oh)/2*(1+sin(2*PI*t/{period * 1.3:.2f}+1))',format=yuv420p"
         )
-        duration = f"{max(job.duration, 0.1):.3f}"
         cmd = [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y",
                "-loop", "1", "-framerate", str(RENDER_FPS), "-i", str(frame_path)]  # fmt: skip
         if job.audio is not None:
-            audio_path = self.cache_dir / f"{key}.input.{job.audio_kind or 'wav'}"
+            audio_path = scratch / f"audio.{job.audio_kind or 'wav'}"
             audio_path.write_bytes(job.audio)
-            cmd += ["-i", str(audio_path)]
-        cmd += ["-vf", sway, "-t", duration, "-c:v", "libx264", "-preset", "ultrafast", "-tune", "stillimage",
-                "-r", str(RENDER_FPS)]  # fmt: skip
-        cmd += (
-            ["-map", "0:v", "-map", "1:a", "-c:a", "aac", "-b:a", "96k"] if job.audio is not None else ["-an"]
-        )
-        partial = target.with_suffix(".part.mp4")
-        cmd += ["-movflags", "+faststart", str(partial)]
-        try:
-            result = subprocess.run(cmd, capture_output=True, timeout=300, check=False)
-        finally:
-            frame_path.unlink(missing_ok=True)
-            if job.audio is not None:
-                (self.cache_dir / f"{key}.input.{job.audio_kind or 'wav'}").unlink(missing_ok=True)
+            cmd += ["-i", str(audio_path), "-map", "0:v", "-map", "1:a", "-c:a", "aac", "-b:a", "96k"]
+        else:
+            cmd += ["-an"]
+        cmd += ["-vf", sway, "-t", f"{max(job.duration, 0.1):.3f}", "-r", str(RENDER_FPS),
+                "-c:v", "libx264", "-preset", "ultrafast", "-tune", "stillimage",
+                "-movflags", "+faststart", str(scratch / "out.mp4")]  # fmt: skip
+        result = subprocess.run(cmd, capture_output=True, timeout=300, check=False)
         if result.returncode != 0:
-            partial.unlink(missing_ok=True)
-            raise MediaError(
-                f"ffmpeg failed ({result.returncode}): {result.stderr.decode(errors='replace')[-500:]}"
-            )
-        # Rename last: a reader never sees a half-written video under the cached name.
-        partial.replace(target)
+            tail = result.stderr.decode(errors="replace")[-500:]
+            raise MediaError(f"ffmpeg failed ({result.returncode}): {tail}")

@@ -17,13 +17,17 @@ messages verbatim) and adds what the pages describe but a unit test can't reach 
 * **Results.** A real MP4 (:mod:`.media`), served at a signed URL
   ``/results/{task_id}.mp4?Expires=..&OSSAccessKeyId=emulator&Signature=..`` that expires 24 h
   (simulated) after success with OSS's XML ``AccessDenied``/``Request has expired.``; task ids answer
-  ``UNKNOWN`` 24 h after submission.
+  ``UNKNOWN`` 24 h after submission. The URL's host is the ``Host`` the client queried with, so it
+  works behind port mappings and container names (``http://dashscope-emulator:8000``).
 * **Limits.** Per key, on the wall clock: more than 5 submits or 20 queries within any 1 s window get
   429 ``Throttling.RateQuota`` (throttled requests don't count).
 * **Faults** (:mod:`.faults`), **billing** (one line per SUCCEEDED task), a **request log**.
 
 Choices the reference leaves open: cancelling an unknown task (or another key's) answers the same 400
-``UnsupportedOperation`` as cancelling a non-PENDING one; cancel is not rate limited.
+``UnsupportedOperation`` as cancelling a non-PENDING one; cancel is not rate limited. The geometry
+failures (boxes outside the image, face not inside ``ext_bbox``, wrong ratio) are FAILED
+``InvalidParameter`` with a message naming the box. The 503 fault's ``ServiceUnavailable`` message and
+the emulator's own 404/405 answers are not from the reference.
 
 Admin endpoints (emulator only, no API key needed, not part of DashScope): ``GET /_emulator/health``,
 ``GET /_emulator/billing``, ``GET /_emulator/requests``, ``GET /_emulator/tasks``,
@@ -264,8 +268,8 @@ class Task:
             "task_id": self.task_id,
             "status": self.status,
             "model": self.model,
-            "input": self.input,
-            "parameters": self.parameters,
+            "input": dict(self.input),
+            "parameters": dict(self.parameters),
             "key_fingerprint": self.owner,
             "submit_time": format_time(self.submit_time),
             "scheduled_time": format_time(self.scheduled_time) if self.scheduled_time is not None else None,
@@ -395,7 +399,7 @@ class _EmulatorHandler(BaseHTTPRequestHandler):
             self.server.track(self.connection, False)  # type: ignore[attr-defined]
 
     def log_message(self, format: str, *args: Any) -> None:  # the stdlib's signature
-        pass  # one line per request is written by _finish_record instead, without client addresses
+        pass  # EmulatorServer._add_record logs one line per request instead, without client addresses
 
     def do_GET(self) -> None:
         self._dispatch("GET")
@@ -428,6 +432,7 @@ class _EmulatorHandler(BaseHTTPRequestHandler):
         }
         self._request_id = str(uuid.uuid4())
         self._body: bytes | None = None  # the handler object lives as long as the keep-alive connection
+        self._committed = False
         try:
             self._route(method, parts.path, parts.query)
         except _ApiError as exc:
@@ -440,7 +445,7 @@ class _EmulatorHandler(BaseHTTPRequestHandler):
                 self._send_error(500, "InternalError", MSG_INTERNAL)
             self.close_connection = True
         finally:
-            self.emulator._add_record(self._record)
+            self._commit()
 
     def _route(self, method: str, path: str, query: str) -> None:
         emulator = self.emulator
@@ -517,10 +522,19 @@ class _EmulatorHandler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         for name, value in (headers or {}).items():
             self.send_header(name, value)
+        # Logged before the client can read the answer: a test that reads the log right after the
+        # response must find this request in it.
+        self._record["status"] = status
+        self._commit()
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
-        self._record["status"] = status
+
+    def _commit(self) -> None:
+        """Add this request to the emulator's request log (once)."""
+        if not self._committed:
+            self._committed = True
+            self.emulator._add_record(self._record)
 
     def _send_json(self, status: int, payload: Any) -> None:
         self._send_bytes(status, json.dumps(payload, ensure_ascii=False).encode(), "application/json")
@@ -531,6 +545,7 @@ class _EmulatorHandler(BaseHTTPRequestHandler):
     def _drop(self, fault: str) -> None:
         """Close the connection without writing a byte: the client sees a connection error."""
         self._record["fault"] = fault
+        self._commit()
         self.close_connection = True
         with contextlib.suppress(OSError):
             self.connection.shutdown(socket.SHUT_RDWR)
@@ -556,8 +571,9 @@ class _EmulatorHandler(BaseHTTPRequestHandler):
             payload = json.loads(raw)
         except ValueError:
             raise _ApiError(400, "InvalidParameter", MSG_FORMAT) from None
+        if isinstance(payload, dict) and isinstance(payload.get("model"), str):
+            self._record["model"] = payload["model"]
         model, task_input, parameters = validate_submission(payload)
-        self._record["model"] = model
 
         fault = emulator.faults.draw("submit")
         self._record["fault"] = fault
@@ -711,6 +727,12 @@ class EmulatorServer:
     ``sk-emulator``). ``speed``: simulated seconds per wall second. ``seed``: for probabilistic faults.
     Keys are kept only as hashes and never logged; logs and billing name a key by
     :func:`key_fingerprint`.
+
+    Keyword-only extras: ``log_requests`` (one ``METHOD path status`` line per request on the
+    ``dashscope_emulator`` logger), ``submit_qps``/``query_qps`` (the per-key limits, 5 and 20),
+    ``workers`` (threads that download and check media), ``render_parallel`` (concurrent ffmpeg runs,
+    default min(2, CPUs)), ``cache_dir`` (where rendered videos are cached; kept after :meth:`stop`;
+    default a temporary folder that :meth:`stop` deletes).
     """
 
     def __init__(
@@ -726,6 +748,7 @@ class EmulatorServer:
         query_qps: int = 20,
         workers: int = 8,
         render_parallel: int | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         keys = [k for k in (api_keys or []) if k] or _keys_from_env() or [DEFAULT_API_KEY]
         # Full-length hashes for the check (no prefix collisions); fingerprints for display.
@@ -751,6 +774,8 @@ class EmulatorServer:
         self._threads: list[threading.Thread] = []
         self._httpd: _TrackingServer | None = None
         self._workdir: Path | None = None
+        # A given cache folder outlives the server (tests share renders across servers); else a temp one.
+        self._cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.renderer: media.Renderer | None = None
 
     # -- life cycle --------------------------------------------------------------------------------
@@ -759,8 +784,9 @@ class EmulatorServer:
         """Bind, then serve in background threads; returns self (``base_url`` is known from here on)."""
         if self._httpd is not None:
             return self
-        self._workdir = Path(tempfile.mkdtemp(prefix="dashscope-emulator-"))
-        self.renderer = media.Renderer(self._workdir / "videos", max_parallel=self._render_parallel)
+        if self._cache_dir is None:
+            self._workdir = Path(tempfile.mkdtemp(prefix="dashscope-emulator-"))
+        self.renderer = media.Renderer(self._cache_dir or self._workdir / "videos", self._render_parallel)
         handler = type("Handler", (_EmulatorHandler,), {"emulator": self})
         self._httpd = _TrackingServer((self.host, self._requested_port), handler)
         self._threads = [
@@ -787,12 +813,14 @@ class EmulatorServer:
         self._httpd.server_close()
         for _ in range(self._n_workers):
             self._work.put(None)
+        # Workers may be in a download or an ffmpeg run; they are daemons: wait 2 s in all, not per thread.
+        deadline = time.monotonic() + 2.0
         for thread in self._threads:
-            # Workers may be inside an ffmpeg run; they are daemons, so don't wait long for them.
-            thread.join(timeout=2.0)
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
         self._httpd = None
         if self._workdir is not None:
             shutil.rmtree(self._workdir, ignore_errors=True)
+            self._workdir = None
 
     def __enter__(self) -> EmulatorServer:
         return self.start()
