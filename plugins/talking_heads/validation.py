@@ -12,9 +12,8 @@ import re
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 MODELS = ("emo-v1", "emoji-v1")
@@ -36,6 +35,9 @@ ROW_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 RATIO_TOLERANCE = 0.02
 
 VALIDATION_CODE = "InvalidInput"
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def _is_missing(value: Any) -> bool:

@@ -37,23 +37,34 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     root = tmp_path_factory.mktemp("cluster")
     make_samples(root / "media")
     boxes = json.loads((root / "media" / "samples.json").read_text())
-    with serve_directory(root / "media", port=0) as media, EmulatorServer(api_keys=[KEY], port=0, speed=3000) as emu:
-        conn = json.dumps({"conn_type": "dashscope", "host": emu.base_url, "password": KEY})
-        cluster = AirflowCluster(root / "airflow", {"AIRFLOW_CONN_DASHSCOPE_DEFAULT": conn}).start()
+    # Two services: a real-time one (tasks take ~20 s, so the waits must defer) and a fast one.
+    with (
+        serve_directory(root / "media", port=0) as media,
+        EmulatorServer(api_keys=[KEY], port=0, speed=1) as slow,
+        EmulatorServer(api_keys=[KEY], port=0, speed=200) as fast,
+    ):
+        env = {
+            f"AIRFLOW_CONN_{name.upper()}": json.dumps(
+                {"conn_type": "dashscope", "host": emu.base_url, "password": KEY}
+            )
+            for name, emu in (("dashscope_slow", slow), ("dashscope_default", fast))
+        }
+        cluster = AirflowCluster(root / "airflow", env).start()
         try:
             cluster.wait_for_dag("talking_heads")
-            yield {"root": root, "media": media, "boxes": boxes, "emu": emu, "cluster": cluster}
+            yield {"root": root, "media": media, "boxes": boxes, "emu": fast, "slow": slow, "cluster": cluster}
         finally:
             cluster.stop()
 
 
 def test_rest_triggered_run_defers_waits_and_records_outcomes(world: dict) -> None:
-    cluster, emu, root = world["cluster"], world["emu"], world["root"]
+    cluster, emu, root = world["cluster"], world["slow"], world["root"]
     table = root / "rest.csv"
     rows = [_row(world["media"], world["boxes"], "rest-emo"), _row(world["media"], world["boxes"], "rest-emoji",
                                                                     "emoji-v1")]
     pd.DataFrame(rows).to_csv(table, index=False)
-    conf = {"input_table": str(table), "output_root": str(root / "out"), "poll_interval_seconds": 0.5}
+    conf = {"input_table": str(table), "output_root": str(root / "out"), "poll_interval_seconds": 2,
+            "dashscope_conn_id": "dashscope_slow"}
     started = time.monotonic()
     run = cluster.post("/dags/talking_heads/dagRuns", {"logical_date": None, "conf": conf})
     seen: set[str] = set()

@@ -68,7 +68,6 @@ def _table(path: Path, media_url: str, boxes: dict) -> Path:
 
 def _run(table: Path, output_root: Path, day: int) -> pd.DataFrame:
     from airflow.dag_processing.dagbag import DagBag
-
     from talking_heads.storage import safe_name
 
     dag = DagBag(str(REPO_ROOT / "dags")).get_dag("talking_heads")

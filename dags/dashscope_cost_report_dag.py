@@ -14,7 +14,6 @@ from typing import Any
 import pendulum
 from airflow.sdk import Param, dag, get_current_context, task
 from talking_heads.assets import OUTCOMES
-from talking_heads.report import write_report
 
 DEFAULT_OUTPUT_ROOT = os.environ.get(
     "TALKING_HEADS_OUTPUT_ROOT", str(Path(__file__).resolve().parents[1] / "output")
@@ -40,6 +39,8 @@ DEFAULT_OUTPUT_ROOT = os.environ.get(
 def dashscope_cost_report() -> None:
     @task
     def report(params: dict[str, Any]) -> dict[str, Any]:
+        from talking_heads.report import write_report  # pandas and matplotlib: kept out of DAG parsing
+
         context = get_current_context()
         roots = {
             event.extra["output_root"]

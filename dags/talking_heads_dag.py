@@ -21,8 +21,6 @@ from airflow.sdk import Param, TriggerRule, dag, get_current_context, task, task
 from talking_heads.assets import OUTCOMES, VIDEOS
 from talking_heads.ledger import RowLedger
 from talking_heads.operators import DownloadRowOperator, SubmitRowOperator, WaitRowSensor
-from talking_heads.outcomes import build_outcomes, write_outcomes
-from talking_heads.plan import plan_run, read_input_table
 from talking_heads.storage import OutputLayout
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -87,6 +85,8 @@ def talking_heads() -> None:
     @task
     def plan(params: dict[str, Any], run_id: str) -> list[dict[str, Any]]:
         """Read and validate the table; decide per row: generate, skip, or fail before any spend."""
+        from talking_heads.plan import plan_run, read_input_table  # pandas: kept out of DAG parsing
+
         context = get_current_context()
         table_url = context["task"].render_template(params["input_table"], context)
         ledger = RowLedger(params["output_root"])
@@ -119,6 +119,8 @@ def talking_heads() -> None:
     @task(trigger_rule=TriggerRule.ALL_DONE, outlets=[OUTCOMES, VIDEOS])
     def record_outcomes(params: dict[str, Any], run_id: str, outlet_events: Any = None) -> dict[str, Any]:
         """Write one outcome line per input row, whatever happened to its tasks."""
+        from talking_heads.outcomes import build_outcomes, write_outcomes
+
         layout = OutputLayout(params["output_root"])
         plan_doc = json.loads(layout.plan(run_id).read_text())
         frame = build_outcomes(plan_doc["rows"], RowLedger(params["output_root"]), run_id)
