@@ -113,6 +113,32 @@ def test_dag_generates_both_models_and_never_pays_twice(
     submitted = [r for r in emulator.request_log() if r["method"] == "POST" and r["path"].endswith("video-synthesis")]
     assert len(submitted) == 4  # the invalid and the undersized rows never reached the service
 
+    _assert_key_never_leaked(output_root)
+
     second = _run(table, output_root, 2)
     assert dict(zip(second["row_id"], second["status"], strict=True))["square"] == "skipped"
     assert len(emulator.billing()) == 3  # nothing paid twice
+
+
+def _assert_key_never_leaked(output_root: Path) -> None:
+    """The API key appears nowhere: task logs, XCom, rendered fields, trigger rows, outputs."""
+    import os
+
+    from airflow.models.renderedtifields import RenderedTaskInstanceFields
+    from airflow.models.trigger import Trigger
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        stored = [repr(x.value) for x in session.query(XComModel).all()]
+        stored += [repr(r.rendered_fields) for r in session.query(RenderedTaskInstanceFields).all()]
+        stored += [repr(t.kwargs) for t in session.query(Trigger).all()]
+    assert stored, "expected XComs and rendered fields to search"
+    assert not [s for s in stored if KEY in s]
+    searched = 0
+    for folder in (Path(os.environ["AIRFLOW_HOME"]) / "logs", output_root):
+        for path in folder.rglob("*"):
+            if path.is_file() and path.suffix != ".mp4":
+                searched += 1
+                assert KEY.encode() not in path.read_bytes(), path
+    assert searched > 5
