@@ -1,4 +1,14 @@
-"""Airflow provider for Alibaba Cloud DashScope (Model Studio) video synthesis."""
+"""Airflow provider for Alibaba Cloud DashScope (Model Studio) video synthesis (``emo-v1``, ``emoji-v1``).
+
+Modules, one per role, as in Airflow's own providers:
+
+* :mod:`dashscope_provider.hooks.dashscope`: ``DashScopeHook`` (submit, query, cancel, download) and
+  ``DashScopeAsyncHook`` (queries from triggers, rate limited per key);
+* :mod:`dashscope_provider.operators.dashscope`: submit a task; store its video;
+* :mod:`dashscope_provider.sensors.dashscope`: wait for a task (deferrable);
+* :mod:`dashscope_provider.triggers.dashscope`: the trigger behind the sensor;
+* :mod:`dashscope_provider.exceptions`: what can go wrong, sorted by "could a task (and a bill) exist?".
+"""
 
 from __future__ import annotations
 
@@ -6,18 +16,51 @@ from typing import Any
 
 __version__ = "0.1.0"
 
+#: The connection form (Airflow >= 3.2 reads it from here, without importing the hook): a base URL and
+#: an API key. Extra stays visible for HttpHook-style options (timeout, proxies, verify).
+UI_FIELD_BEHAVIOUR: dict[str, Any] = {
+    "hidden-fields": ["schema", "port", "login"],
+    "relabeling": {"host": "Base URL", "password": "API key"},
+    "placeholders": {
+        "host": "https://dashscope.aliyuncs.com",
+        "password": "sk-...",
+        "extra": '{"timeout": 60, "proxies": {"https": "http://proxy:3128"}}',
+    },
+}
+
 
 def get_provider_info() -> dict[str, Any]:
-    """Provider metadata read by Airflow's ProvidersManager (registers the ``dashscope`` conn type)."""
+    """Provider metadata read by Airflow's ProvidersManager (registers the ``dashscope`` connection type)."""
     return {
         "package-name": "airflow-dashscope-talking-heads",
         "name": "DashScope",
         "description": "Alibaba Cloud DashScope (Model Studio) video synthesis: emo-v1 and emoji-v1.",
         "versions": [__version__],
+        "integrations": [
+            {
+                "integration-name": "DashScope",
+                "external-doc-url": "https://www.alibabacloud.com/help/en/model-studio/",
+                "tags": ["ai"],
+            }
+        ],
         "connection-types": [
             {
                 "hook-class-name": "dashscope_provider.hooks.dashscope.DashScopeHook",
+                "hook-name": "DashScope",
                 "connection-type": "dashscope",
+                "ui-field-behaviour": UI_FIELD_BEHAVIOUR,
             }
+        ],
+        "hooks": [
+            {"integration-name": "DashScope", "python-modules": ["dashscope_provider.hooks.dashscope"]},
+        ],
+        "operators": [
+            {"integration-name": "DashScope", "python-modules": ["dashscope_provider.operators.dashscope"]},
+        ],
+        "sensors": [
+            {"integration-name": "DashScope", "python-modules": ["dashscope_provider.sensors.dashscope"]},
+        ],
+        "triggers": [
+            {"integration-name": "DashScope", "python-modules": ["dashscope_provider.triggers.dashscope"]},
         ],
     }

@@ -1,0 +1,128 @@
+"""Trigger that waits, in the triggerer, for a DashScope task to finish."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+from airflow.sdk.exceptions import AirflowNotFoundException
+from airflow.triggers.base import BaseTrigger, TriggerEvent
+
+from dashscope_provider.exceptions import DashScopeAPIError, DashScopeConfigError, DashScopeError
+from dashscope_provider.hooks.dashscope import DashScopeAsyncHook, DashScopeTask
+
+#: Consecutive 401 answers after which the key is taken to be wrong (not a blip during a key rotation).
+AUTH_FAILURES_BEFORE_ERROR = 3
+#: Longest pause between polls while the service keeps failing.
+MAX_ERROR_BACKOFF = 300.0
+
+
+class DashScopeTaskTrigger(BaseTrigger):
+    """Poll a DashScope task until it ends; fire one event with its final state.
+
+    The event is ``{"status", "task", "message"}``: ``status`` is ``success`` (the task SUCCEEDED),
+    ``failed`` (FAILED, CANCELED or UNKNOWN), ``timeout`` (still running after ``timeout`` seconds) or
+    ``error`` (the API key is refused, or the connection does not exist); ``task`` is
+    :meth:`DashScopeTask.to_dict` of the last state seen (None if it was never read).
+
+    Transient failures (throttling, 5xx, network) only delay the next poll, with growing back-off: the
+    task runs on the service whatever happens here, so the trigger just keeps waiting. Polls of all
+    triggers sharing a key in one triggerer go through one rate limiter (see :class:`DashScopeAsyncHook`).
+
+    :param dashscope_task_id: the task to wait for.
+    :param dashscope_conn_id: the DashScope connection.
+    :param poll_interval: seconds between polls (the reference suggests 15).
+    :param timeout: seconds after which to give up waiting (None: wait until the task ends).
+    """
+
+    def __init__(
+        self,
+        dashscope_task_id: str,
+        dashscope_conn_id: str = DashScopeAsyncHook.default_conn_name,
+        poll_interval: float = 15.0,
+        timeout: float | None = None,
+    ) -> None:
+        super().__init__()
+        self.dashscope_task_id = dashscope_task_id
+        self.dashscope_conn_id = dashscope_conn_id
+        self.poll_interval = float(poll_interval)
+        self.timeout = None if timeout is None else float(timeout)
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        """The class path and the (credential-free) arguments that rebuild this trigger."""
+        return (
+            f"{type(self).__module__}.{type(self).__qualname__}",
+            {
+                "dashscope_task_id": self.dashscope_task_id,
+                "dashscope_conn_id": self.dashscope_conn_id,
+                "poll_interval": self.poll_interval,
+                "timeout": self.timeout,
+            },
+        )
+
+    def _hook(self) -> DashScopeAsyncHook:
+        return DashScopeAsyncHook(dashscope_conn_id=self.dashscope_conn_id)
+
+    def _event(self, status: str, task: DashScopeTask | None, message: str) -> TriggerEvent:
+        return TriggerEvent({"status": status, "task": task.to_dict() if task else None, "message": message})
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        """Poll until the task is terminal (or the timeout passes); yield exactly one event."""
+        hook = self._hook()
+        loop = asyncio.get_running_loop()
+        deadline = None if self.timeout is None else loop.time() + self.timeout
+        task: DashScopeTask | None = None
+        errors = 0
+        auth_failures = 0
+        while True:
+            try:
+                task = await hook.get_task(self.dashscope_task_id)
+                errors = auth_failures = 0
+            except DashScopeAPIError as exc:
+                errors += 1
+                if exc.status_code == 401:
+                    auth_failures += 1
+                    if auth_failures >= AUTH_FAILURES_BEFORE_ERROR:
+                        yield self._event("error", task, str(exc))
+                        return
+                self.log.warning("Polling DashScope task %s failed (%s); will try again",
+                                 self.dashscope_task_id, exc)  # fmt: skip
+            except DashScopeConfigError as exc:
+                yield self._event("error", task, str(exc))
+                return
+            except DashScopeError as exc:
+                # Transport failures that outlasted the hook's own retries.
+                errors += 1
+                self.log.warning("Polling DashScope task %s failed (%s); will try again",
+                                 self.dashscope_task_id, exc)  # fmt: skip
+            except AirflowNotFoundException as exc:  # the connection does not exist
+                yield self._event("error", task, f"{type(exc).__name__}: {exc}")
+                return
+            else:
+                if task.is_terminal:
+                    yield self._terminal_event(task)
+                    return
+                self.log.info("DashScope task %s is %s", task.task_id, task.status)
+
+            pause = self.poll_interval
+            if errors:
+                base = self.poll_interval or 1.0  # never spin on errors, even with poll_interval=0
+                pause = min(base * 2 ** (errors - 1), max(base, MAX_ERROR_BACKOFF))
+            if deadline is not None:
+                left = deadline - loop.time()
+                if left <= 0:
+                    status = task.status if task else "not read yet"
+                    yield self._event("timeout", task,
+                                      f"DashScope task {self.dashscope_task_id} still {status} after "
+                                      f"{self.timeout:g} s")  # fmt: skip
+                    return
+                pause = min(pause, left)
+            await asyncio.sleep(pause)
+
+    def _terminal_event(self, task: DashScopeTask) -> TriggerEvent:
+        if task.succeeded:
+            return self._event("success", task, f"DashScope task {task.task_id} succeeded")
+        detail = ": ".join(part for part in (task.code, task.message) if part)
+        message = f"DashScope task {task.task_id} ended {task.status}" + (f": {detail}" if detail else "")
+        return self._event("failed", task, message)

@@ -1,0 +1,222 @@
+"""Fixtures for the DashScope provider tests: the emulator over real HTTP, sample media, moto S3.
+
+Connections come from the environment (``AIRFLOW_CONN_*``), the way users set them.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+KEY = "sk-test"
+CONN_ID = "dashscope_test"
+AWS_CONN_ID = "aws_test"
+BUCKET = "talking-heads-test"
+
+
+def conn_json(host: str, password: str = KEY) -> str:
+    """An ``AIRFLOW_CONN_*`` value for a dashscope connection."""
+    return json.dumps({"conn_type": "dashscope", "host": host, "password": password})
+
+
+def assert_no_key(exc: BaseException, key: str = KEY) -> None:
+    """The key appears nowhere in the exception: not in str(), repr(), nor its chained causes."""
+    text = "".join(traceback.format_exception(exc))
+    assert key not in str(exc)
+    assert key not in repr(exc)
+    assert key not in text
+
+
+def logged_requests(
+    emulator: Any, keep: Callable[[dict[str, Any]], bool], at_least: int = 1, settle: float = 0.1
+) -> list[dict[str, Any]]:
+    """The emulator's request-log entries that ``keep`` selects, once at least ``at_least`` are there.
+
+    The emulator logs a request after it has answered (or dropped) it, so the client can be faster than
+    the log; wait for the expected entries, then a little longer to catch any unexpected extra one.
+    """
+    deadline = time.monotonic() + 5.0
+    while len([r for r in emulator.request_log() if keep(r)]) < at_least and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(settle)
+    return [r for r in emulator.request_log() if keep(r)]
+
+
+def is_submit(record: dict[str, Any]) -> bool:
+    return record["method"] == "POST" and record["path"] == "/api/v1/services/aigc/image2video/video-synthesis"
+
+
+def is_query(record: dict[str, Any]) -> bool:
+    return record["method"] == "GET" and record["path"].startswith("/api/v1/tasks/")
+
+
+def is_result(record: dict[str, Any]) -> bool:
+    return record["path"].startswith("/results/")
+
+
+@pytest.fixture(scope="session")
+def media_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from dashscope_emulator import make_samples
+
+    folder = tmp_path_factory.mktemp("media")
+    make_samples(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def samples(media_dir: Path) -> dict[str, Any]:
+    """``samples.json``: per image its size and the face/ext boxes."""
+    return json.loads((media_dir / "samples.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def media_url(media_dir: Path) -> Iterator[str]:
+    """Base URL of a static server for the sample media (the emulator downloads inputs from it)."""
+    from dashscope_emulator import serve_directory
+
+    with serve_directory(media_dir) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def emo_input(media_url: str, samples: dict[str, Any]) -> dict[str, Any]:
+    """A valid emo-v1 ``input`` (square portrait: ratio 1:1)."""
+    boxes = samples["portrait_square.png"]
+    return {
+        "image_url": f"{media_url}/portrait_square.png",
+        "audio_url": f"{media_url}/voice.wav",
+        "face_bbox": boxes["face_bbox"],
+        "ext_bbox": boxes["ext_bbox"],
+    }
+
+
+@pytest.fixture(scope="session")
+def emoji_input(media_url: str, samples: dict[str, Any]) -> dict[str, Any]:
+    """A valid emoji-v1 ``input``."""
+    boxes = samples["portrait_emoji.png"]
+    return {
+        "image_url": f"{media_url}/portrait_emoji.png",
+        "driven_id": "mengwa_kaixin",
+        "face_bbox": boxes["face_bbox"],
+        "ext_bbox": boxes["ext_bbox"],
+    }
+
+
+@pytest.fixture
+def emulator() -> Iterator[Any]:
+    """A fresh emulator per test (own queue, rate windows, billing and request log), fast clock."""
+    from dashscope_emulator import EmulatorServer
+
+    server = EmulatorServer(api_keys=[KEY], port=0, speed=1000).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def slow_emulator() -> Iterator[Any]:
+    """An emulator on real time: a task stays RUNNING/PENDING for many seconds."""
+    from dashscope_emulator import EmulatorServer
+
+    server = EmulatorServer(api_keys=[KEY], port=0, speed=1).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def dashscope_conn(emulator: Any, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The connection ``dashscope_test`` -> the emulator, from the environment. Returns its id."""
+    monkeypatch.setenv(f"AIRFLOW_CONN_{CONN_ID.upper()}", conn_json(emulator.base_url))
+    return CONN_ID
+
+
+@pytest.fixture
+def make_hook() -> Callable[..., Any]:
+    """Build a DashScopeHook with short back-offs (the defaults are seconds)."""
+    from dashscope_provider.hooks.dashscope import DashScopeHook
+
+    def make(conn_id: str = CONN_ID, **kwargs: Any) -> Any:
+        kwargs.setdefault("retry_initial", 0.05)
+        kwargs.setdefault("retry_max", 0.5)
+        kwargs.setdefault("timeout", (2.0, 10.0))
+        return DashScopeHook(dashscope_conn_id=conn_id, **kwargs)
+
+    return make
+
+
+@pytest.fixture
+def wait_terminal() -> Callable[..., Any]:
+    """Poll a task with the sync hook until it is terminal (the emulator's clock runs 1000x)."""
+
+    def wait(hook: Any, task_id: str, timeout: float = 30.0) -> Any:
+        deadline = time.monotonic() + timeout
+        while True:
+            task = hook.get_task(task_id)
+            if task.is_terminal:
+                return task
+            if time.monotonic() > deadline:
+                raise AssertionError(f"task {task_id} still {task.status} after {timeout} s")
+            time.sleep(0.05)
+
+    return wait
+
+
+@pytest.fixture
+def no_key_in_logs(caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]) -> Iterator[None]:
+    """Fail the test if the API key shows up in any log record or in the console output.
+
+    Airflow's structlog loggers write to the console rather than to stdlib handlers, so both are checked.
+    """
+    caplog.set_level("DEBUG")
+    yield
+    captured = capfd.readouterr()
+    assert KEY not in caplog.text
+    assert KEY not in captured.out
+    assert KEY not in captured.err
+
+
+@pytest.fixture(scope="session")
+def moto_s3() -> Iterator[str]:
+    """A moto S3 server on 127.0.0.1 with one bucket; yields its endpoint URL."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                          aws_access_key_id="testing", aws_secret_access_key="testing")  # fmt: skip
+    client.create_bucket(Bucket=BUCKET)
+    try:
+        yield endpoint
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def aws_conn(moto_s3: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The connection ``aws_test`` -> moto, from the environment. Returns its id."""
+    extra = {"endpoint_url": moto_s3, "region_name": "us-east-1"}
+    monkeypatch.setenv(
+        f"AIRFLOW_CONN_{AWS_CONN_ID.upper()}",
+        json.dumps({"conn_type": "aws", "login": "testing", "password": "testing", "extra": extra}),
+    )
+    return AWS_CONN_ID
+
+
+@pytest.fixture
+def s3_client(moto_s3: str) -> Any:
+    import boto3
+
+    return boto3.client("s3", endpoint_url=moto_s3, region_name="us-east-1",
+                        aws_access_key_id="testing", aws_secret_access_key="testing")  # fmt: skip

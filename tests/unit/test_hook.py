@@ -1,0 +1,526 @@
+"""DashScopeHook against the emulator over real HTTP: submit, query, cancel, download, and what is retried."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pickle
+import socket
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from airflow.sdk.exceptions import AirflowFailException
+from dashscope_provider.exceptions import (
+    DashScopeAPIError,
+    DashScopeConfigError,
+    DashScopeRequestNotSent,
+    DashScopeResultExpired,
+    DashScopeSubmissionUncertain,
+    DashScopeTaskFailed,
+)
+from dashscope_provider.hooks.dashscope import (
+    DEFAULT_BASE_URL,
+    DashScopeHook,
+    DashScopeTask,
+    SubmittedTask,
+    base_url_from_connection,
+    parse_task,
+)
+
+from tests.unit.conftest import (
+    BUCKET,
+    CONN_ID,
+    KEY,
+    assert_no_key,
+    conn_json,
+    is_query,
+    is_result,
+    is_submit,
+    logged_requests,
+)
+
+pytestmark = pytest.mark.usefixtures("no_key_in_logs")
+
+def _sha256(url: str) -> tuple[int, str]:
+    body = requests.get(url, timeout=10).content
+    return len(body), hashlib.sha256(body).hexdigest()
+
+
+# -- connection ---------------------------------------------------------------------------------------
+
+
+class _Conn:
+    def __init__(self, host: str | None, port: int | None = None, schema: str | None = None) -> None:
+        self.host, self.port, self.schema, self.conn_id, self.password = host, port, schema, "x", KEY
+
+
+@pytest.mark.parametrize(
+    ("host", "port", "expected"),
+    [
+        (None, None, DEFAULT_BASE_URL),
+        ("", None, DEFAULT_BASE_URL),
+        ("dashscope.aliyuncs.com", None, "https://dashscope.aliyuncs.com"),
+        ("https://ws-1.cn-beijing.maas.aliyuncs.com/", None, "https://ws-1.cn-beijing.maas.aliyuncs.com"),
+        ("https://dashscope.aliyuncs.com/api/v1", None, "https://dashscope.aliyuncs.com"),
+        ("http://127.0.0.1:8000", None, "http://127.0.0.1:8000"),
+        ("127.0.0.1", 8000, "https://127.0.0.1:8000"),
+    ],
+)
+def test_base_url_from_connection(host: str | None, port: int | None, expected: str) -> None:
+    assert base_url_from_connection(_Conn(host, port)) == expected  # type: ignore[arg-type]
+
+
+def test_ui_field_behaviour_relabels_host_and_password() -> None:
+    behaviour = DashScopeHook.get_ui_field_behaviour()
+    assert {"schema", "port", "login"} <= set(behaviour["hidden_fields"])
+    assert behaviour["relabeling"] == {"host": "Base URL", "password": "API key"}
+    assert behaviour["placeholders"]["host"] == DEFAULT_BASE_URL
+
+
+def test_connection_from_env_and_test_connection(dashscope_conn: str, make_hook: Any, emulator: Any) -> None:
+    ok, message = make_hook(dashscope_conn).test_connection()
+    assert ok, message
+    assert emulator.base_url in message
+    # The key travelled as a bearer token: the emulator recognised it.
+    from dashscope_emulator import key_fingerprint
+
+    assert logged_requests(emulator, is_query)[-1]["key_fingerprint"] == key_fingerprint(KEY)
+
+
+def test_test_connection_with_a_wrong_key(emulator: Any, make_hook: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AIRFLOW_CONN_DASHSCOPE_BAD", conn_json(emulator.base_url, "sk-wrong-key"))
+    ok, message = make_hook("dashscope_bad").test_connection()
+    assert not ok
+    assert "401" in message and "InvalidApiKey" in message
+    assert "sk-wrong-key" not in message
+
+
+def test_connection_without_key(emulator: Any, make_hook: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    no_key = json.dumps({"conn_type": "dashscope", "host": emulator.base_url})
+    monkeypatch.setenv("AIRFLOW_CONN_DASHSCOPE_NOKEY", no_key)
+    with pytest.raises(DashScopeConfigError, match="no API key"):
+        make_hook("dashscope_nokey").get_task("whatever")
+    assert emulator.request_log() == []
+
+
+# -- submit -------------------------------------------------------------------------------------------
+
+
+def test_submit_emo_v1(dashscope_conn: str, make_hook: Any, emulator: Any, emo_input: dict[str, Any]) -> None:
+    submitted = make_hook().submit_task("emo-v1", emo_input, {"style_level": "active"})
+    assert isinstance(submitted, SubmittedTask)
+    assert submitted.task_status == "PENDING"
+    assert submitted.request_id
+    [task] = emulator.tasks()
+    assert task["task_id"] == submitted.task_id
+    assert task["model"] == "emo-v1"
+    assert task["parameters"] == {"style_level": "active"}
+
+
+def test_submit_emoji_v1(dashscope_conn: str, make_hook: Any, emulator: Any, emoji_input: dict[str, Any]) -> None:
+    submitted = make_hook().submit_task("emoji-v1", emoji_input)
+    [task] = emulator.tasks()
+    assert (task["task_id"], task["model"], task["input"]["driven_id"]) == (
+        submitted.task_id, "emoji-v1", "mengwa_kaixin")  # fmt: skip
+
+
+MSG_FORMAT = (
+    "The request is missing required parameters or in a wrong format, please check the parameters that you send.."
+)
+
+
+@pytest.mark.parametrize(
+    ("change", "status", "code", "message"),
+    [
+        pytest.param({"input": {"image_url": "x"}}, 400, "InvalidParameter", MSG_FORMAT, id="missing-fields"),
+        pytest.param(
+            {"parameters": {"style_level": "wild"}}, 400, "InvalidParameter", "The style_level is invalid.",
+            id="bad-style-level",
+        ),
+        pytest.param({"model": "emo-v9"}, 400, "InvalidParameter", "Model not exist.", id="unknown-model"),
+        pytest.param(
+            {"image_url": "ftp://example.com/a.png"}, 400, "InvalidURL",
+            "Required URL is missing or invalid, please check the request URL.", id="bad-url",
+        ),
+        pytest.param({"key": "sk-wrong-key"}, 401, "InvalidApiKey", "Invalid API-key provided.", id="bad-key"),
+    ],
+)
+def test_submit_errors_map_to_api_error(
+    change: dict[str, Any],
+    status: int,
+    code: str,
+    message: str,
+    emulator: Any,
+    make_hook: Any,
+    emo_input: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(f"AIRFLOW_CONN_{CONN_ID.upper()}", conn_json(emulator.base_url, change.get("key", KEY)))
+    task_input = change.get("input", {**emo_input, **{k: v for k, v in change.items() if k == "image_url"}})
+    with pytest.raises(DashScopeAPIError) as info:
+        make_hook().submit_task(change.get("model", "emo-v1"), task_input, change.get("parameters"))
+    error = info.value
+    assert (error.status_code, error.code, error.message) == (status, code, message)
+    assert error.request_id
+    assert not error.retryable
+    assert error.request_id in str(error) and code in str(error)
+    assert len(logged_requests(emulator, is_submit)) == 1  # a refused request is not sent again
+    assert emulator.tasks() == []
+    assert_no_key(error)
+    assert "sk-wrong-key" not in str(error)
+
+
+@pytest.mark.parametrize(("fault", "status", "code"), [("submit_500", 500, "InternalError"),
+                                                        ("submit_503", 503, "ServiceUnavailable")])  # fmt: skip
+def test_submit_5xx_with_error_body_is_retried_until_attempts_run_out(
+    fault: str, status: int, code: str, dashscope_conn: str, make_hook: Any, emulator: Any, emo_input: dict[str, Any]
+) -> None:
+    for _ in range(3):
+        emulator.force_next(fault)
+    with pytest.raises(DashScopeAPIError) as info:
+        make_hook(max_attempts=3).submit_task("emo-v1", emo_input)
+    assert (info.value.status_code, info.value.code) == (status, code)
+    assert info.value.retryable and info.value.request_id
+    assert len(logged_requests(emulator, is_submit, 3)) == 3
+    assert emulator.tasks() == []
+
+
+def test_submit_500_is_retried_and_creates_exactly_one_task(
+    dashscope_conn: str, make_hook: Any, emulator: Any, emo_input: dict[str, Any], wait_terminal: Any
+) -> None:
+    emulator.force_next("submit_500")
+    hook = make_hook()
+    submitted = hook.submit_task("emo-v1", emo_input)
+    assert [r["status"] for r in logged_requests(emulator, is_submit, 2)] == [500, 200]
+    assert [t["task_id"] for t in emulator.tasks()] == [submitted.task_id]
+    assert wait_terminal(hook, submitted.task_id).status == "SUCCEEDED"
+    assert [line["task_id"] for line in emulator.billing()] == [submitted.task_id]
+
+
+def test_throttled_submits_are_retried_and_succeed(
+    dashscope_conn: str, make_hook: Any, emulator: Any, emoji_input: dict[str, Any]
+) -> None:
+    # 8 submissions back to back: the emulator allows 5 per second per key, so some get 429 and wait.
+    hook = make_hook(max_attempts=8, retry_initial=0.2, retry_max=1.0)
+    ids = [hook.submit_task("emoji-v1", emoji_input).task_id for _ in range(8)]
+    statuses = [r["status"] for r in logged_requests(emulator, is_submit, 9)]
+    assert 429 in statuses
+    assert statuses.count(200) == 8
+    assert sorted(t["task_id"] for t in emulator.tasks()) == sorted(ids)
+
+
+def test_throttled_submit_maps_to_api_error_when_attempts_run_out(
+    dashscope_conn: str, make_hook: Any, emulator: Any, emoji_input: dict[str, Any]
+) -> None:
+    hook = make_hook(max_attempts=1)
+    with pytest.raises(DashScopeAPIError) as info:  # the 6th submit within a second is refused
+        for _ in range(6):
+            hook.submit_task("emoji-v1", emoji_input)
+    assert (info.value.status_code, info.value.code) == (429, "Throttling.RateQuota")
+    assert info.value.message == "Requests rate limit exceeded, please try again later."
+    assert info.value.retryable and info.value.request_id
+    assert len(emulator.tasks()) == 5
+
+
+@pytest.mark.parametrize("fault", ["drop_submit", "submit_502_no_body"])
+def test_lost_submit_answer_is_uncertain_and_never_resent(
+    fault: str, dashscope_conn: str, make_hook: Any, emulator: Any, emo_input: dict[str, Any]
+) -> None:
+    emulator.force_next(fault)
+    with pytest.raises(DashScopeSubmissionUncertain) as info:
+        make_hook(max_attempts=5).submit_task("emo-v1", emo_input, request_fingerprint="row-7")
+    error = info.value
+    assert isinstance(error, AirflowFailException)  # Airflow's own retries won't resend it either
+    assert not error.request_not_sent
+    assert error.request_fingerprint == "row-7" and "row-7" in str(error)
+    if fault == "submit_502_no_body":
+        assert error.status_code == 502
+    # Exactly one request went out, and the service did create a task: resending would pay twice.
+    assert len(logged_requests(emulator, is_submit)) == 1
+    assert len(emulator.tasks()) == 1
+    assert_no_key(error)
+
+
+@pytest.fixture
+def silent_server() -> Iterator[str]:
+    """A TCP server that reads requests and never answers."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    accepted: list[socket.socket] = []
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            accepted.append(conn)
+
+    threading.Thread(target=serve, daemon=True).start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    listener.close()
+    for conn in accepted:
+        conn.close()
+
+
+def test_submit_read_timeout_is_uncertain(
+    silent_server: str, make_hook: Any, emo_input: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(f"AIRFLOW_CONN_{CONN_ID.upper()}", conn_json(silent_server))
+    with pytest.raises(DashScopeSubmissionUncertain, match="ReadTimeout") as info:
+        make_hook(timeout=(2.0, 0.3)).submit_task("emo-v1", emo_input)
+    assert_no_key(info.value)
+
+
+def test_refused_connection_is_retried_then_not_sent(
+    make_hook: Any, emo_input: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    monkeypatch.setenv(f"AIRFLOW_CONN_{CONN_ID.upper()}", conn_json(f"http://127.0.0.1:{closed_port}"))
+    attempts: list[int] = []
+    hook = make_hook(max_attempts=3)
+    original = hook.get_conn
+
+    def counting_get_conn(*args: Any, **kwargs: Any) -> Any:
+        attempts.append(1)
+        return original(*args, **kwargs)
+
+    hook.get_conn = counting_get_conn
+    with pytest.raises(DashScopeRequestNotSent) as info:
+        hook.submit_task("emo-v1", emo_input)
+    assert info.value.request_not_sent
+    assert len(attempts) == 3
+    assert_no_key(info.value)
+
+
+# -- query --------------------------------------------------------------------------------------------
+
+
+def test_get_task_emo_v1_shape(
+    dashscope_conn: str, make_hook: Any, emo_input: dict[str, Any], wait_terminal: Any
+) -> None:
+    hook = make_hook()
+    task_id = hook.submit_task("emo-v1", emo_input).task_id
+    pending = hook.get_task(task_id)
+    assert pending.status in ("PENDING", "RUNNING") and not pending.is_terminal
+    task = wait_terminal(hook, task_id)
+    assert task.status == "SUCCEEDED" and task.is_terminal and task.succeeded
+    assert task.video_url and "/results/" in task.video_url  # from output.results.video_url
+    assert isinstance(task.video_duration, float) and task.video_duration > 0
+    assert task.video_ratio == "1:1"
+    assert task.submit_time and task.scheduled_time and task.end_time and task.request_id
+    assert task.code is None and task.message is None
+    assert DashScopeTask.from_dict(json.loads(json.dumps(task.to_dict()))) == task
+
+
+def test_get_task_emoji_v1_shape(
+    dashscope_conn: str, make_hook: Any, emoji_input: dict[str, Any], wait_terminal: Any, emulator: Any
+) -> None:
+    hook = make_hook()
+    task = wait_terminal(hook, hook.submit_task("emoji-v1", emoji_input).task_id)
+    assert task.status == "SUCCEEDED"
+    assert task.video_url and "/results/" in task.video_url  # from output.video_url
+    [billed] = emulator.billing()
+    assert isinstance(billed["video_duration"], int)  # the service's integer seconds ...
+    assert task.video_duration == float(billed["video_duration"])  # ... normalised to a float
+    assert task.video_ratio == "standard"
+
+
+def test_parse_task_reference_examples() -> None:
+    emo = parse_task({"request_id": "r", "output": {"task_id": "t", "task_status": "SUCCEEDED",
+                      "results": {"video_url": "http://x/a.mp4"}}, "usage": {"video_duration": 13.93,
+                      "video_ratio": "1:1"}})  # fmt: skip
+    emoji = parse_task({"request_id": "r", "output": {"task_id": "t", "task_status": "SUCCEEDED",
+                        "video_url": "http://x/b.mp4"},
+                        "usage": {"video_duration": 2, "video_ratio": "standard"}})  # fmt: skip
+    failed = parse_task({"output": {"task_id": "t", "task_status": "FAILED", "code": "InvalidURL", "message": "m"}})
+    assert (emo.video_url, emo.video_duration, emo.video_ratio) == ("http://x/a.mp4", 13.93, "1:1")
+    assert (emoji.video_url, emoji.video_duration, emoji.video_ratio) == ("http://x/b.mp4", 2.0, "standard")
+    assert (failed.status, failed.code, failed.message, failed.is_terminal) == ("FAILED", "InvalidURL", "m", True)
+    with pytest.raises(ValueError):
+        parse_task({"code": "InvalidApiKey"})
+
+
+def test_get_task_failed(
+    dashscope_conn: str, make_hook: Any, emo_input: dict[str, Any], wait_terminal: Any
+) -> None:
+    hook = make_hook()
+    bad = {**emo_input, "image_url": emo_input["image_url"] + "?emulator_error=InvalidFile.FacePose"}
+    task = wait_terminal(hook, hook.submit_task("emo-v1", bad).task_id)
+    assert (task.status, task.code) == ("FAILED", "InvalidFile.FacePose")
+    assert task.message and task.video_url is None and task.video_duration is None
+
+
+def test_get_task_unknown_and_expired(
+    dashscope_conn: str, make_hook: Any, emoji_input: dict[str, Any], emulator: Any
+) -> None:
+    hook = make_hook()
+    unknown = hook.get_task("no-such-task")
+    assert (unknown.task_id, unknown.status, unknown.is_terminal) == ("no-such-task", "UNKNOWN", True)
+    task_id = hook.submit_task("emoji-v1", emoji_input).task_id
+    emulator.advance(25 * 3600)  # task ids live 24 h
+    assert hook.get_task(task_id).status == "UNKNOWN"
+
+
+def test_get_task_retries_5xx_and_dropped_connections(
+    dashscope_conn: str, make_hook: Any, emulator: Any
+) -> None:
+    for fault in ("query_500", "drop_query", "query_503"):
+        emulator.force_next(fault)
+    task = make_hook(max_attempts=4).get_task("no-such-task")
+    assert task.status == "UNKNOWN"
+    assert [r["status"] for r in logged_requests(emulator, is_query, 4)] == [500, None, 503, 200]
+
+
+def test_get_task_does_not_retry_401(emulator: Any, make_hook: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(f"AIRFLOW_CONN_{CONN_ID.upper()}", conn_json(emulator.base_url, "sk-wrong-key"))
+    with pytest.raises(DashScopeAPIError) as info:
+        make_hook().get_task("no-such-task")
+    assert (info.value.status_code, info.value.code) == (401, "InvalidApiKey")
+    assert len(logged_requests(emulator, is_query)) == 1
+
+
+# -- cancel -------------------------------------------------------------------------------------------
+
+
+def test_cancel_pending_task_only(
+    slow_emulator: Any, make_hook: Any, emoji_input: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Real-time clock: the first task runs for many seconds, so the second one waits PENDING in the queue.
+    monkeypatch.setenv(f"AIRFLOW_CONN_{CONN_ID.upper()}", conn_json(slow_emulator.base_url))
+    hook = make_hook()
+    running = hook.submit_task("emoji-v1", emoji_input).task_id
+    queued = hook.submit_task("emoji-v1", emoji_input).task_id
+    assert hook.get_task(queued).status == "PENDING"
+    assert hook.cancel_task(queued) is True
+    assert hook.get_task(queued).status == "CANCELED"
+    assert hook.cancel_task(queued) is True  # refused by the service, but it is canceled
+    assert hook.cancel_task(running) is False  # RUNNING: the service refuses (400 UnsupportedOperation)
+    assert hook.cancel_task("no-such-task") is False
+    assert hook.get_task(running).status == "RUNNING"
+
+
+# -- download -----------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def video_url(dashscope_conn: str, make_hook: Any, emo_input: dict[str, Any], wait_terminal: Any) -> str:
+    hook = make_hook()
+    task = wait_terminal(hook, hook.submit_task("emo-v1", emo_input).task_id)
+    assert task.video_url
+    return task.video_url
+
+
+def test_download_video_to_local_path(video_url: str, tmp_path: Path, emulator: Any, make_hook: Any) -> None:
+    destination = tmp_path / "videos" / "row-1.mp4"
+    stored = make_hook().download_video(video_url, str(destination), chunk_size=64 * 1024)
+    size, digest = _sha256(video_url)
+    assert (stored.size_bytes, stored.sha256) == (size, digest)
+    assert stored.uri == str(destination)
+    assert destination.read_bytes()[4:8] == b"ftyp"  # an MP4
+    assert hashlib.sha256(destination.read_bytes()).hexdigest() == digest
+    assert sorted(p.name for p in destination.parent.iterdir()) == ["row-1.mp4"]  # no temporary left
+    # The pre-signed URL got no DashScope credentials.
+    result_requests = logged_requests(emulator, is_result, 2)
+    assert result_requests and all(r["key_fingerprint"] is None for r in result_requests)
+
+
+def test_download_video_to_s3(video_url: str, aws_conn: str, s3_client: Any, make_hook: Any) -> None:
+    from airflow.sdk import ObjectStoragePath
+
+    destination = ObjectStoragePath(f"s3://{BUCKET}/videos/x.mp4", conn_id=aws_conn)
+    stored = make_hook().download_video(video_url, destination)
+    size, digest = _sha256(video_url)
+    assert (stored.uri, stored.size_bytes, stored.sha256) == (f"s3://{BUCKET}/videos/x.mp4", size, digest)
+    body = s3_client.get_object(Bucket=BUCKET, Key="videos/x.mp4")["Body"].read()
+    assert (len(body), hashlib.sha256(body).hexdigest()) == (size, digest)
+    keys = [o["Key"] for o in s3_client.list_objects_v2(Bucket=BUCKET, Prefix="videos/").get("Contents", [])]
+    assert "videos/x.mp4" in keys and not any(k.endswith(".part") for k in keys)
+
+
+def test_download_expired_url(video_url: str, emulator: Any, tmp_path: Path, make_hook: Any) -> None:
+    emulator.advance(25 * 3600)  # result URLs live 24 h
+    destination = tmp_path / "late.mp4"
+    with pytest.raises(DashScopeResultExpired) as info:
+        make_hook().download_video(video_url, str(destination))
+    assert info.value.status_code == 403
+    assert "Request has expired" in str(info.value)
+    assert "Signature=" not in str(info.value)  # the signed query string is left out
+    assert list(tmp_path.iterdir()) == []  # nothing, not even a partial file
+
+
+def test_download_tampered_url_is_not_retried(video_url: str, emulator: Any, tmp_path: Path, make_hook: Any) -> None:
+    with pytest.raises(DashScopeResultExpired):
+        make_hook().download_video(video_url.replace("Signature=", "Signature=x"), str(tmp_path / "v.mp4"))
+    assert len(logged_requests(emulator, is_result)) == 1
+
+
+class _FlakyStorage(BaseHTTPRequestHandler):
+    """Serves one 1000-byte file: first a 503, then a body cut short, then the whole file."""
+
+    protocol_version = "HTTP/1.1"
+    body = bytes(range(256)) * 3 + bytes(232)
+    answers: list[str] = []
+
+    def do_GET(self) -> None:
+        turn = ("503", "truncated", "ok")[min(len(self.answers), 2)]
+        self.answers.append(turn)
+        if turn == "503":
+            self.send_response(503)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "video/mp4")
+        self.send_header("Content-Length", str(len(self.body)))
+        self.end_headers()
+        self.wfile.write(self.body if turn == "ok" else self.body[:500])
+        self.close_connection = True
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def test_download_retries_5xx_and_truncated_bodies(tmp_path: Path, make_hook: Any) -> None:
+    _FlakyStorage.answers = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _FlakyStorage)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/v.mp4?Expires=1&Signature=abc"
+        stored = make_hook(max_attempts=4).download_video(url, str(tmp_path / "v.mp4"), chunk_size=128)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert _FlakyStorage.answers == ["503", "truncated", "ok"]
+    assert (stored.size_bytes, stored.sha256) == (1000, hashlib.sha256(_FlakyStorage.body).hexdigest())
+    assert (tmp_path / "v.mp4").read_bytes() == _FlakyStorage.body
+    assert [p.name for p in tmp_path.iterdir()] == ["v.mp4"]
+
+
+# -- exceptions ---------------------------------------------------------------------------------------
+
+
+def test_exceptions_survive_pickling_and_carry_no_key() -> None:
+    errors = [
+        DashScopeAPIError(429, "Throttling.RateQuota", "slow down", "req-1", "submit"),
+        DashScopeSubmissionUncertain("connection dropped", "fp-1", 502),
+        DashScopeTaskFailed("t-1", "FAILED", "InvalidURL", "bad"),
+        DashScopeResultExpired(403, "http://x/a.mp4", "AccessDenied: Request has expired."),
+        DashScopeRequestNotSent("refused"),
+    ]
+    for error in errors:
+        clone = pickle.loads(pickle.dumps(error))
+        assert type(clone) is type(error) and str(clone) == str(error)
+        assert_no_key(error)
+    assert errors[0].retryable
+    assert not DashScopeAPIError(502, None, "gateway").retryable
+    assert DashScopeAPIError(500, "InternalError", "x").retryable
+    assert isinstance(errors[2], AirflowFailException)

@@ -1,0 +1,186 @@
+"""DashScopeTaskTrigger and DashScopeAsyncHook against the emulator, run in a real event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+import pytest
+from airflow.triggers.base import TriggerEvent
+from dashscope_provider.exceptions import DashScopeAPIError
+from dashscope_provider.hooks.dashscope import (
+    AsyncRateLimiter,
+    DashScopeAsyncHook,
+    DashScopeTask,
+    get_rate_limiter,
+)
+from dashscope_provider.triggers.dashscope import DashScopeTaskTrigger
+
+from tests.unit.conftest import CONN_ID, KEY, conn_json, is_query, logged_requests
+
+pytestmark = pytest.mark.usefixtures("no_key_in_logs")
+
+CLASSPATH = "dashscope_provider.triggers.dashscope.DashScopeTaskTrigger"
+
+
+def fast_hook(conn_id: str = CONN_ID, **kwargs: Any) -> DashScopeAsyncHook:
+    kwargs.setdefault("retry_initial", 0.05)
+    kwargs.setdefault("retry_max", 0.2)
+    kwargs.setdefault("timeout", 5.0)
+    return DashScopeAsyncHook(dashscope_conn_id=conn_id, **kwargs)
+
+
+@pytest.fixture
+def quick_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Triggers build their hook with production back-offs (seconds); shorten them for the tests."""
+    monkeypatch.setattr(DashScopeTaskTrigger, "_hook", lambda self: fast_hook(self.dashscope_conn_id))
+
+
+def run_trigger(trigger: DashScopeTaskTrigger, limit: float = 30.0) -> list[TriggerEvent]:
+    """Run the trigger's async generator to its end in a fresh event loop; return every event."""
+
+    async def collect() -> list[TriggerEvent]:
+        return [event async for event in trigger.run()]
+
+    return asyncio.run(asyncio.wait_for(collect(), limit))
+
+
+def test_serialize_round_trip() -> None:
+    trigger = DashScopeTaskTrigger(dashscope_task_id="t-1", dashscope_conn_id="dashscope_x", poll_interval=2,
+                                   timeout=600)  # fmt: skip
+    classpath, kwargs = trigger.serialize()
+    assert classpath == CLASSPATH
+    assert kwargs == {"dashscope_task_id": "t-1", "dashscope_conn_id": "dashscope_x", "poll_interval": 2.0,
+                      "timeout": 600.0}  # fmt: skip
+    json.dumps(kwargs)  # JSON-able as is
+    from airflow.sdk.module_loading import import_string
+
+    rebuilt = import_string(classpath)(**kwargs)
+    assert rebuilt.serialize() == (classpath, kwargs)
+    assert DashScopeTaskTrigger("t-2").serialize()[1]["timeout"] is None
+
+
+@pytest.mark.usefixtures("quick_retries")
+def test_trigger_until_succeeded(
+    dashscope_conn: str, make_hook: Any, emo_input: dict[str, Any], emulator: Any
+) -> None:
+    task_id = make_hook().submit_task("emo-v1", emo_input).task_id
+    events = run_trigger(DashScopeTaskTrigger(task_id, dashscope_conn, poll_interval=0.05))
+    assert len(events) == 1
+    payload = events[0].payload
+    assert payload["status"] == "success"
+    task = DashScopeTask.from_dict(payload["task"])
+    assert (task.task_id, task.status, task.video_ratio) == (task_id, "SUCCEEDED", "1:1")
+    assert task.video_url and task.video_duration
+    json.dumps(payload)  # trigger events must be serializable
+    # It polled more than once: it waited through PENDING/RUNNING.
+    assert len(logged_requests(emulator, is_query, 2)) >= 2
+
+
+@pytest.mark.usefixtures("quick_retries")
+def test_trigger_failed_task(dashscope_conn: str, make_hook: Any, emo_input: dict[str, Any]) -> None:
+    bad = {**emo_input, "image_url": emo_input["image_url"] + "?emulator_error=InvalidFile.Content"}
+    task_id = make_hook().submit_task("emo-v1", bad).task_id
+    [event] = run_trigger(DashScopeTaskTrigger(task_id, dashscope_conn, poll_interval=0.05))
+    assert event.payload["status"] == "failed"
+    assert event.payload["task"]["status"] == "FAILED"
+    assert event.payload["task"]["code"] == "InvalidFile.Content"
+    assert "InvalidFile.Content" in event.payload["message"]
+
+
+@pytest.mark.usefixtures("quick_retries")
+def test_trigger_unknown_task(dashscope_conn: str) -> None:
+    [event] = run_trigger(DashScopeTaskTrigger("no-such-task", dashscope_conn, poll_interval=0.05))
+    assert (event.payload["status"], event.payload["task"]["status"]) == ("failed", "UNKNOWN")
+
+
+@pytest.mark.usefixtures("quick_retries")
+def test_trigger_keeps_waiting_through_transient_errors(
+    dashscope_conn: str, make_hook: Any, emoji_input: dict[str, Any], emulator: Any
+) -> None:
+    task_id = make_hook().submit_task("emoji-v1", emoji_input).task_id
+    # More consecutive failures than one get_task call retries (5): the trigger must outlast them.
+    for fault in ["query_500", "drop_query", "query_503"] * 3:
+        emulator.force_next(fault)
+    [event] = run_trigger(DashScopeTaskTrigger(task_id, dashscope_conn, poll_interval=0.05))
+    assert event.payload["status"] == "success"
+    statuses = [r["status"] for r in logged_requests(emulator, is_query, 10)]
+    assert statuses[:9] == [500, None, 503] * 3
+
+
+@pytest.mark.usefixtures("quick_retries")
+def test_trigger_timeout(slow_emulator: Any, make_hook: Any, emo_input: dict[str, Any],
+                         monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    monkeypatch.setenv(f"AIRFLOW_CONN_{CONN_ID.upper()}", conn_json(slow_emulator.base_url))
+    task_id = make_hook().submit_task("emo-v1", emo_input).task_id
+    started = time.monotonic()
+    [event] = run_trigger(DashScopeTaskTrigger(task_id, CONN_ID, poll_interval=0.1, timeout=0.5))
+    assert 0.4 < time.monotonic() - started < 5
+    assert event.payload["status"] == "timeout"
+    assert event.payload["task"]["status"] in ("PENDING", "RUNNING")
+
+
+@pytest.mark.usefixtures("quick_retries")
+def test_trigger_ends_with_error_on_persistent_401(emulator: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(f"AIRFLOW_CONN_{CONN_ID.upper()}", conn_json(emulator.base_url, "sk-wrong-key"))
+    [event] = run_trigger(DashScopeTaskTrigger("some-task", CONN_ID, poll_interval=0.05))
+    assert event.payload["status"] == "error"
+    assert "InvalidApiKey" in event.payload["message"]
+    assert "sk-wrong-key" not in json.dumps(event.payload)
+    assert len(logged_requests(emulator, is_query, 3)) == 3  # a few tries, then it gives up
+
+
+@pytest.mark.usefixtures("quick_retries")
+def test_trigger_error_when_connection_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AIRFLOW_CONN_DASHSCOPE_MISSING", raising=False)
+    [event] = run_trigger(DashScopeTaskTrigger("some-task", "dashscope_missing", poll_interval=0.05))
+    assert event.payload["status"] == "error"
+    assert "dashscope_missing" in event.payload["message"]
+
+
+def test_async_hook_get_task_shapes(
+    dashscope_conn: str, make_hook: Any, emoji_input: dict[str, Any], wait_terminal: Any
+) -> None:
+    sync_hook = make_hook()
+    task_id = sync_hook.submit_task("emoji-v1", emoji_input).task_id
+    expected = wait_terminal(sync_hook, task_id)
+    task = asyncio.run(fast_hook().get_task(task_id))
+    # The same parsing as the sync hook (request ids differ per request).
+    assert task.to_dict() | {"request_id": None} == expected.to_dict() | {"request_id": None}
+    assert task.video_ratio == "standard" and isinstance(task.video_duration, float)
+
+
+def test_async_hook_does_not_retry_401(emulator: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(f"AIRFLOW_CONN_{CONN_ID.upper()}", conn_json(emulator.base_url, "sk-wrong-key"))
+    with pytest.raises(DashScopeAPIError) as info:
+        asyncio.run(fast_hook().get_task("t"))
+    assert (info.value.status_code, info.value.code) == (401, "InvalidApiKey")
+    assert len(logged_requests(emulator, is_query)) == 1
+    assert KEY not in str(info.value) and "sk-wrong-key" not in str(info.value)
+
+
+def test_many_pollers_share_one_rate_limit(dashscope_conn: str, emulator: Any) -> None:
+    # 40 triggers' worth of queries at once with one key: the service allows 20/s, the shared limiter 15/s.
+    async def burst() -> list[DashScopeTask]:
+        hooks = [fast_hook() for _ in range(40)]
+        return await asyncio.gather(*(hook.get_task(f"task-{i}") for i, hook in enumerate(hooks)))
+
+    started = time.monotonic()
+    tasks = asyncio.run(burst())
+    elapsed = time.monotonic() - started
+    assert [t.status for t in tasks] == ["UNKNOWN"] * 40
+    statuses = [r["status"] for r in logged_requests(emulator, is_query, 40)]
+    assert statuses == [200] * 40  # not one 429
+    assert elapsed >= 39 / 15 - 0.2  # paced at 15 per second
+
+
+def test_rate_limiter_is_shared_per_key_and_backs_off() -> None:
+    assert get_rate_limiter("http://a", "k1") is get_rate_limiter("http://a", "k1")
+    assert get_rate_limiter("http://a", "k1") is not get_rate_limiter("http://a", "k2")
+    limiter = AsyncRateLimiter(qps=1000)
+    limiter.penalize(0.3)  # after a 429
+    started = time.monotonic()
+    asyncio.run(limiter.acquire())
+    assert time.monotonic() - started >= 0.25
