@@ -49,6 +49,8 @@ class AirflowCluster:
             "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
             "AIRFLOW__TRIGGERER__JOB_HEARTBEAT_SEC": "1",
+            # Unpausing starts the latest @daily run with default params: keep its output in the test's home.
+            "TALKING_HEADS_OUTPUT_ROOT": str(home / "default-output"),
             **(extra_env or {}),
         }
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
