@@ -116,8 +116,10 @@ def test_sensor_defers_then_completes_through_the_trigger(
     assert deferred.method_name == "execute_complete"
     assert deferred.timeout is not None and deferred.timeout.total_seconds() == 600
     assert isinstance(deferred.trigger, DashScopeTaskTrigger)
-    assert deferred.trigger.serialize()[1] == {"dashscope_task_id": task_id, "dashscope_conn_id": dashscope_conn,
-                                               "poll_interval": 0.05, "timeout": None}  # fmt: skip
+    assert deferred.trigger.serialize()[1] == {
+        "dashscope_task_id": task_id, "dashscope_conn_id": dashscope_conn, "poll_interval": 0.05, "timeout": None,
+        "unknown_confirmations": 3,
+    }  # fmt: skip
 
     async def first_event() -> Any:
         async for event in deferred.trigger.run():

@@ -82,7 +82,8 @@ class DashScopeTaskSensor(BaseSensorOperator):
         if not self.deferrable:
             return super().execute(context)
         task = self._hook().get_task(self.dashscope_task_id)
-        if task.is_terminal:
+        # UNKNOWN is confirmed by the trigger over several polls before it is believed.
+        if task.is_terminal and task.status != "UNKNOWN":
             return self._outcome(task)
         self.log.info("DashScope task %s is %s; deferring (poll every %g s)", task.task_id, task.status,
                       self.poke_interval)  # fmt: skip

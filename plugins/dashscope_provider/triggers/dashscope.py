@@ -42,12 +42,16 @@ class DashScopeTaskTrigger(BaseTrigger):
         dashscope_conn_id: str = DashScopeAsyncHook.default_conn_name,
         poll_interval: float = 15.0,
         timeout: float | None = None,
+        unknown_confirmations: int = 3,
     ) -> None:
         super().__init__()
         self.dashscope_task_id = dashscope_task_id
         self.dashscope_conn_id = dashscope_conn_id
         self.poll_interval = float(poll_interval)
         self.timeout = None if timeout is None else float(timeout)
+        # UNKNOWN ends a wait for good (and a rerun may pay again), so a lagging task store right after
+        # submission must not be taken for an expired task: believe it only when it repeats.
+        self.unknown_confirmations = max(1, int(unknown_confirmations))
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         """The class path and the (credential-free) arguments that rebuild this trigger."""
@@ -57,6 +61,7 @@ class DashScopeTaskTrigger(BaseTrigger):
                 "dashscope_task_id": self.dashscope_task_id,
                 "dashscope_conn_id": self.dashscope_conn_id,
                 "poll_interval": self.poll_interval,
+                "unknown_confirmations": self.unknown_confirmations,
                 "timeout": self.timeout,
             },
         )
@@ -75,6 +80,7 @@ class DashScopeTaskTrigger(BaseTrigger):
         task: DashScopeTask | None = None
         errors = 0
         auth_failures = 0
+        unknown_seen = 0
         while True:
             try:
                 task = await hook.get_task(self.dashscope_task_id)
@@ -100,7 +106,8 @@ class DashScopeTaskTrigger(BaseTrigger):
                 yield self._event("error", task, f"{type(exc).__name__}: {exc}")
                 return
             else:
-                if task.is_terminal:
+                unknown_seen = unknown_seen + 1 if task.status == "UNKNOWN" else 0
+                if task.is_terminal and (task.status != "UNKNOWN" or unknown_seen >= self.unknown_confirmations):
                     yield self._terminal_event(task)
                     return
                 self.log.info("DashScope task %s is %s", task.task_id, task.status)
