@@ -27,6 +27,14 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_TABLE = str(REPO_ROOT / "include" / "sample" / "talking_heads_sample.csv")
 DEFAULT_OUTPUT_ROOT = os.environ.get("TALKING_HEADS_OUTPUT_ROOT", str(REPO_ROOT / "output"))
 
+#: The pool that bounds DashScope tasks in flight: create it with ``--include-deferred`` so waiting tasks
+#: hold their slot (``airflow pools set dashscope 4 "..." --include-deferred``). Without it, the
+#: default pool applies and nothing bounds the service-side queue.
+DASHSCOPE_POOL = os.environ.get("TALKING_HEADS_POOL", "default_pool")
+#: Waits outrank submits for pool slots, so a slot freed by a finished task goes to a task already
+#: paid for before a new one is submitted.
+WAIT_PRIORITY = 1000
+
 OUTPUT_ROOT = "{{ params.output_root }}"
 CONN_ID = "{{ params.dashscope_conn_id }}"
 
@@ -107,12 +115,13 @@ def talking_heads() -> None:
     def generate(row: dict[str, Any]) -> None:
         submit = SubmitRowOperator(
             task_id="submit", row=row, output_root=OUTPUT_ROOT, dashscope_conn_id=CONN_ID,
-            resubmit_uncertain="{{ params.resubmit_uncertain }}",
+            resubmit_uncertain="{{ params.resubmit_uncertain }}", pool=DASHSCOPE_POOL,
         )
         wait = WaitRowSensor(
             task_id="wait", submission=submit.output, output_root=OUTPUT_ROOT, dashscope_conn_id=CONN_ID,
             poll_interval="{{ params.poll_interval_seconds }}", deferrable=True,
             timeout=timedelta(hours=23).total_seconds(),
+            pool=DASHSCOPE_POOL, priority_weight=WAIT_PRIORITY, weight_rule="absolute",
         )
         DownloadRowOperator(task_id="download", result=wait.output, output_root=OUTPUT_ROOT)
 

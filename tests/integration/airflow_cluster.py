@@ -51,6 +51,7 @@ class AirflowCluster:
             "AIRFLOW__TRIGGERER__JOB_HEARTBEAT_SEC": "1",
             # Unpausing starts the latest @daily run with default params: keep its output in the test's home.
             "TALKING_HEADS_OUTPUT_ROOT": str(home / "default-output"),
+            "TALKING_HEADS_POOL": "dashscope",
             **(extra_env or {}),
         }
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
@@ -62,6 +63,7 @@ class AirflowCluster:
     def start(self) -> AirflowCluster:
         self.home.mkdir(parents=True, exist_ok=True)
         self.airflow("db", "migrate")
+        self.airflow("pools", "set", "dashscope", "2", "DashScope tasks in flight", "--include-deferred")
         for name in COMPONENTS:
             extra = ["--port", str(self.port)] if name == "api-server" else []
             log = (self.home / f"{name}.log").open("wb")
