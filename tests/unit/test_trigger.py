@@ -187,3 +187,20 @@ def test_rate_limiter_is_shared_per_key_and_backs_off() -> None:
     started = time.monotonic()
     asyncio.run(limiter.acquire())
     assert time.monotonic() - started >= 0.25
+
+
+def test_on_kill_cancels_a_queued_task_and_leaves_a_running_one(
+    slow_emulator: Any, emoji_input: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Mark-failed or clear of a deferred wait: Airflow calls the trigger's on_kill in the triggerer."""
+    from dashscope_provider.hooks.dashscope import DashScopeHook
+
+    monkeypatch.setenv(f"AIRFLOW_CONN_{CONN_ID.upper()}", conn_json(slow_emulator.base_url))
+    hook = DashScopeHook(dashscope_conn_id=CONN_ID)
+    running = hook.submit_task("emoji-v1", emoji_input).task_id
+    queued = hook.submit_task("emoji-v1", emoji_input).task_id
+    asyncio.run(DashScopeTaskTrigger(queued, CONN_ID).on_kill())
+    asyncio.run(DashScopeTaskTrigger(running, CONN_ID).on_kill())
+    assert hook.get_task(queued).status == "CANCELED"
+    assert hook.get_task(running).status == "RUNNING"
+    assert not [b for b in slow_emulator.billing() if b["task_id"] == queued]

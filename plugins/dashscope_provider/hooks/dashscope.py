@@ -891,3 +891,25 @@ class DashScopeAsyncHook(BaseHook):
             reraise=True,
         )
         return await retrying(attempt)
+
+    async def cancel_task(self, task_id: str) -> bool:
+        """Cancel a task that is still ``PENDING``; True if the service canceled it (one attempt).
+
+        A refusal (the task already runs or ended) is an answer, not an error: False, with a log line.
+        """
+        base_url, headers, _ = await self._configure()
+        url = f"{base_url}/{CANCEL_ENDPOINT.format(task_id=quote(task_id, safe=''))}"
+        try:
+            async with (
+                aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout)) as session,
+                session.post(url, headers=headers) as response,
+            ):
+                if 200 <= response.status < 300:
+                    self.log.info("DashScope task %s canceled", task_id)
+                    return True
+                error = api_error(response.status, await response.text(), response.headers.get("Content-Type"),
+                                  "cancel")  # fmt: skip
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise DashScopeConnectionError(_describe(exc)) from exc
+        self.log.info("DashScope task %s not canceled: %s", task_id, error)
+        return False

@@ -127,6 +127,14 @@ class DashScopeTaskTrigger(BaseTrigger):
                 pause = min(pause, left)
             await asyncio.sleep(pause)
 
+    async def on_kill(self) -> None:
+        """The user killed the waiting task (mark failed, clear): cancel it if it is still queued.
+
+        A ``PENDING`` task has cost nothing yet; one already running can't be canceled and is left to
+        finish (and be billed), which the service decides, not this trigger.
+        """
+        await self._hook().cancel_task(self.dashscope_task_id)
+
     def _terminal_event(self, task: DashScopeTask) -> TriggerEvent:
         if task.succeeded:
             return self._event("success", task, f"DashScope task {task.task_id} succeeded")
