@@ -66,12 +66,12 @@ def _table(path: Path, media_url: str, boxes: dict) -> Path:
     return path
 
 
-def _run(table: Path, output_root: Path, day: int) -> pd.DataFrame:
+def _run(table: Path, output_root: Path, day: int, **extra_conf: object) -> pd.DataFrame:
     from airflow.dag_processing.dagbag import DagBag
     from talking_heads.storage import safe_name
 
     dag = DagBag(str(REPO_ROOT / "dags")).get_dag("talking_heads")
-    conf = {"input_table": str(table), "output_root": str(output_root), "poll_interval_seconds": 0.2}
+    conf = {"input_table": str(table), "output_root": str(output_root), "poll_interval_seconds": 0.2, **extra_conf}
     run = dag.test(logical_date=datetime(2026, 11, day, tzinfo=UTC), run_conf=conf)
     return pd.read_csv(output_root / "outcomes" / f"{safe_name(run.run_id)}.csv")
 
@@ -118,6 +118,50 @@ def test_dag_generates_both_models_and_never_pays_twice(
     second = _run(table, output_root, 2)
     assert dict(zip(second["row_id"], second["status"], strict=True))["square"] == "skipped"
     assert len(emulator.billing()) == 3  # nothing paid twice
+
+    _assert_report_matches_billing(output_root, emulator.billing())
+
+
+def _assert_report_matches_billing(output_root: Path, billing: list[dict]) -> None:
+    """The cost report, from the outcome tables alone, equals the service's own billing, to the cent."""
+    from talking_heads.report import write_report
+
+    write_report(str(output_root))
+    table = pd.read_csv(output_root / "reports" / "by_model_ratio.csv")
+    prices = {"1:1": (0.011469, 0.08), "3:4": (0.022937, 0.16)}
+    for (model, ratio), group in pd.DataFrame(billing).groupby(["model", "video_ratio"]):
+        line = table[(table["model"] == model) & (table["video_ratio"] == ratio)].iloc[0]
+        seconds = group["video_duration"].astype(float).sum()
+        assert int(line["videos"]) == len(group)
+        assert float(line["seconds"]) == pytest.approx(seconds, abs=1e-6)
+        if ratio in prices:
+            assert round(float(line["cost_usd"]), 2) == round(seconds * prices[ratio][0], 2)
+            assert round(float(line["cost_cny"]), 2) == round(seconds * prices[ratio][1], 2)
+        else:
+            assert pd.isna(line["cost_usd"])  # emoji-v1: no published price, not invented
+
+
+def test_budget_cap_is_never_passed(
+    airflow_db: str, emulator: EmulatorServer, media: tuple[str, dict], tmp_path: Path
+) -> None:
+    media_url, boxes = media
+    box = boxes["portrait_halfbody.jpg"]
+    rows = [{"row_id": f"b{i}", "model": "emo-v1", "image_url": f"{media_url}/portrait_halfbody.jpg?row={i}",
+             "audio_url": f"{media_url}/voice.wav", "face_bbox": json.dumps(box["face_bbox"]),
+             "ext_bbox": json.dumps(box["ext_bbox"])} for i in range(4)]  # fmt: skip
+    table = tmp_path / "budget.csv"
+    pd.DataFrame(rows).to_csv(table, index=False)
+    cap = 0.30  # each 3:4 row costs ~5.3 s x 0.022937 = ~0.1216 USD: two fit, four don't
+    dry = _run(table, tmp_path / "out", 3, dry_run=True)
+    assert (dry["status"] == "skipped").all() and dry["message"].str.startswith("dry run").all()
+    assert emulator.billing() == []
+    outcomes = _run(table, tmp_path / "out", 4, max_cost_usd=cap)
+    billed_usd = sum(float(b["video_duration"]) * 0.022937 for b in emulator.billing())
+    print(f"budget: cap {cap} USD, billed {billed_usd:.4f} USD for {len(emulator.billing())} of {len(rows)} rows")
+    assert 0 < billed_usd <= cap
+    assert (outcomes["status"] == "succeeded").sum() == 2
+    skipped = outcomes[outcomes["status"] == "skipped"]
+    assert len(skipped) == 2 and skipped["message"].str.startswith("budget").all()
 
 
 def _assert_key_never_leaked(output_root: Path) -> None:
