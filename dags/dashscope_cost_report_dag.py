@@ -33,6 +33,10 @@ DEFAULT_OUTPUT_ROOT = os.environ.get(
             description="fsspec URL whose outcomes/ are read and where reports/ is written "
                         "(when run by an asset event, the root that run wrote to).",
         ),
+        "storage_conn_id": Param(
+            None, type=["null", "string"], title="Storage connection",
+            description="Airflow connection for the object store of output_root (e.g. aws_default).",
+        ),
     },
     doc_md=__doc__,
 )
@@ -43,12 +47,12 @@ def dashscope_cost_report() -> None:
 
         context = get_current_context()
         roots = {
-            event.extra["output_root"]
+            (event.extra["output_root"], event.extra.get("storage_conn_id"))
             for events in context.get("triggering_asset_events", {}).values()
             for event in events
             if event.extra and event.extra.get("output_root")
-        } or {params["output_root"]}
-        results = [write_report(root) for root in sorted(roots)]
+        } or {(params["output_root"], params["storage_conn_id"])}
+        results = [write_report(root, conn_id=conn_id) for root, conn_id in sorted(roots, key=str)]
         for result in results:
             print(f"Report written to {result['reports']}: {result['videos']} videos, "
                   f"{result['seconds']:.2f} s, USD {result['cost_usd']:.4f}")

@@ -21,7 +21,7 @@ from airflow.sdk import Param, TriggerRule, dag, get_current_context, task, task
 from talking_heads.assets import OUTCOMES, VIDEOS
 from talking_heads.ledger import RowLedger
 from talking_heads.operators import DownloadRowOperator, SubmitRowOperator, WaitRowSensor
-from talking_heads.storage import OutputLayout
+from talking_heads.storage import plain_url
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_TABLE = str(REPO_ROOT / "include" / "sample" / "talking_heads_sample.csv")
@@ -37,6 +37,7 @@ WAIT_PRIORITY = 1000
 
 OUTPUT_ROOT = "{{ params.output_root }}"
 CONN_ID = "{{ params.dashscope_conn_id }}"
+STORAGE_CONN_ID = "{{ params.storage_conn_id or '' }}"
 
 
 @dag(
@@ -61,6 +62,11 @@ CONN_ID = "{{ params.dashscope_conn_id }}"
         "dashscope_conn_id": Param(
             "dashscope_default", type="string", title="DashScope connection",
             description="Connection of type dashscope: host = base URL, password = API key.",
+        ),
+        "storage_conn_id": Param(
+            None, type=["null", "string"], title="Storage connection",
+            description="Airflow connection for the object store of input_table and output_root (e.g. "
+                        "aws_default for s3://); empty: the store's own default credentials.",
         ),
         "max_cost_usd": Param(
             None, type=["null", "number"], minimum=0, title="Budget cap (USD)",
@@ -97,9 +103,10 @@ def talking_heads() -> None:
 
         context = get_current_context()
         table_url = context["task"].render_template(params["input_table"], context)
-        ledger = RowLedger(params["output_root"])
+        storage = params["storage_conn_id"]
+        ledger = RowLedger(params["output_root"], storage)
         entries = plan_run(
-            read_input_table(table_url), ledger,
+            read_input_table(table_url, storage), ledger,
             dry_run=bool(params["dry_run"]), resubmit_uncertain=bool(params["resubmit_uncertain"]),
             preflight=bool(params["preflight_checks"]), max_cost_usd=params["max_cost_usd"],
         )
@@ -116,23 +123,28 @@ def talking_heads() -> None:
         submit = SubmitRowOperator(
             task_id="submit", row=row, output_root=OUTPUT_ROOT, dashscope_conn_id=CONN_ID,
             resubmit_uncertain="{{ params.resubmit_uncertain }}", pool=DASHSCOPE_POOL,
+            storage_conn_id=STORAGE_CONN_ID,
         )
         wait = WaitRowSensor(
             task_id="wait", submission=submit.output, output_root=OUTPUT_ROOT, dashscope_conn_id=CONN_ID,
+            storage_conn_id=STORAGE_CONN_ID,
             poll_interval="{{ params.poll_interval_seconds }}", deferrable=True,
             timeout=timedelta(hours=23).total_seconds(),
             pool=DASHSCOPE_POOL, priority_weight=WAIT_PRIORITY, weight_rule="absolute",
         )
-        DownloadRowOperator(task_id="download", result=wait.output, output_root=OUTPUT_ROOT)
+        DownloadRowOperator(
+            task_id="download", result=wait.output, output_root=OUTPUT_ROOT, storage_conn_id=STORAGE_CONN_ID
+        )
 
     @task(trigger_rule=TriggerRule.ALL_DONE, outlets=[OUTCOMES, VIDEOS])
     def record_outcomes(params: dict[str, Any], run_id: str, outlet_events: Any = None) -> dict[str, Any]:
         """Write one outcome line per input row, whatever happened to its tasks."""
         from talking_heads.outcomes import build_outcomes, write_outcomes
 
-        layout = OutputLayout(params["output_root"])
+        ledger = RowLedger(params["output_root"], params["storage_conn_id"])
+        layout = ledger.layout
         plan_doc = json.loads(layout.plan(run_id).read_text())
-        frame = build_outcomes(plan_doc["rows"], RowLedger(params["output_root"]), run_id)
+        frame = build_outcomes(plan_doc["rows"], ledger, run_id)
         written = write_outcomes(frame, layout, run_id)
         counts = frame["status"].value_counts().to_dict()
         billed = frame[frame["status"] == "succeeded"]
@@ -142,11 +154,12 @@ def talking_heads() -> None:
             "seconds": round(float(billed["video_duration"].astype(float).sum()), 2),
             "cost_usd": round(float(billed["cost_usd"].astype(float).fillna(0).sum()), 6),
             "cost_unknown_rows": int(billed["cost_usd"].isna().sum()),
-            "videos": str(layout.root / "videos"),
+            "videos": plain_url(layout.root / "videos"),
             "outcomes": written["csv"],
         }
         for asset in (OUTCOMES, VIDEOS):
-            outlet_events[asset].extra = {"output_root": params["output_root"], "run_id": run_id}
+            outlet_events[asset].extra = {"output_root": params["output_root"], "run_id": run_id,
+                                          "storage_conn_id": params["storage_conn_id"]}
         print("OUTCOME SUMMARY " + json.dumps(summary))
         return summary
 

@@ -18,7 +18,12 @@ os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{_AIRFLOW_HOME}/
 os.environ.pop("AIRFLOW_CONN_DASHSCOPE_DEFAULT", None)
 os.environ.pop("DASHSCOPE_API_KEY", None)
 
+from collections.abc import Iterator  # noqa: E402
+
 import pytest  # noqa: E402
+
+#: The bucket every S3 test writes into, on a moto server in server mode on 127.0.0.1.
+S3_BUCKET = "talking-heads-test"
 
 
 @pytest.fixture(scope="session")
@@ -28,3 +33,22 @@ def airflow_db() -> str:
 
     initdb()
     return os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
+
+
+@pytest.fixture(scope="session")
+def moto_s3() -> Iterator[str]:
+    """A real S3-compatible server (moto in server mode) on 127.0.0.1 with one bucket; yields its URL."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                          aws_access_key_id="testing", aws_secret_access_key="testing")  # fmt: skip
+    client.create_bucket(Bucket=S3_BUCKET)
+    try:
+        yield endpoint
+    finally:
+        server.stop()

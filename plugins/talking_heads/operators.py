@@ -24,14 +24,25 @@ from dashscope_provider.operators.dashscope import (
 from dashscope_provider.sensors.dashscope import DashScopeTaskSensor
 
 from talking_heads.ledger import RowLedger, RowState, request_fingerprint
+from talking_heads.storage import plain_url
 from talking_heads.validation import RowRequest
+
+
+class _RowStorage:
+    """Where a row-aware step keeps its ledger: ``output_root`` through ``storage_conn_id``."""
+
+    output_root: str
+    storage_conn_id: str | None
+
+    def _ledger(self) -> RowLedger:
+        return RowLedger(self.output_root, self.storage_conn_id)
 
 
 def _as_bool(value: Any) -> bool:
     return value if isinstance(value, bool) else str(value).strip().lower() in ("1", "true", "yes")
 
 
-class SubmitRowOperator(DashScopeVideoSynthesisOperator):
+class SubmitRowOperator(_RowStorage, DashScopeVideoSynthesisOperator):
     """Submit one table row, at most once.
 
     A row with a task already in flight returns that task id; a row whose earlier submission answer
@@ -41,21 +52,26 @@ class SubmitRowOperator(DashScopeVideoSynthesisOperator):
     :param row: the plan entry of the row (``row_id`` and its validated ``request``).
     :param output_root: where the ledger lives (``{output_root}/state/{row_id}.json``).
     :param resubmit_uncertain: submit rows whose earlier answer was lost (may pay twice: on purpose).
+    :param storage_conn_id: Airflow connection of the object store under ``output_root`` (optional).
     """
 
-    template_fields: Sequence[str] = ("row", "output_root", "dashscope_conn_id", "resubmit_uncertain")
+    template_fields: Sequence[str] = (
+        "row", "output_root", "dashscope_conn_id", "resubmit_uncertain", "storage_conn_id",
+    )  # fmt: skip
 
     def __init__(
-        self, *, row: Any, output_root: str, resubmit_uncertain: Any = False, **kwargs: Any
+        self, *, row: Any, output_root: str, resubmit_uncertain: Any = False, storage_conn_id: str | None = None,
+        **kwargs: Any,
     ) -> None:
         super().__init__(model="", input={}, **kwargs)
         self.row = row
         self.output_root = output_root
         self.resubmit_uncertain = resubmit_uncertain
+        self.storage_conn_id = storage_conn_id
 
     def execute(self, context: Context) -> dict[str, Any]:
         request = RowRequest(**self.row["request"])
-        ledger = RowLedger(self.output_root)
+        ledger = self._ledger()
         run_id = context["run_id"]
         fingerprint = request_fingerprint(request.model, request.api_input(), request.api_parameters())
         state = ledger.get(request.row_id)
@@ -96,23 +112,28 @@ class SubmitRowOperator(DashScopeVideoSynthesisOperator):
         return {"row_id": request.row_id, "task_id": submitted.task_id}
 
 
-class WaitRowSensor(DashScopeTaskSensor):
+class WaitRowSensor(_RowStorage, DashScopeTaskSensor):
     """Wait (deferred, no worker slot held) for a row's task, and record how it ended.
 
     :param submission: the submit step's result, ``{"row_id", "task_id"}``.
     :param output_root: where the ledger lives.
     """
 
-    template_fields: Sequence[str] = (*DashScopeTaskSensor.template_fields, "submission", "output_root")
+    template_fields: Sequence[str] = (
+        *DashScopeTaskSensor.template_fields, "submission", "output_root", "storage_conn_id",
+    )  # fmt: skip
 
-    def __init__(self, *, submission: Any, output_root: str, **kwargs: Any) -> None:
+    def __init__(
+        self, *, submission: Any, output_root: str, storage_conn_id: str | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(dashscope_task_id="", fail_on_task_failure=False, **kwargs)
         self.submission = submission
         self.output_root = output_root
+        self.storage_conn_id = storage_conn_id
 
     def execute(self, context: Context) -> Any:
         self.dashscope_task_id = self.submission["task_id"]
-        state = RowLedger(self.output_root).get(self.submission["row_id"])
+        state = self._ledger().get(self.submission["row_id"])
         if state is not None and state.state in ("generated", "succeeded") and state.task_id == self.dashscope_task_id:
             self.log.info("Task %s already finished (%s); not polling again", state.task_id, state.state)
             return self._result(state)
@@ -129,7 +150,7 @@ class WaitRowSensor(DashScopeTaskSensor):
 
     def _record(self, task_dict: dict[str, Any]) -> dict[str, Any]:
         task = DashScopeTask.from_dict(task_dict)
-        ledger = RowLedger(self.output_root)
+        ledger = self._ledger()
         row_id = self.submission["row_id"]
         state = ledger.get(row_id) or RowState(row_id=row_id, state="submitted", task_id=task.task_id)
         if task.status == "SUCCEEDED":
@@ -152,29 +173,36 @@ class WaitRowSensor(DashScopeTaskSensor):
             DashScopeHook(dashscope_conn_id=self.dashscope_conn_id).cancel_task(task_id)
 
 
-class DownloadRowOperator(DashScopeVideoDownloadOperator):
+class DownloadRowOperator(_RowStorage, DashScopeVideoDownloadOperator):
     """Copy a row's result video to ``{output_root}/videos/{row_id}.mp4`` and record it.
 
     :param result: the wait step's result (``row_id``, ``task_id``, ``video_url`` and usage).
     :param output_root: where the videos and the ledger live.
     """
 
-    template_fields: Sequence[str] = (*DashScopeVideoDownloadOperator.template_fields, "result", "output_root")
+    template_fields: Sequence[str] = (
+        *DashScopeVideoDownloadOperator.template_fields, "result", "output_root", "storage_conn_id",
+    )  # fmt: skip
 
-    def __init__(self, *, result: Any, output_root: str, **kwargs: Any) -> None:
+    def __init__(
+        self, *, result: Any, output_root: str, storage_conn_id: str | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(video_url="", destination="", **kwargs)
         self.result = result
         self.output_root = output_root
+        self.storage_conn_id = storage_conn_id
 
     def execute(self, context: Context) -> dict[str, Any]:
-        ledger = RowLedger(self.output_root)
+        ledger = self._ledger()
         row_id = self.result["row_id"]
         state = ledger.get(row_id)
         if state is not None and state.state == "succeeded":
             self.log.info("Row %s already stored at %s", row_id, state.video_uri)
             return {"uri": state.video_uri, "size_bytes": state.video_bytes, "sha256": state.video_sha256}
         self.video_url = self.result["video_url"]
-        self.destination = str(ledger.layout.video(row_id))
+        # The plain URL: the store's connection travels in conn_id, not inside the path.
+        self.destination = plain_url(ledger.layout.video(row_id))
+        self.conn_id = self.storage_conn_id or None
         try:
             stored = super().execute(context)
         except DashScopeResultExpired as error:

@@ -12,7 +12,7 @@ import pandas as pd
 
 from talking_heads.costs import cost_of, load_prices
 from talking_heads.ledger import RowLedger, RowState
-from talking_heads.storage import OutputLayout
+from talking_heads.storage import OutputLayout, plain_url
 
 #: The contract's columns, in order; the input's extra columns follow them.
 OUTCOME_COLUMNS = [
@@ -88,5 +88,5 @@ def write_outcomes(frame: pd.DataFrame, layout: OutputLayout, run_id: str) -> di
                     if safe[column].dtype == object:
                         safe[column] = safe[column].map(lambda v: v if v is None else str(v))
                 safe.to_parquet(handle, index=False)
-        written[suffix] = str(path)
+        written[suffix] = plain_url(path)
     return written

@@ -15,7 +15,7 @@ from typing import Any
 import pandas as pd
 
 from talking_heads.costs import FREE_QUOTA_SECONDS, cost_of, load_prices
-from talking_heads.storage import as_storage_path
+from talking_heads.storage import as_storage_path, plain_url
 
 
 @dataclass
@@ -29,9 +29,9 @@ class CostReport:
     billed: pd.DataFrame
 
 
-def read_outcomes(output_root: str) -> pd.DataFrame:
+def read_outcomes(output_root: str, conn_id: str | None = None) -> pd.DataFrame:
     """All outcome tables under ``output_root/outcomes/`` (Parquet preferred, CSV when alone)."""
-    folder = as_storage_path(output_root) / "outcomes"
+    folder = as_storage_path(output_root, conn_id) / "outcomes"
     if not folder.exists():
         return pd.DataFrame()
     files = {p.stem: p for p in folder.iterdir() if p.suffix == ".csv"}
@@ -137,14 +137,14 @@ td,th{{padding:.25em .8em;border-bottom:1px solid #ddd;text-align:right}}th{{bac
 reference's unit prices per second of output video.</p></body></html>"""
 
 
-def write_report(output_root: str, prices_json: str | None = None) -> dict[str, Any]:
+def write_report(output_root: str, prices_json: str | None = None, conn_id: str | None = None) -> dict[str, Any]:
     """Build the report for ``output_root`` and write ``reports/*.csv`` and ``reports/cost_report.html``."""
-    report = build_report(read_outcomes(output_root), prices_json)
-    folder = as_storage_path(output_root) / "reports"
+    report = build_report(read_outcomes(output_root, conn_id), prices_json)
+    folder = as_storage_path(output_root, conn_id) / "reports"
     folder.mkdir(parents=True, exist_ok=True)
     for name in ("by_model_ratio", "by_day", "free_quota", "failures"):
         (folder / f"{name}.csv").write_text(getattr(report, name).to_csv(index=False))
     (folder / "cost_report.html").write_text(render_html(report, "DashScope cost report"))
-    return {"reports": str(folder), "videos": len(report.billed),
+    return {"reports": plain_url(folder), "videos": len(report.billed),
             "seconds": float(report.by_model_ratio["seconds"].sum()),
             "cost_usd": float(report.by_model_ratio["cost_usd"].sum(min_count=1) or 0)}

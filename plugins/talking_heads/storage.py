@@ -14,7 +14,12 @@ def as_storage_path(url: str, conn_id: str | None = None) -> ObjectStoragePath:
     """Return an ``ObjectStoragePath`` for a URL or a plain local path (made absolute)."""
     if "://" not in url:
         url = "file://" + os.path.abspath(os.path.expanduser(url))
-    return ObjectStoragePath(url, conn_id=conn_id)
+    return ObjectStoragePath(url, conn_id=conn_id or None)  # a rendered empty param means "none"
+
+
+def plain_url(path: ObjectStoragePath) -> str:
+    """``s3://bucket/key`` for a path: ``str()`` would embed its conn id (``s3://aws_default@bucket/...``)."""
+    return f"{'file' if path.protocol in ('file', 'local', '') else path.protocol}://{path.path}"
 
 
 def safe_name(text: str) -> str:

@@ -186,3 +186,39 @@ def _assert_key_never_leaked(output_root: Path) -> None:
                 searched += 1
                 assert KEY.encode() not in path.read_bytes(), path
     assert searched > 5
+
+
+def test_outputs_on_s3(
+    airflow_db: str, emulator: EmulatorServer, media: tuple[str, dict], moto_s3: str, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Ledger, videos and outcomes on an S3 API (moto on 127.0.0.1) through ``aws_default``."""
+    import boto3
+
+    from tests.conftest import S3_BUCKET
+
+    extra = {"endpoint_url": moto_s3, "region_name": "us-east-1"}
+    monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", json.dumps(
+        {"conn_type": "aws", "login": "testing", "password": "testing", "extra": extra}))
+    media_url, boxes = media
+    table = _table(tmp_path / "table.csv", media_url, boxes)
+    root = f"s3://{S3_BUCKET}/e2e"
+    s3 = boto3.client("s3", endpoint_url=moto_s3, region_name="us-east-1", aws_access_key_id="testing",
+                      aws_secret_access_key="testing")  # fmt: skip
+
+    from airflow.dag_processing.dagbag import DagBag
+
+    dag = DagBag(str(REPO_ROOT / "dags")).get_dag("talking_heads")
+    dag.test(logical_date=datetime(2026, 11, 5, tzinfo=UTC),
+             run_conf={"input_table": str(table), "output_root": root, "poll_interval_seconds": 0.2,
+                       "storage_conn_id": "aws_default"})
+    keys = {o["Key"] for o in s3.list_objects_v2(Bucket=S3_BUCKET, Prefix="e2e/")["Contents"]}
+    assert {"e2e/videos/square.mp4", "e2e/videos/halfbody.mp4", "e2e/videos/emoji.mp4"} <= keys
+    assert {"e2e/state/square.json", "e2e/state/emoji.json"} <= keys
+    outcome_key = next(k for k in keys if k.startswith("e2e/outcomes/") and k.endswith(".csv"))
+    outcomes = pd.read_csv(s3.get_object(Bucket=S3_BUCKET, Key=outcome_key)["Body"])
+    by_id = outcomes.set_index("row_id")
+    assert by_id.loc["square", "status"] == "succeeded"
+    assert by_id.loc["square", "video_uri"] == f"{root}/videos/square.mp4"
+    body = s3.get_object(Bucket=S3_BUCKET, Key="e2e/videos/square.mp4")["Body"].read()
+    assert len(body) == int(by_id.loc["square", "video_bytes"])

@@ -14,10 +14,12 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import S3_BUCKET
+
 KEY = "sk-test"
 CONN_ID = "dashscope_test"
 AWS_CONN_ID = "aws_test"
-BUCKET = "talking-heads-test"
+BUCKET = S3_BUCKET
 
 
 def conn_json(host: str, password: str = KEY) -> str:
@@ -182,25 +184,6 @@ def no_key_in_logs(caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixtur
     assert KEY not in caplog.text
     assert KEY not in captured.out
     assert KEY not in captured.err
-
-
-@pytest.fixture(scope="session")
-def moto_s3() -> Iterator[str]:
-    """A moto S3 server on 127.0.0.1 with one bucket; yields its endpoint URL."""
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
-                          aws_access_key_id="testing", aws_secret_access_key="testing")  # fmt: skip
-    client.create_bucket(Bucket=BUCKET)
-    try:
-        yield endpoint
-    finally:
-        server.stop()
 
 
 @pytest.fixture
