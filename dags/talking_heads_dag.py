@@ -147,7 +147,7 @@ def talking_heads() -> None:
         frame = build_outcomes(plan_doc["rows"], ledger, run_id)
         written = write_outcomes(frame, layout, run_id)
         counts = frame["status"].value_counts().to_dict()
-        billed = frame[frame["status"] == "succeeded"]
+        billed = frame[(frame["status"] != "skipped") & frame["video_duration"].notna()]
         summary = {
             "rows": len(frame),
             **{s: int(counts.get(s, 0)) for s in ("succeeded", "failed", "skipped")},

@@ -17,7 +17,7 @@ from talking_heads.ledger import RowLedger
 from talking_heads.outcomes import UNCERTAIN_CODE
 from talking_heads.preflight import MediaCheck, check_media, media_problem
 from talking_heads.storage import as_storage_path
-from talking_heads.validation import KNOWN_COLUMNS, VALIDATION_CODE, RowRequest, validate_frame
+from talking_heads.validation import KNOWN_COLUMNS, REQUIRED_COLUMNS, VALIDATION_CODE, RowRequest, validate_frame
 
 PREFLIGHT_CODE = "PreflightCheck"
 
@@ -28,6 +28,14 @@ class InputTableError(ValueError):
 
 def read_input_table(url: str, conn_id: str | None = None) -> pd.DataFrame:
     """Read a ``.csv`` or ``.parquet`` table from a path or any fsspec URL."""
+    frame = _read(url, conn_id)
+    missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
+    if missing:
+        raise InputTableError(f"input table {url}: required column(s) missing: {', '.join(missing)}")
+    return frame
+
+
+def _read(url: str, conn_id: str | None) -> pd.DataFrame:
     path = as_storage_path(url, conn_id)
     suffix = path.name.lower()
     try:
@@ -93,6 +101,12 @@ def plan_run(
                 "status": "failed", "code": UNCERTAIN_CODE, "task_id": state.task_id,
                 "message": "an earlier submission's answer was lost, so a task may exist and be billed; "
                            "not re-sent. Rerun with resubmit_uncertain=true to submit it again on purpose"}}
+        elif state is not None and state.state == "failed" and state.code == "UNKNOWN" and not resubmit_uncertain:
+            # The task id expired: it may have run and been billed. Generating again may pay twice.
+            entry |= {"plan": "done", "outcome": {
+                "status": "failed", "code": "UNKNOWN", "task_id": state.task_id, "message":
+                f"{state.message}; it may have run and been billed, so it is not generated again unless "
+                "resubmit_uncertain=true"}}
         elif state is not None and state.state == "failed" and state.billed:
             entry |= {"plan": "done", "outcome": {
                 "status": "failed", "code": state.code, "task_id": state.task_id, "message":

@@ -46,7 +46,7 @@ def read_outcomes(output_root: str, conn_id: str | None = None) -> pd.DataFrame:
 
 def _day_of(frame: pd.DataFrame) -> pd.Series:
     # Runs are named with their logical date (manual__2026-11-23T..., scheduled__..., backfill__...).
-    text = frame.get("run_id", frame["outcome_file"]).astype(str)
+    text = (frame["run_id"] if "run_id" in frame else frame["outcome_file"]).astype(str)
     return text.str.extract(r"(\d{4}-\d{2}-\d{2})", expand=False).fillna("unknown")
 
 
@@ -56,7 +56,10 @@ def build_report(outcomes: pd.DataFrame, prices_json: str | None = None) -> Cost
     empty = pd.DataFrame(columns=["model", "video_ratio", "videos", "seconds", "cost_usd", "cost_cny"])
     if outcomes.empty:
         return CostReport(empty, empty.assign(day=[]), pd.DataFrame(), pd.DataFrame(), outcomes)
-    billed = outcomes[outcomes["status"] == "succeeded"].drop_duplicates("task_id").copy()
+    # Billed = every task the service reported usage for: stored videos, and results paid for but lost
+    # (e.g. their URL expired). Later runs list a stored row as skipped; each task counts once.
+    has_usage = outcomes["video_duration"].notna() if "video_duration" in outcomes else False
+    billed = outcomes[(outcomes["status"] != "skipped") & has_usage].drop_duplicates("task_id").copy()
     billed["video_duration"] = billed["video_duration"].astype(float)
     costs = [cost_of(m, r, d, prices) for m, r, d in
              zip(billed["model"], billed["video_ratio"], billed["video_duration"], strict=True)]

@@ -33,6 +33,10 @@ KNOWN_COLUMNS = ("row_id", "model", "image_url", "audio_url", "face_bbox", "ext_
 ROW_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 #: Integer bboxes rarely hit an aspect ratio exactly; the service accepts detector output.
 RATIO_TOLERANCE = 0.02
+#: No box can reach past the largest image the service takes (7000 px a side).
+MAX_COORDINATE = 7000
+#: Columns every table must have (a table without one is refused as a whole).
+REQUIRED_COLUMNS = ("row_id", "model", "image_url", "face_bbox", "ext_bbox")
 
 VALIDATION_CODE = "InvalidInput"
 
@@ -106,9 +110,12 @@ class RowRequest(BaseModel):
     @classmethod
     def _bbox(cls, value: Any) -> list[int]:
         if isinstance(value, str):
+            # Four coordinates never need more text; a bound also keeps hostile input out of the parser.
+            if len(value) > 100:
+                raise ValueError(f"must be a JSON list [x1, y1, x2, y2], got {len(value)} characters")
             try:
                 value = json.loads(value)
-            except json.JSONDecodeError:
+            except (json.JSONDecodeError, RecursionError):
                 raise ValueError(f"must be a JSON list [x1, y1, x2, y2], got {value[:80]!r}") from None
         if hasattr(value, "tolist"):
             value = value.tolist()
@@ -116,8 +123,12 @@ class RowRequest(BaseModel):
             raise ValueError("must be four integers [x1, y1, x2, y2]")
         coords = []
         for item in value:
-            if isinstance(item, bool) or not isinstance(item, int | float) or not float(item).is_integer():
-                raise ValueError(f"must be four integers [x1, y1, x2, y2], got {list(value)!r}")
+            if isinstance(item, bool) or not isinstance(item, int | float):
+                raise ValueError(f"must be four integers [x1, y1, x2, y2], got {list(value)!r}"[:160])
+            if abs(item) > MAX_COORDINATE:
+                raise ValueError(f"coordinates must be at most {MAX_COORDINATE} (the largest image side)")
+            if not float(item).is_integer():
+                raise ValueError(f"must be four integers [x1, y1, x2, y2], got {list(value)!r}"[:160])
             coords.append(int(item))
         x1, y1, x2, y2 = coords
         if min(coords) < 0:
@@ -246,7 +257,7 @@ def validate_records(records: Iterable[dict[str, Any]]) -> tuple[list[tuple[int,
 
 def validate_frame(frame: pd.DataFrame) -> tuple[list[tuple[int, RowRequest]], list[Rejection]]:
     """Validate a whole input table; see :func:`validate_records`."""
-    missing = [c for c in ("row_id", "model", "image_url", "face_bbox", "ext_bbox") if c not in frame.columns]
+    missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
     if missing:
         raise ValueError(f"input table: required column(s) missing: {', '.join(missing)}")
     return validate_records(frame.to_dict(orient="records"))
