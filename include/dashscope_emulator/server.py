@@ -379,14 +379,13 @@ def send_file(handler: BaseHTTPRequestHandler, path: Path, content_type: str, he
     return status
 
 
-class _EmulatorHandler(BaseHTTPRequestHandler):
-    """Routes one HTTP/1.1 connection's requests to the :class:`EmulatorServer` that owns the socket."""
+class _TrackedQuietHandler(BaseHTTPRequestHandler):
+    """Registers its connection with the :class:`_TrackingServer` (so stop() can close it) and keeps
+    no access log (the emulator logs one line per request itself, without client addresses)."""
 
     protocol_version = "HTTP/1.1"
-    server_version = "DashScopeEmulator/1.0"
     # Idle keep-alive connections are closed after this many seconds, so threads don't pile up.
     timeout = 120
-    emulator: EmulatorServer  # set on the subclass made per server
 
     def setup(self) -> None:
         super().setup()
@@ -399,7 +398,15 @@ class _EmulatorHandler(BaseHTTPRequestHandler):
             self.server.track(self.connection, False)  # type: ignore[attr-defined]
 
     def log_message(self, format: str, *args: Any) -> None:  # the stdlib's signature
-        pass  # EmulatorServer._add_record logs one line per request instead, without client addresses
+        pass
+
+
+class _EmulatorHandler(_TrackedQuietHandler):
+    """Routes one HTTP/1.1 connection's requests to the :class:`EmulatorServer` that owns the socket."""
+
+    server_version = "DashScopeEmulator/1.0"
+    emulator: EmulatorServer  # set on the subclass made per server
+
 
     def do_GET(self) -> None:
         self._dispatch("GET")
@@ -1130,24 +1137,9 @@ class EmulatorServer:
         return Outcome(video_path=path, video_duration=seconds, video_ratio=ratio)
 
 
-class _QuietStaticHandler(SimpleHTTPRequestHandler):
+class _QuietStaticHandler(_TrackedQuietHandler, SimpleHTTPRequestHandler):
     """Static files over HTTP/1.1 keep-alive, with single ``Range`` requests, and no access log."""
 
-    protocol_version = "HTTP/1.1"
-    timeout = 120
-
-    def setup(self) -> None:
-        super().setup()
-        self.server.track(self.connection, True)  # type: ignore[attr-defined]
-
-    def finish(self) -> None:
-        try:
-            super().finish()
-        finally:
-            self.server.track(self.connection, False)  # type: ignore[attr-defined]
-
-    def log_message(self, format: str, *args: Any) -> None:  # the stdlib's signature
-        pass
 
     def do_GET(self) -> None:
         if self.headers.get("Range"):
