@@ -99,7 +99,8 @@ def talking_heads() -> None:
     @task
     def plan(params: dict[str, Any], run_id: str) -> list[dict[str, Any]]:
         """Read and validate the table; decide per row: generate, skip, or fail before any spend."""
-        from talking_heads.plan import plan_run, read_input_table  # pandas: kept out of DAG parsing
+        from airflow.configuration import conf
+        from talking_heads.plan import cap_generation, plan_run, read_input_table  # pandas: not at parse time
 
         context = get_current_context()
         table_url = context["task"].render_template(params["input_table"], context)
@@ -110,6 +111,7 @@ def talking_heads() -> None:
             dry_run=bool(params["dry_run"]), resubmit_uncertain=bool(params["resubmit_uncertain"]),
             preflight=bool(params["preflight_checks"]), max_cost_usd=params["max_cost_usd"],
         )
+        cap_generation(entries, conf.getint("core", "max_map_length"))
         plan_path = ledger.layout.plan(run_id)
         plan_path.parent.mkdir(parents=True, exist_ok=True)
         plan_path.write_text(json.dumps({"input_table": table_url, "rows": entries}))

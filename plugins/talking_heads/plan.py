@@ -118,6 +118,21 @@ def plan_run(
     return [{**entries[i], "columns": extras[i]} for i in range(len(records))]
 
 
+def cap_generation(entries: list[dict[str, Any]], limit: int) -> list[dict[str, Any]]:
+    """Keep at most ``limit`` rows to generate in this run (Airflow maps at most ``max_map_length``
+    task groups); the rest end ``skipped`` with the reason, and a later run picks them up."""
+    kept = 0
+    for entry in entries:
+        if entry["plan"] != "generate":
+            continue
+        kept += 1
+        if kept > limit:
+            entry.pop("request")
+            entry |= {"plan": "done", "outcome": {"status": "skipped", "message":
+                      f"over this run's limit of {limit} rows (core.max_map_length); the next run takes it"}}
+    return entries
+
+
 def _admit(entries: dict[int, dict[str, Any]], *, preflight: bool, max_cost_usd: float | None, dry_run: bool) -> None:
     """Pre-flight checks, cost estimates, the budget cap and dry runs, over the rows to generate."""
     to_generate = [i for i in sorted(entries) if entries[i]["plan"] == "generate"]

@@ -9,7 +9,7 @@ import pytest
 from talking_heads.costs import cost_of, load_prices
 from talking_heads.ledger import RowLedger, RowState
 from talking_heads.outcomes import OUTCOME_COLUMNS, build_outcomes, write_outcomes
-from talking_heads.plan import InputTableError, plan_run, read_input_table
+from talking_heads.plan import InputTableError, cap_generation, plan_run, read_input_table
 
 ROW = {
     "model": "emo-v1", "image_url": "http://m/p.png", "audio_url": "http://m/v.wav",
@@ -88,3 +88,9 @@ def test_table_errors_name_the_table(tmp_path: Path) -> None:
     (tmp_path / "t.xlsx").write_text("x")
     with pytest.raises(InputTableError, match="unsupported format"):
         read_input_table(str(tmp_path / "t.xlsx"))
+
+
+def test_rows_over_the_map_limit_wait_for_the_next_run(tmp_path: Path) -> None:
+    plan = cap_generation(plan_run(_frame("a", "b", "c"), RowLedger(str(tmp_path))), limit=2)
+    assert [e["plan"] for e in plan] == ["generate", "generate", "done"]
+    assert plan[2]["outcome"]["status"] == "skipped" and "max_map_length" in plan[2]["outcome"]["message"]
