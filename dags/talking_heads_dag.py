@@ -18,6 +18,7 @@ from typing import Any
 
 import pendulum
 from airflow.sdk import Param, TriggerRule, dag, get_current_context, task, task_group
+from airflow.sdk.exceptions import AirflowFailException
 from talking_heads.assets import OUTCOMES, VIDEOS
 from talking_heads.ledger import RowLedger
 from talking_heads.operators import DownloadRowOperator, SubmitRowOperator, WaitRowSensor
@@ -100,14 +101,23 @@ def talking_heads() -> None:
     def plan(params: dict[str, Any], run_id: str) -> list[dict[str, Any]]:
         """Read and validate the table; decide per row: generate, skip, or fail before any spend."""
         from airflow.configuration import conf
-        from talking_heads.plan import cap_generation, plan_run, read_input_table  # pandas: not at parse time
+        from talking_heads.plan import (  # pandas: not at parse time
+            InputTableError,
+            cap_generation,
+            plan_run,
+            read_input_table,
+        )
 
         context = get_current_context()
         table_url = context["task"].render_template(params["input_table"], context)
         storage = params["storage_conn_id"]
         ledger = RowLedger(params["output_root"], storage)
+        try:
+            frame = read_input_table(table_url, storage)
+        except InputTableError as error:
+            raise AirflowFailException(str(error)) from None  # the same table fails the same way on retry
         entries = plan_run(
-            read_input_table(table_url, storage), ledger,
+            frame, ledger,
             dry_run=bool(params["dry_run"]), resubmit_uncertain=bool(params["resubmit_uncertain"]),
             preflight=bool(params["preflight_checks"]), max_cost_usd=params["max_cost_usd"],
         )
