@@ -98,8 +98,12 @@ class SubmitRowOperator(_RowStorage, DashScopeVideoSynthesisOperator):
             ledger.put(state.advance("uncertain", code="SubmissionUncertain", message=str(error)))
             raise AirflowFailException(f"row {request.row_id}: {error}; recorded as uncertain") from None
         except DashScopeAPIError as error:
-            # The service answered with an error body: no task was created, nothing billed.
+            # The service answered with an error body: no task was created, nothing billed. Recorded as
+            # failed in case this is the last try; a transient refusal (429, 5xx) that outlasted the
+            # hook's retries is left to the task's own retries, which may submit again safely.
             ledger.put(state.advance("failed", code=error.code, message=error.message, billed=False))
+            if error.retryable:
+                raise
             raise AirflowFailException(f"row {request.row_id}: submit refused: {error}") from None
         except Exception as error:
             if not getattr(error, "request_not_sent", False):

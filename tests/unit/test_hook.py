@@ -214,10 +214,27 @@ def test_throttled_submits_are_retried_and_succeed(
     assert sorted(t["task_id"] for t in emulator.tasks()) == sorted(ids)
 
 
-def test_throttled_submit_maps_to_api_error_when_attempts_run_out(
+def test_throttling_does_not_use_up_the_attempts_for_real_failures(
     dashscope_conn: str, make_hook: Any, emulator: Any, emoji_input: dict[str, Any]
 ) -> None:
-    hook = make_hook(max_attempts=1)
+    # One attempt for real failures, but 429s are retried (for up to throttle_timeout): a burst of
+    # throttled answers must not turn good submissions into refused rows.
+    hook = make_hook(max_attempts=1, retry_initial=0.2, retry_max=1.0, throttle_timeout=60)
+    ids = [hook.submit_task("emoji-v1", emoji_input).task_id for _ in range(8)]
+    statuses = [r["status"] for r in logged_requests(emulator, is_submit, 9)]
+    assert 429 in statuses
+    assert statuses.count(200) == 8
+    assert sorted(t["task_id"] for t in emulator.tasks()) == sorted(ids)
+    emulator.force_next("submit_500")  # a real failure still counts: one attempt, then the error
+    with pytest.raises(DashScopeAPIError) as info:
+        hook.submit_task("emoji-v1", emoji_input)
+    assert (info.value.status_code, info.value.code) == (500, "InternalError")
+
+
+def test_throttled_submit_maps_to_api_error_when_throttle_timeout_passes(
+    dashscope_conn: str, make_hook: Any, emulator: Any, emoji_input: dict[str, Any]
+) -> None:
+    hook = make_hook(max_attempts=1, throttle_timeout=0)
     with pytest.raises(DashScopeAPIError) as info:  # the 6th submit within a second is refused
         for _ in range(6):
             hook.submit_task("emoji-v1", emoji_input)

@@ -12,6 +12,7 @@ import requests
 from airflow.sdk.exceptions import AirflowFailException, AirflowSensorTimeout, TaskDeferred
 from dashscope_provider import get_provider_info
 from dashscope_provider.exceptions import (
+    DashScopeAPIError,
     DashScopeError,
     DashScopeResultExpired,
     DashScopeSubmissionUncertain,
@@ -245,3 +246,55 @@ def test_download_operator_needs_no_dashscope_connection(
     op = DashScopeVideoDownloadOperator(task_id="download", video_url=video_url, destination=str(tmp_path / "v.mp4"))
     assert op.execute({})["size_bytes"] > 0  # type: ignore[arg-type]
     assert calls == []
+
+
+# -- row operators: what a refused submit leaves in the ledger ------------------------------------------
+
+
+def _submit_row_operator(conn_id: str, emoji_input: dict[str, Any], output_root: Path, row_id: str) -> Any:
+    from talking_heads.operators import SubmitRowOperator
+    from talking_heads.validation import RowRequest
+
+    request = RowRequest(row_id=row_id, model="emoji-v1", **emoji_input)
+    return SubmitRowOperator(task_id="submit", row={"request": request.model_dump()}, output_root=str(output_root),
+                             dashscope_conn_id=conn_id)  # fmt: skip
+
+
+def test_submit_row_transient_refusal_is_left_to_task_retries(
+    dashscope_conn: str, emulator: Any, emoji_input: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from talking_heads.ledger import RowLedger
+
+    monkeypatch.setitem(DashScopeHook.__init__.__kwdefaults__, "retry_initial", 0.01)
+    monkeypatch.setitem(DashScopeHook.__init__.__kwdefaults__, "retry_max", 0.02)
+    for _ in range(5):  # as many 5xx as the hook has attempts
+        emulator.force_next("submit_500")
+    op = _submit_row_operator(dashscope_conn, emoji_input, tmp_path, "r-1")
+    with pytest.raises(DashScopeAPIError) as info:
+        op.execute({"run_id": "run-1"})  # type: ignore[arg-type]
+    assert not isinstance(info.value, AirflowFailException)  # the Airflow task's retries apply
+    state = RowLedger(str(tmp_path)).get("r-1")
+    assert state is not None
+    assert (state.state, state.code, state.billed) == ("failed", "InternalError", False)
+    assert emulator.tasks() == []
+
+    submission = op.execute({"run_id": "run-1"})  # the retry: nothing was created, so it submits again
+    [task] = emulator.tasks()
+    assert submission == {"row_id": "r-1", "task_id": task["task_id"]}
+    assert RowLedger(str(tmp_path)).get("r-1").state == "submitted"  # type: ignore[union-attr]
+
+
+def test_submit_row_permanent_refusal_fails_without_retries(
+    emulator: Any, emoji_input: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from talking_heads.ledger import RowLedger
+
+    from tests.unit.conftest import conn_json
+
+    monkeypatch.setenv("AIRFLOW_CONN_DASHSCOPE_WRONG_KEY", conn_json(emulator.base_url, password="sk-not-a-key"))
+    op = _submit_row_operator("dashscope_wrong_key", emoji_input, tmp_path, "r-2")
+    with pytest.raises(AirflowFailException, match="row r-2: submit refused"):
+        op.execute({"run_id": "run-1"})  # type: ignore[arg-type]
+    state = RowLedger(str(tmp_path)).get("r-2")
+    assert state is not None
+    assert (state.state, state.code, state.billed) == ("failed", "InvalidApiKey", False)

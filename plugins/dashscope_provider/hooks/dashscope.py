@@ -276,6 +276,31 @@ def _never_sent(exc: requests.RequestException) -> bool:
     return isinstance(reason, (NewConnectionError, ConnectTimeoutError))
 
 
+#: Longest time one call keeps retrying while the service answers 429 (throttled) to it.
+DEFAULT_THROTTLE_TIMEOUT = 120.0
+
+
+def _stop_rule(max_attempts: int, throttle_timeout: float) -> Callable[[tenacity.RetryCallState], bool]:
+    """A tenacity ``stop``: give up after ``max_attempts`` failures, not counting 429 answers.
+
+    A 429 says "too fast, come back": it proves nothing is wrong with the request or the service, so it
+    must not use up the attempts meant for real failures (a burst of 429s plus one 5xx would otherwise
+    end a perfectly good call). Throttling is bounded by time instead: ``throttle_timeout`` seconds.
+    A fresh rule is made per call (it counts that call's failures).
+    """
+    failures = 0
+
+    def stop(state: tenacity.RetryCallState) -> bool:
+        nonlocal failures
+        error = state.outcome.exception() if state.outcome else None
+        if isinstance(error, DashScopeAPIError) and error.status_code == 429:
+            return (state.seconds_since_start or 0.0) >= throttle_timeout
+        failures += 1
+        return failures >= max_attempts
+
+    return stop
+
+
 def _retry_log(operation: str, logger: Any) -> Callable[[tenacity.RetryCallState], None]:
     def before_sleep(state: tenacity.RetryCallState) -> None:
         error = state.outcome.exception() if state.outcome else None
@@ -300,9 +325,11 @@ class DashScopeHook(HttpHook):
     ``timeout``...; other keys become headers).
 
     :param dashscope_conn_id: the connection id.
-    :param max_attempts: attempts per call, for the retryable failures of each call.
+    :param max_attempts: attempts per call, for the retryable failures of each call (429 answers
+        are not counted: they are retried for up to ``throttle_timeout`` seconds).
     :param retry_initial: first back-off in seconds (doubles per attempt, with jitter).
     :param retry_max: longest back-off in seconds.
+    :param throttle_timeout: seconds one call keeps retrying while it is throttled (429).
     :param timeout: per-request ``(connect, read)`` timeout in seconds.
     """
 
@@ -330,6 +357,7 @@ class DashScopeHook(HttpHook):
         max_attempts: int = 5,
         retry_initial: float = 1.0,
         retry_max: float = 30.0,
+        throttle_timeout: float = DEFAULT_THROTTLE_TIMEOUT,
         timeout: tuple[float, float] = (10.0, 60.0),
         **kwargs: Any,
     ) -> None:
@@ -340,6 +368,7 @@ class DashScopeHook(HttpHook):
         self.max_attempts = max_attempts
         self.retry_initial = retry_initial
         self.retry_max = retry_max
+        self.throttle_timeout = throttle_timeout
         self.timeout = timeout
         self._connection: Connection | None = None
         self._session: requests.Session | None = None
@@ -406,7 +435,7 @@ class DashScopeHook(HttpHook):
 
     def _retrying(self, retry: Callable[[BaseException], bool], operation: str) -> tenacity.Retrying:
         return tenacity.Retrying(
-            stop=tenacity.stop_after_attempt(self.max_attempts),
+            stop=_stop_rule(self.max_attempts, self.throttle_timeout),
             wait=tenacity.wait_exponential_jitter(
                 initial=self.retry_initial, max=self.retry_max, jitter=self.retry_initial
             ),
@@ -675,7 +704,9 @@ class DashScopeHook(HttpHook):
             key = _api_key(self._dashscope_connection())
         except Exception as exc:
             return False, str(exc)
-        max_attempts, self.max_attempts = self.max_attempts, 1  # a test should answer at once
+        # A test should answer at once, throttled or not.
+        saved = self.max_attempts, self.throttle_timeout
+        self.max_attempts, self.throttle_timeout = 1, 0.0
         try:
             task = self.get_task(PROBE_TASK_ID)
         except DashScopeAPIError as exc:
@@ -684,7 +715,7 @@ class DashScopeHook(HttpHook):
         except Exception as exc:
             return False, _describe(exc).replace(key, "***")
         finally:
-            self.max_attempts = max_attempts
+            self.max_attempts, self.throttle_timeout = saved
         return True, f"Connected to {self.base_url}: API key accepted (probe task {task.status})"
 
 
@@ -794,9 +825,10 @@ class DashScopeAsyncHook(BaseHook):
     service's 20 queries per second.
 
     :param dashscope_conn_id: the connection id.
-    :param max_attempts: attempts per query.
+    :param max_attempts: attempts per query (429 answers not counted, see :class:`DashScopeHook`).
     :param retry_initial: first back-off in seconds (doubles per attempt, with jitter).
     :param retry_max: longest back-off in seconds.
+    :param throttle_timeout: seconds one query keeps retrying while it is throttled (429).
     :param timeout: total seconds per request.
     :param max_qps: the shared query rate of this key in this process (default 15).
     """
@@ -813,6 +845,7 @@ class DashScopeAsyncHook(BaseHook):
         max_attempts: int = 5,
         retry_initial: float = 1.0,
         retry_max: float = 30.0,
+        throttle_timeout: float = DEFAULT_THROTTLE_TIMEOUT,
         timeout: float = 60.0,
         max_qps: float = DEFAULT_QUERY_QPS,
     ) -> None:
@@ -823,6 +856,7 @@ class DashScopeAsyncHook(BaseHook):
         self.max_attempts = max_attempts
         self.retry_initial = retry_initial
         self.retry_max = retry_max
+        self.throttle_timeout = throttle_timeout
         self.timeout = timeout
         self.max_qps = max_qps
         self._base_url: str | None = None
@@ -882,7 +916,7 @@ class DashScopeAsyncHook(BaseHook):
             return isinstance(exc, DashScopeConnectionError)
 
         retrying = tenacity.AsyncRetrying(
-            stop=tenacity.stop_after_attempt(self.max_attempts),
+            stop=_stop_rule(self.max_attempts, self.throttle_timeout),
             wait=tenacity.wait_exponential_jitter(
                 initial=self.retry_initial, max=self.retry_max, jitter=self.retry_initial
             ),
