@@ -20,9 +20,28 @@ REFERENCE_PRICES: dict[tuple[str, str], tuple[float, float]] = {
 #: Free quota in seconds of output video, per model (reference page 001).
 FREE_QUOTA_SECONDS: dict[str, float] = {"emo-v1": 1800.0}
 
-#: Users may add or override prices, e.g. for emoji-v1, with a JSON object in this environment
-#: variable (or the Airflow Variable of the same name): {"emoji-v1/standard": [usd, cny]}.
+#: Users may add or override prices, e.g. for emoji-v1, with a JSON object {"emoji-v1/standard": [usd, cny]}
+#: given in this environment variable, or else in the Airflow Variable ``PRICE_VARIABLE``; either may
+#: also hold the path or URL (any fsspec store) of a JSON file with that object.
 PRICE_OVERRIDE_ENV = "DASHSCOPE_PRICES"
+PRICE_VARIABLE = "dashscope_prices"
+
+
+def user_prices() -> str | None:
+    """The user's price overrides as JSON text (from the environment, else the Airflow Variable), or None."""
+    raw = os.environ.get(PRICE_OVERRIDE_ENV)
+    if not raw:
+        from airflow.sdk import Variable
+
+        raw = Variable.get(PRICE_VARIABLE, default=None)
+    if not raw or not raw.strip():
+        return None
+    raw = raw.strip()
+    if raw.startswith("{"):
+        return raw
+    from talking_heads.storage import as_storage_path
+
+    return as_storage_path(raw).read_text()
 
 
 @dataclass(frozen=True)
@@ -34,9 +53,9 @@ class Cost:
 
 
 def load_prices(overrides_json: str | None = None) -> dict[tuple[str, str], tuple[float, float]]:
-    """Reference prices, updated with user overrides (``"model/ratio": [usd, cny]``)."""
+    """Reference prices, updated with user overrides (``"model/ratio": [usd, cny]``; see :func:`user_prices`)."""
     prices = dict(REFERENCE_PRICES)
-    raw = overrides_json if overrides_json is not None else os.environ.get(PRICE_OVERRIDE_ENV)
+    raw = overrides_json if overrides_json is not None else user_prices()
     if raw:
         for key, (usd, cny) in json.loads(raw).items():
             model, _, ratio = key.partition("/")

@@ -53,3 +53,33 @@ def test_empty_root_gives_an_empty_report(tmp_path: Path) -> None:
     result = write_report(str(tmp_path))
     assert result["videos"] == 0
     assert "no billed videos yet" not in (tmp_path / "reports" / "by_model_ratio.csv").read_text()
+
+
+# -- user prices: environment, Airflow Variable, file --------------------------------------------------
+
+
+@pytest.mark.parametrize("source", ["env-json", "env-file", "variable-json", "variable-file"])
+def test_user_prices_from_env_variable_or_file(source: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from talking_heads.costs import PRICE_OVERRIDE_ENV, cost_of, load_prices
+
+    text = '{"emoji-v1/standard": [0.01, 0.07]}'
+    price_file = tmp_path / "prices.json"
+    price_file.write_text(text)
+    value = text if source.endswith("json") else str(price_file)
+    monkeypatch.delenv(PRICE_OVERRIDE_ENV, raising=False)
+    # The Variable is read through Airflow's own lookup, whose first backend is AIRFLOW_VAR_* variables.
+    monkeypatch.setenv(PRICE_OVERRIDE_ENV if source.startswith("env") else "AIRFLOW_VAR_DASHSCOPE_PRICES", value)
+    prices = load_prices()
+    assert prices[("emoji-v1", "standard")] == (0.01, 0.07)
+    assert prices[("emo-v1", "1:1")] == (0.011469, 0.08)  # the reference prices stay
+    cost = cost_of("emoji-v1", "standard", 3, prices)
+    assert (cost.usd, cost.cny) == (0.03, 0.21)
+
+
+def test_no_user_price_leaves_emoji_cost_unknown(monkeypatch: pytest.MonkeyPatch) -> None:
+    from talking_heads.costs import PRICE_OVERRIDE_ENV, cost_of, load_prices
+
+    monkeypatch.delenv(PRICE_OVERRIDE_ENV, raising=False)
+    monkeypatch.delenv("AIRFLOW_VAR_DASHSCOPE_PRICES", raising=False)
+    cost = cost_of("emoji-v1", "standard", 3, load_prices())
+    assert (cost.usd, cost.cny) == (None, None)
