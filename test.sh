@@ -3,6 +3,7 @@
 set -euo pipefail
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$REPO_ROOT/scripts/bootstrap.sh"
+bash "$REPO_ROOT/scripts/system_deps.sh"
 cd "$REPO_ROOT"
 echo "==> ruff"
 ruff check .

@@ -74,6 +74,15 @@ def main() -> int:
                 [sys.executable, "-m", "airflow", "dags", "test", "talking_heads", "--conf", json.dumps(conf)],
                 stdout=log, stderr=subprocess.STDOUT, check=False,
             )
+            # The report DAG follows talking_heads through its outcomes Asset in a deployment; dags
+            # test runs one DAG, so the demo runs it next.
+            report_conf = {"output_root": args.output_root}
+            print(f"==> airflow dags test dashscope_cost_report --conf '{json.dumps(report_conf)}'", flush=True)
+            subprocess.run(
+                [sys.executable, "-m", "airflow", "dags", "test", "dashscope_cost_report", "--conf",
+                 json.dumps(report_conf)],
+                stdout=log, stderr=subprocess.STDOUT, check=False,
+            )  # fmt: skip
     if emulator is not None:
         emulator.stop()
     return _report(Path(args.output_root), log_path, run.returncode, time.monotonic() - started)
@@ -91,6 +100,7 @@ def _report(output_root: Path, log_path: Path, returncode: int, seconds: float) 
     done = frame[frame["status"] == "succeeded"]
     print(f"==> Videos:   {output_root / 'videos'}")
     print(f"==> Outcomes: {outcomes[-1]} (and .parquet)")
+    print(f"==> Report:   {output_root / 'reports' / 'cost_report.html'} (and reports/*.csv)")
     print(f"==> Run log:  {log_path}")
     for _, row in frame.iterrows():
         detail = row["video_uri"] if row["status"] == "succeeded" else f"{row['code']}: {row['message']}"

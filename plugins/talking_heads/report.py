@@ -122,7 +122,8 @@ def render_html(report: CostReport, title: str) -> str:
         return frame.to_html(index=False, na_rep="unknown", float_format=lambda v: f"{v:,.4f}", border=0)
 
     chart = base64.b64encode(_chart_png(report)).decode()
-    note = f" ({unknown} videos have no known unit price and are not in the totals)" if unknown else ""
+    note = (f"({unknown} video{' has' if unknown == 1 else 's have'} no known unit price: not in the cost totals; "
+            "set one in the dashscope_prices Variable)" if unknown else "")  # fmt: skip
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:system-ui,sans-serif;margin:2em;color:#222}}
 table{{border-collapse:collapse;margin:.5em 0 1.5em}}
