@@ -36,6 +36,9 @@ DASHSCOPE_POOL = os.environ.get("TALKING_HEADS_POOL", "default_pool")
 #: paid for before a new one is submitted.
 WAIT_PRIORITY = 1000
 
+#: First pause before a failed task is tried again (doubling per try); a deployment may shorten it.
+RETRY_DELAY = timedelta(seconds=float(os.environ.get("TALKING_HEADS_RETRY_DELAY_SECONDS", "30")))
+
 OUTPUT_ROOT = "{{ params.output_root }}"
 CONN_ID = "{{ params.dashscope_conn_id }}"
 STORAGE_CONN_ID = "{{ params.storage_conn_id or '' }}"
@@ -48,7 +51,7 @@ STORAGE_CONN_ID = "{{ params.storage_conn_id or '' }}"
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
-    default_args={"retries": 2, "retry_delay": timedelta(seconds=30), "retry_exponential_backoff": True},
+    default_args={"retries": 2, "retry_delay": RETRY_DELAY, "retry_exponential_backoff": True},
     tags=["dashscope", "video"],
     params={
         "input_table": Param(

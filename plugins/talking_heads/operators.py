@@ -38,6 +38,10 @@ class _RowStorage:
         return RowLedger(self.output_root, self.storage_conn_id)
 
 
+#: Outcome code of a row whose video was generated (and billed) but could not be stored.
+STORE_FAILED_CODE = "StoreFailed"
+
+
 def _as_bool(value: Any) -> bool:
     return value if isinstance(value, bool) else str(value).strip().lower() in ("1", "true", "yes")
 
@@ -213,7 +217,15 @@ class DownloadRowOperator(_RowStorage, DashScopeVideoDownloadOperator):
             if state is not None:
                 ledger.put(state.advance("failed", code="ResultExpired", message=str(error)))
             raise AirflowFailException(f"row {row_id}: {error}") from None
+        except Exception as error:
+            # Still "generated": the next try (or a rerun) stores it without generating it again. Said
+            # in the outcome if no try succeeds; nothing partial is left at the destination (see hook).
+            if state is not None:
+                ledger.put(state.advance("generated", code=STORE_FAILED_CODE,
+                                         message=f"{type(error).__name__}: {error}"))  # fmt: skip
+            raise
         if state is not None:
             ledger.put(state.advance("succeeded", video_uri=stored["uri"], video_bytes=stored["size_bytes"],
-                                     video_sha256=stored["sha256"], run_id=context["run_id"]))
+                                     video_sha256=stored["sha256"], run_id=context["run_id"], code=None,
+                                     message=None))  # fmt: skip
         return stored

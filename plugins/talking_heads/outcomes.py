@@ -42,6 +42,10 @@ def outcome_from_state(state: RowState | None, run_id: str) -> dict[str, Any]:
         return {**base, "status": "failed", "code": UNCERTAIN_CODE, "message": state.message or (
             "the submit answer was lost: a task may exist and be billed; it was not re-sent. Check the "
             "DashScope console, then rerun with resubmit_uncertain=true to submit it again on purpose")}
+    if state.state == "generated" and state.code:
+        return {**base, "status": "failed", "code": state.code, "message": (
+            f"the video of task {state.task_id} was generated (and billed) but not stored: {state.message}. "
+            "Rerun to store it: the task is not generated again (its URL lives 24 h after it succeeded)")}
     step = "wait" if state.state == "submitted" else "download"
     return {**base, "status": "failed", "code": INCOMPLETE_CODE,
             "message": f"stopped in the {step} step with task {state.task_id} in flight ({state.state}); "

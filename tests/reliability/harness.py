@@ -67,9 +67,10 @@ def talking_heads_dag() -> Any:
 
 
 def run_dag(
-    table: Path | str, output_root: Path, mark_success: str | None = None, **conf: Any
-) -> tuple[str, pd.DataFrame]:
-    """One ``talking_heads`` run through ``dag.test()``; returns its run id and its outcome table.
+    table: Path | str, output_root: Path | str, mark_success: str | None = None, **conf: Any
+) -> tuple[str, pd.DataFrame | None]:
+    """One ``talking_heads`` run through ``dag.test()``; returns its run id and its outcome table (None
+    when ``output_root`` is a remote URL: read it from the store).
 
     ``mark_success``: a regex of task ids that are marked successful without running (``dag.test``'s
     ``mark_success_pattern``), to stop rows part-way as a killed worker or a stopped run would.
@@ -79,7 +80,9 @@ def run_dag(
     logical_date = datetime(2027, 1, 1, tzinfo=UTC) + timedelta(days=next(_DATES))
     run_conf = {"input_table": str(table), "output_root": str(output_root), "poll_interval_seconds": 0.2, **conf}
     run = talking_heads_dag().test(logical_date=logical_date, run_conf=run_conf, mark_success_pattern=mark_success)
-    return run.run_id, read_outcomes(output_root / "outcomes" / f"{safe_name(run.run_id)}.csv")
+    if isinstance(output_root, str) and "://" in output_root:
+        return run.run_id, None
+    return run.run_id, read_outcomes(Path(output_root) / "outcomes" / f"{safe_name(run.run_id)}.csv")
 
 
 def read_outcomes(path: Path) -> pd.DataFrame:
