@@ -126,6 +126,7 @@ def test_upload_cut_midway_is_retried_and_never_leaves_a_partial_video(
 
     leaks = count_leaks(tmp_path)
     assert leaks == 0
-    print(f"\nSTORE-FAULTS rows={len(ROWS) + len(down_rows)} uploads_cut={len(store.cuts)} (transient={transient_cuts}, "
-          f"store_down={down_cuts}) partial_objects=0 store_failed_outcomes={len(down_rows)} "
+    print(f"\nSTORE-FAULTS rows={len(ROWS) + len(down_rows)} uploads_cut={len(store.cuts)} "
+          f"(transient={transient_cuts}, store_down={down_cuts}) partial_objects=0 "
+          f"store_failed_outcomes={len(down_rows)} "
           f"regenerated_after_store_failure=0 double_bills=0 leaks={leaks} wall={time.monotonic() - started:.1f}s")
