@@ -29,7 +29,7 @@ import pandas as pd
 from dashscope_emulator import EmulatorServer, make_samples, serve_directory
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.integration.airflow_cluster import AirflowCluster  # noqa: E402
+from tests.integration.airflow_cluster import AirflowCluster
 
 KEY = "sk-bench-batch-0123456789"
 

@@ -463,6 +463,28 @@ def test_download_video_to_s3(video_url: str, aws_conn: str, s3_client: Any, mak
     assert "videos/x.mp4" in keys and not any(k.endswith(".part") for k in keys)
 
 
+def test_large_video_goes_to_s3_as_a_multipart_upload(
+    aws_conn: str, s3_client: Any, make_hook: Any, tmp_path: Path
+) -> None:
+    """Past two parts' size the upload is multipart (small parts, bounded memory); the object is whole."""
+    from airflow.sdk import ObjectStoragePath
+    from dashscope_emulator import serve_directory
+    from dashscope_provider.hooks.dashscope import UPLOAD_PART_SIZE
+
+    served = tmp_path / "served"
+    served.mkdir()
+    payload = hashlib.sha256(b"seed").digest() * (UPLOAD_PART_SIZE * 5 // 2 // 32 + 7)  # 2.5 parts and a bit
+    (served / "big.mp4").write_bytes(payload)
+    with serve_directory(served) as base_url:
+        destination = ObjectStoragePath(f"s3://{BUCKET}/videos/big.mp4", conn_id=aws_conn)
+        stored = make_hook().download_video(f"{base_url}/big.mp4", destination)
+    head = s3_client.head_object(Bucket=BUCKET, Key="videos/big.mp4")
+    assert head["ETag"].strip('"').endswith("-3")  # three parts: S3's multipart ETag is <md5>-<parts>
+    body = s3_client.get_object(Bucket=BUCKET, Key="videos/big.mp4")["Body"].read()
+    assert body == payload
+    assert (stored.size_bytes, stored.sha256) == (len(payload), hashlib.sha256(payload).hexdigest())
+
+
 def test_download_expired_url(video_url: str, emulator: Any, tmp_path: Path, make_hook: Any) -> None:
     emulator.advance(25 * 3600)  # result URLs live 24 h
     destination = tmp_path / "late.mp4"

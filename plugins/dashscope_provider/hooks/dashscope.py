@@ -21,6 +21,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -61,6 +62,10 @@ DEFAULT_QUERY_QPS = 15.0
 DEFAULT_CHUNK_SIZE = 8 * 1024 * 1024
 #: A task id that never exists: querying it answers 200 ``UNKNOWN`` when the key is accepted.
 PROBE_TASK_ID = "00000000-0000-0000-0000-000000000000"
+
+#: Part size of multipart uploads to S3-compatible stores (S3's minimum part is 5 MiB).
+UPLOAD_PART_SIZE = 8 * 1024 * 1024
+_S3_PROTOCOLS = frozenset({"s3", "s3a", "s3n"})
 
 # Object stores have no directories to create (and "creating" a bucket is not ours to do).
 _OBJECT_STORE_PROTOCOLS = frozenset(
@@ -663,7 +668,12 @@ class DashScopeHook(HttpHook):
             parent = dest.fs._parent(dest.path)
             if parent:
                 dest.fs.makedirs(parent, exist_ok=True)
-        dest.fs.put_file(str(tmp), dest.path)
+        # s3fs would upload 10 parts of 50 MiB at once, holding them all in memory (over 1 GB for a 500 MB
+        # video); small parts, two at a time, keep memory flat whatever the size. The multipart upload is
+        # completed only when every part is in (and aborted on failure), so the object appears whole or
+        # not at all.
+        extra = {"chunksize": UPLOAD_PART_SIZE, "max_concurrency": 2} if dest.protocol in _S3_PROTOCOLS else {}
+        dest.fs.put_file(str(tmp), dest.path, **extra)
 
     def _fetch_to_file(self, video_url: str, safe_url: str, tmp: Path, chunk_size: int) -> tuple[int, str]:
         """One download attempt into ``tmp`` (truncated first); returns (bytes, sha256 hex)."""
@@ -682,11 +692,18 @@ class DashScopeHook(HttpHook):
                     expected = _content_length(response)
                     digest = hashlib.sha256()
                     size = 0
-                    with tmp.open("wb") as out:
+                    # Hashing runs beside the copy (hashlib releases the GIL on large buffers), one chunk
+                    # behind it, so the digest costs no throughput; chunks stay in order.
+                    with tmp.open("wb") as out, ThreadPoolExecutor(1, thread_name_prefix="sha256") as hasher:
+                        hashed: Future[None] | None = None
                         for chunk in response.iter_content(chunk_size=chunk_size):
+                            if hashed is not None:
+                                hashed.result()
+                            hashed = hasher.submit(digest.update, chunk)
                             out.write(chunk)
-                            digest.update(chunk)
                             size += len(chunk)
+                        if hashed is not None:
+                            hashed.result()
             except requests.RequestException as exc:
                 raise DashScopeConnectionError(f"downloading {safe_url}: {type(exc).__name__}") from exc
         if expected is not None and size != expected:
