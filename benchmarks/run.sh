@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Runs every benchmark and prints its figures (about 10 minutes on 2 cores); creates .venv/ if needed.
+# Run on a quiet machine: the figures are wall times and rates.
+set -euo pipefail
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+source "$REPO_ROOT/scripts/bootstrap.sh"
+cd "$REPO_ROOT"
+for bench in bench_dag_parse bench_plan bench_report bench_download bench_waits bench_batch; do
+  echo "==> benchmarks/$bench.py"
+  python "benchmarks/$bench.py" 2>&1 | grep -E '^(plan:|report:|dag_parse:|DOWNLOAD|WAITS|BATCH)' || { echo "!! $bench failed"; exit 1; }
+done
