@@ -19,7 +19,7 @@ from typing import Any
 import pendulum
 from airflow.sdk import Param, TriggerRule, dag, get_current_context, task, task_group
 from airflow.sdk.exceptions import AirflowFailException
-from talking_heads.assets import OUTCOMES, VIDEOS
+from talking_heads.assets import INPUT_TABLE, OUTCOMES, VIDEOS
 from talking_heads.ledger import RowLedger
 from talking_heads.operators import DownloadRowOperator, SubmitRowOperator, WaitRowSensor
 from talking_heads.storage import plain_url
@@ -100,7 +100,7 @@ STORAGE_CONN_ID = "{{ params.storage_conn_id or '' }}"
     doc_md=__doc__,
 )
 def talking_heads() -> None:
-    @task
+    @task(inlets=[INPUT_TABLE])
     def plan(params: dict[str, Any], run_id: str) -> list[dict[str, Any]]:
         """Read and validate the table; decide per row: generate, skip, or fail before any spend."""
         from airflow.configuration import conf

@@ -34,6 +34,12 @@ def test_talking_heads_params_and_schedule(dagbag) -> None:  # type: ignore[no-u
                                                "record_outcomes"}
     wait = dag.get_task("generate.wait")
     assert wait.deferrable is True
+    # Assets: the input table it reads; the outcomes and videos it produces (the cost report's schedule).
+    assert [a.name for a in dag.get_task("plan").inlets] == ["talking_heads_input_table"]
+    assert sorted(a.name for a in dag.get_task("record_outcomes").outlets) == ["talking_heads_outcomes",
+                                                                                "talking_heads_videos"]
+    report = dagbag.get_dag("dashscope_cost_report")
+    assert "talking_heads_outcomes" in str(report.timetable.asset_condition)
 
 
 def test_dashscope_connection_type_has_a_form() -> None:
