@@ -45,7 +45,12 @@ class DashScopeError(AirflowException):
 
 
 class DashScopeConfigError(DashScopeError):
-    """The DashScope connection cannot be used as configured (e.g. it has no API key)."""
+    """The DashScope connection cannot be used as configured (missing, or without an API key).
+
+    Always raised before any request is sent: nothing was created or billed.
+    """
+
+    request_not_sent = True
 
 
 class DashScopeAPIError(DashScopeError):

@@ -54,16 +54,12 @@ class Media:
 
 # -- running the DAG -------------------------------------------------------------------------------
 
-_DAG: Any = None
-
-
 def talking_heads_dag() -> Any:
-    global _DAG
-    if _DAG is None:
-        from airflow.dag_processing.dagbag import DagBag
+    """The DAG, parsed afresh: ``dag.test(run_conf=...)`` leaves a run's conf in the DAG object's
+    params, where the next run would inherit it (a wrong connection id, say)."""
+    from airflow.dag_processing.dagbag import DagBag
 
-        _DAG = DagBag(str(REPO_ROOT / "dags")).get_dag("talking_heads")
-    return _DAG
+    return DagBag(str(REPO_ROOT / "dags")).get_dag("talking_heads")
 
 
 def run_dag(

@@ -13,6 +13,7 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSensorTimeout, T
 from dashscope_provider import get_provider_info
 from dashscope_provider.exceptions import (
     DashScopeAPIError,
+    DashScopeConfigError,
     DashScopeError,
     DashScopeResultExpired,
     DashScopeSubmissionUncertain,
@@ -298,3 +299,18 @@ def test_submit_row_permanent_refusal_fails_without_retries(
     state = RowLedger(str(tmp_path)).get("r-2")
     assert state is not None
     assert (state.state, state.code, state.billed) == ("failed", "InvalidApiKey", False)
+
+
+def test_submit_row_without_a_usable_connection_sends_nothing_and_is_not_uncertain(
+    emulator: Any, emoji_input: dict[str, Any], tmp_path: Path
+) -> None:
+    from talking_heads.ledger import RowLedger
+
+    op = _submit_row_operator("no_such_connection", emoji_input, tmp_path, "r-3")
+    with pytest.raises(DashScopeConfigError, match="no_such_connection"):
+        op.execute({"run_id": "run-1"})  # type: ignore[arg-type]
+    state = RowLedger(str(tmp_path)).get("r-3")
+    assert state is not None
+    # Nothing can have been sent: a plain failure (the task's retries apply), not "uncertain".
+    assert (state.state, state.code, state.billed) == ("failed", "DashScopeConfigError", False)
+    assert emulator.request_log() == []

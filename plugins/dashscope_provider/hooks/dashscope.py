@@ -32,6 +32,7 @@ import requests
 import tenacity
 from airflow.providers.http.hooks.http import HttpHook
 from airflow.sdk import BaseHook, ObjectStoragePath
+from airflow.sdk.exceptions import AirflowNotFoundException
 from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 
 from dashscope_provider.exceptions import (
@@ -424,6 +425,22 @@ class DashScopeHook(HttpHook):
             session.headers.update(headers)
         return session
 
+    def _submit_session(self) -> requests.Session:
+        """A fresh session for one submit; a connection that can't be used is a DashScopeConfigError.
+
+        Raised before anything is sent, so a caller knows for sure no task was created.
+        """
+        try:
+            return self.get_conn(headers={"X-DashScope-Async": "enable"})
+        except DashScopeConfigError:
+            raise
+        except AirflowNotFoundException as exc:
+            raise DashScopeConfigError(str(exc)) from None
+        except Exception as exc:  # unreadable extras and the like; their text may quote the connection
+            raise DashScopeConfigError(
+                f"connection {self.dashscope_conn_id!r} cannot be used: {type(exc).__name__}"
+            ) from None
+
     def _query_session(self) -> requests.Session:
         # Queries reuse one keep-alive session: a stale pooled connection only costs a retry for them.
         if self._session is None:
@@ -481,7 +498,7 @@ class DashScopeHook(HttpHook):
         def attempt() -> SubmittedTask:
             # A fresh session (so a fresh TCP connection) per attempt: a stale pooled connection would
             # turn a harmless reconnect into an "uncertain" submission.
-            with self.get_conn(headers={"X-DashScope-Async": "enable"}) as session:
+            with self._submit_session() as session:
                 url = self.url_from_endpoint(SUBMIT_ENDPOINT)
                 try:
                     response = session.post(url, json=body, timeout=self._request_timeout(),
