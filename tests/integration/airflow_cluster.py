@@ -1,7 +1,11 @@
 """Real Airflow components as separate processes, for integration tests.
 
-api-server, scheduler (LocalExecutor), dag-processor and triggerer share one SQLite metadata DB in a
-temporary AIRFLOW_HOME and this repo's dags/ and plugins/. Tests drive it through the REST API.
+:class:`AirflowCluster`: api-server, scheduler (LocalExecutor), dag-processor and triggerer sharing one
+SQLite metadata DB in a temporary AIRFLOW_HOME and this repo's dags/ and plugins/.
+:class:`CeleryAirflowCluster`: docker-compose.yaml's topology: the same components plus Celery workers,
+CeleryExecutor, a Postgres metadata DB and a Redis broker (``tests/integration/services.py``), each
+component with its own AIRFLOW_HOME and one shared config file, as compose's containers have.
+Tests drive either through the REST API.
 """
 
 from __future__ import annotations
@@ -12,27 +16,30 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import requests
 
+from tests.integration.services import PostgresServer, RedisServer, free_port, tail, wait_until
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+__all__ = ["COMPONENTS", "AirflowCluster", "CeleryAirflowCluster", "free_port"]
 
 
 class AirflowCluster:
-    """Starts and stops the components; ``api`` is the REST API base URL (v2)."""
+    """Starts and stops the components; ``api`` is the REST API base URL (v2).
 
-    def __init__(self, home: Path, extra_env: dict[str, str] | None = None) -> None:
+    ``pool_slots``: size of the ``dashscope`` pool (created with ``--include-deferred``) that the DAG's
+    submit and wait tasks share (``TALKING_HEADS_POOL``).
+    """
+
+    def __init__(self, home: Path, extra_env: dict[str, str] | None = None, pool_slots: int = 2) -> None:
         self.home = home
         self.port = free_port()
+        self.pool_slots = pool_slots
         self.api = f"http://127.0.0.1:{self.port}/api/v2"
         self.env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")},
@@ -49,6 +56,9 @@ class AirflowCluster:
             "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
             "AIRFLOW__TRIGGERER__JOB_HEARTBEAT_SEC": "1",
+            # Log servers on free ports, not 8793/8794: other clusters (other tests, other checkouts) may run.
+            "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
+            "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
             # Unpausing starts the latest @daily run with default params: keep its output in the test's home.
             "TALKING_HEADS_OUTPUT_ROOT": str(home / "default-output"),
             "TALKING_HEADS_POOL": "dashscope",
@@ -56,22 +66,53 @@ class AirflowCluster:
         }
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
 
-    def airflow(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "airflow", *args], env=self.env, check=True,
-                              capture_output=True, text=True)
+    # -- what runs where (subclasses change these) -------------------------------------------------------
+
+    def components(self) -> dict[str, list[str]]:
+        """Name -> ``airflow`` CLI arguments of each long-running component process."""
+        return {name: [name, *(["--port", str(self.port)] if name == "api-server" else [])] for name in COMPONENTS}
+
+    def component_env(self, name: str) -> dict[str, str]:
+        """The environment of one component (or of ``init``, the one-off set-up commands)."""
+        return self.env
+
+    def log_path(self, name: str) -> Path:
+        return self.home / f"{name}.log"
+
+    # -- life cycle --------------------------------------------------------------------------------------
+
+    def airflow(self, *args: str, component: str = "init") -> subprocess.CompletedProcess[str]:
+        """Runs one ``airflow`` CLI command to completion; a failure carries the command's output tail."""
+        env = self.component_env(component)
+        Path(env["AIRFLOW_HOME"]).mkdir(parents=True, exist_ok=True)
+        result = subprocess.run([sys.executable, "-m", "airflow", *args], env=env, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"airflow {' '.join(args[:2])} failed ({result.returncode}):\n"
+                               f"{result.stdout[-2000:]}\n{result.stderr[-3000:]}")
+        return result
 
     def start(self) -> AirflowCluster:
         self.home.mkdir(parents=True, exist_ok=True)
         self.airflow("db", "migrate")
-        self.airflow("pools", "set", "dashscope", "2", "DashScope tasks in flight", "--include-deferred")
-        for name in COMPONENTS:
-            extra = ["--port", str(self.port)] if name == "api-server" else []
-            log = (self.home / f"{name}.log").open("wb")
-            self.processes[name] = subprocess.Popen(
-                [sys.executable, "-m", "airflow", name, *extra], env=self.env, stdout=log, stderr=subprocess.STDOUT
-            )
-        self._wait(lambda: requests.get(f"{self.api}/version", timeout=2).ok, 90, "api-server")
+        self.airflow("pools", "set", "dashscope", str(self.pool_slots), "DashScope tasks in flight",
+                     "--include-deferred")
+        for name, args in self.components().items():
+            env = self.component_env(name)
+            Path(env["AIRFLOW_HOME"]).mkdir(parents=True, exist_ok=True)
+            with self.log_path(name).open("wb") as log:
+                self.processes[name] = subprocess.Popen(
+                    [sys.executable, "-m", "airflow", *args], env=env, stdout=log, stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                )
+        self._wait(lambda: requests.get(f"{self.api}/version", timeout=2).ok, 120, "api-server")
         return self
+
+    def check_alive(self) -> None:
+        """Raises, with the tail of its log, if a component process has exited."""
+        for name, process in self.processes.items():
+            if process.poll() is not None:
+                raise RuntimeError(f"{name} exited with code {process.returncode}; log tail:\n"
+                                   f"{tail(self.log_path(name))}")
 
     def stop(self) -> None:
         for process in self.processes.values():
@@ -81,21 +122,23 @@ class AirflowCluster:
                 process.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 process.kill()
+                process.wait(timeout=10)
 
     def logs(self, name: str, tail: int = 4000) -> str:
-        return (self.home / f"{name}.log").read_text(errors="replace")[-tail:]
+        return self.log_path(name).read_text(errors="replace")[-tail:]
 
-    @staticmethod
-    def _wait(ready: Any, seconds: float, what: str) -> None:
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            try:
-                if ready():
-                    return
-            except requests.RequestException:
-                pass
-            time.sleep(0.5)
-        raise TimeoutError(f"{what} not ready after {seconds}s")
+    def all_logs(self, chars: int = 1500) -> str:
+        """The tail of every component's log, for failure messages."""
+        return "\n".join(f"----- {name} (last {chars} chars) -----\n{tail(self.log_path(name), chars)}"
+                         for name in self.processes)
+
+    def _wait(self, ready: Callable[[], bool], seconds: float, what: str) -> None:
+        try:
+            wait_until(ready, seconds, what, self.check_alive)
+        except TimeoutError as error:
+            raise TimeoutError(f"{error}\n{self.all_logs()}") from None
+
+    # -- REST API ----------------------------------------------------------------------------------------
 
     def get(self, path: str, **params: Any) -> Any:
         response = requests.get(f"{self.api}{path}", params=params, timeout=30)
@@ -112,19 +155,103 @@ class AirflowCluster:
         self._wait(lambda: requests.get(f"{self.api}/dags/{dag_id}", timeout=5).ok, seconds, f"DAG {dag_id}")
         self.post(f"/dags/{dag_id}", {"is_paused": False}, method="PATCH")
 
-    def wait_for_run(self, dag_id: str, run_id: str, seconds: float = 300, on_poll: Any = None) -> str:
+    def wait_for_run(self, dag_id: str, run_id: str, seconds: float = 300,
+                     on_poll: Callable[[], None] | None = None) -> str:
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
+            self.check_alive()
             state = self.get(f"/dags/{dag_id}/dagRuns/{run_id}")["state"]
             if on_poll is not None:
                 on_poll()
             if state in ("success", "failed"):
                 return state
             time.sleep(0.5)
-        raise TimeoutError(f"run {run_id} of {dag_id} not finished after {seconds}s")
+        raise TimeoutError(f"run {run_id} of {dag_id} not finished after {seconds}s\n{self.all_logs()}")
 
     def task_instances(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
         return self.get(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances", limit=1000)["task_instances"]
 
     def cleanup(self) -> None:
         shutil.rmtree(self.home, ignore_errors=True)
+
+
+class CeleryAirflowCluster(AirflowCluster):
+    """docker-compose.yaml's topology as processes on this machine (no container engine runs here).
+
+    ================================  =================================================================
+    compose service                   here
+    ================================  =================================================================
+    ``postgres``, ``redis``           :class:`PostgresServer`, :class:`RedisServer` (given, started)
+    ``airflow-init``                  ``airflow db migrate`` + ``airflow pools set dashscope ...``
+    ``airflow-apiserver``             ``airflow api-server``          } one process each, each with its
+    ``airflow-scheduler``             ``airflow scheduler``           } own AIRFLOW_HOME (its "machine")
+    ``airflow-dag-processor``         ``airflow dag-processor``       } and compose's environment:
+    ``airflow-triggerer``             ``airflow triggerer``           } CeleryExecutor, Postgres, Redis
+    ``airflow-worker`` (2 replicas)   ``airflow celery worker`` x ``workers``, distinct Celery hostnames
+    config volume                     one ``AIRFLOW_CONFIG`` file written by the init step: every
+                                      component signs/checks task tokens with the same JWT secret
+    ================================  =================================================================
+    """
+
+    def __init__(self, home: Path, database: PostgresServer, broker: RedisServer,
+                 extra_env: dict[str, str] | None = None, workers: int = 2, worker_concurrency: int = 2,
+                 pool_slots: int = 4) -> None:
+        self.config_path = home / "config" / "airflow.cfg"
+        super().__init__(home, {
+            "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": database.url,
+            "AIRFLOW__CELERY__BROKER_URL": broker.url,
+            "AIRFLOW__CELERY__RESULT_BACKEND": database.celery_result_backend,
+            "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(worker_concurrency),
+            "AIRFLOW_CONFIG": str(self.config_path),
+            **(extra_env or {}),
+        }, pool_slots=pool_slots)
+        self.hostname = socket.gethostname()
+        self.workers = {f"worker-{i}": f"worker-{i}@{self.hostname}" for i in range(1, workers + 1)}
+        self._worker_log_ports = {name: free_port() for name in self.workers}
+
+    def components(self) -> dict[str, list[str]]:
+        commands = super().components()
+        for name, celery_hostname in self.workers.items():
+            commands[name] = ["celery", "worker", "--celery-hostname", celery_hostname]
+        return commands
+
+    def component_env(self, name: str) -> dict[str, str]:
+        env = {**self.env, "AIRFLOW_HOME": str(self.home / name)}
+        if name in self._worker_log_ports:  # each worker serves its task logs on its own port
+            env["AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT"] = str(self._worker_log_ports[name])
+        return env
+
+    def log_path(self, name: str) -> Path:
+        return self.home / "logs-of-processes" / f"{name}.log"
+
+    def start(self) -> CeleryAirflowCluster:
+        self.config_path.parent.mkdir(parents=True, exist_ok=True)
+        self.log_path("init").parent.mkdir(parents=True, exist_ok=True)
+        super().start()
+        self._wait(self._workers_answer, 120, f"Celery workers {sorted(self.workers.values())}")
+        return self
+
+    def celery_app(self) -> Any:
+        """A bare Celery client of the broker (not Airflow's app: it would read this process's config)."""
+        from celery import Celery
+
+        return Celery(broker=self.env["AIRFLOW__CELERY__BROKER_URL"])
+
+    def _workers_answer(self) -> bool:
+        app = self.celery_app()
+        try:
+            replies = app.control.ping(timeout=2)
+        finally:
+            app.close()
+        answered = {name for reply in replies for name in reply}
+        return set(self.workers.values()) <= answered
+
+    def where(self) -> dict[str, str]:
+        """Component -> where it runs: its pid (and port or Celery hostname)."""
+        places = {}
+        for name, process in self.processes.items():
+            extra = f" 127.0.0.1:{self.port}" if name == "api-server" else ""
+            extra = f" {self.workers[name]}" if name in self.workers else extra
+            places[name] = f"pid {process.pid}{extra}"
+        return places
