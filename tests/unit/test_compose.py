@@ -42,3 +42,22 @@ def test_no_secret_is_written_into_the_deployment() -> None:
     assert "sk-" not in text.replace("sk-emulator", "")
     example = (REPO_ROOT / ".env.example").read_text()
     assert "DASHSCOPE_API_KEY=\n" in example
+
+
+def test_every_airflow_component_reads_one_shared_config() -> None:
+    """The api-server checks task tokens the scheduler signed: all components need the same JWT secret.
+
+    Each container would otherwise write its own airflow.cfg with its own random secret, and every task
+    fails with "Signature verification failed" (tests/integration/test_distributed.py runs each component
+    with its own AIRFLOW_HOME and this one shared AIRFLOW_CONFIG, as compose does).
+    """
+    compose = _compose()
+    airflow = {name: s for name, s in compose["services"].items() if name.startswith("airflow-")}
+    assert len(airflow) == 6
+    for name, service in airflow.items():
+        config = service["environment"]["AIRFLOW_CONFIG"]
+        mounts = dict(reversed(volume.split(":")[:2]) for volume in service["volumes"])
+        assert mounts[str(Path(config).parent)] == "airflow-config", name
+    assert "airflow-config" in compose["volumes"]
+    init = " ".join(compose["services"]["airflow-init"]["command"])
+    assert "airflow db migrate" in init and "/opt/airflow/config" in init.split("chown", 1)[1]
