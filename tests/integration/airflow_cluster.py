@@ -22,7 +22,14 @@ from typing import Any
 
 import requests
 
-from tests.integration.services import PostgresServer, RedisServer, free_port, tail, wait_until
+from tests.integration.services import (
+    PostgresServer,
+    RedisServer,
+    dies_with_parent,
+    free_port,
+    tail,
+    wait_until,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
@@ -101,7 +108,8 @@ class AirflowCluster:
             Path(env["AIRFLOW_HOME"]).mkdir(parents=True, exist_ok=True)
             with self.log_path(name).open("wb") as log:
                 self.processes[name] = subprocess.Popen(
-                    [sys.executable, "-m", "airflow", *args], env=env, stdout=log, stderr=subprocess.STDOUT,
+                    dies_with_parent([sys.executable, "-m", "airflow", *args]), env=env, stdout=log,
+                    stderr=subprocess.STDOUT,
                     stdin=subprocess.DEVNULL,
                 )
         self._wait(lambda: requests.get(f"{self.api}/version", timeout=2).ok, 120, "api-server")

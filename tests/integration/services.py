@@ -14,6 +14,7 @@ import glob
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -39,6 +40,17 @@ def tail(path: Path, chars: int = 3000) -> str:
         return ""
 
 
+def dies_with_parent(command: list[str], signal_name: str = "TERM") -> list[str]:
+    """``command`` prefixed so that it gets SIGTERM (or ``signal_name``) when the test process dies.
+
+    Teardown stops every process the tests start; this covers the test process being killed before its
+    teardown runs, which would otherwise leave a whole cluster running on the machine. ``setpriv`` sets
+    the parent-death signal and execs the command (util-linux; without it, the command runs as is).
+    """
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", signal_name, "--", *command] if setpriv else command
+
+
 class ServiceError(RuntimeError):
     """A service did not start or died; the message carries the tail of its log."""
 
@@ -50,6 +62,8 @@ class Service:
     """
 
     name = "service"
+    #: The signal that stops the server (by :meth:`stop`, or when the test process dies).
+    stop_signal = "TERM"
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
@@ -81,7 +95,8 @@ class Service:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.prepare()
         with self.log_path.open("wb") as log:
-            self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
+            self.process = subprocess.Popen(dies_with_parent(self.command(), self.stop_signal), stdout=log,
+                                            stderr=subprocess.STDOUT,
                                             stdin=subprocess.DEVNULL, **self.popen_kwargs())
         wait_until(self.ready, timeout, f"{self.name} on port {self.port}", self.check_alive)
         self.after_ready()
@@ -96,7 +111,7 @@ class Service:
     def stop(self) -> None:
         if self.process is None or self.process.poll() is not None:
             return
-        self.process.terminate()
+        self.process.send_signal(getattr(signal, f"SIG{self.stop_signal}"))
         try:
             self.process.wait(timeout=20)
         except subprocess.TimeoutExpired:
@@ -130,6 +145,7 @@ class PostgresServer(Service):
     """
 
     name = "postgres"
+    stop_signal = "INT"  # "fast" shutdown: SIGTERM ("smart") would wait for every client to disconnect
 
     def __init__(self, workdir: Path, user: str = "airflow", password: str = "airflow",
                  database: str = "airflow") -> None:
