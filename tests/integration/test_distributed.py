@@ -335,12 +335,12 @@ def test_celery_run_on_s3_defers_waits_without_holding_workers(deployment: Deplo
     # Four tasks of >= 13 s each, one at a time per key: well over 30 s deferred in all.
     assert figures.deferred_seconds > 30, "the waits should have spent the service's run time deferred"
     # A wait that held its worker slot would add its whole deferred time (ratio ~1). What remains is the
-    # tail of the Celery task that deferred: its task process exits and the supervisor finishes after the
-    # state is already `deferred` (0.0 s on an idle machine; ~2.5 s a wait with a full suite in parallel).
+    # tail of the Celery task that deferred: its task process ends after the state is already `deferred`
+    # (0 s on an idle machine; 2-4 s a wait, up to 10% of the time deferred, with other suites running).
     on_workers = [(e.worker, e.map_index, round(e.start, 1), round(e.end - e.start, 1)) for e in executions
                   if e.task_id == WAIT_TASK and e.end is not None]
     deferred_spans = {k[1]: [(round(a, 1), round(b - a, 1)) for a, b in samples.deferred_intervals(k)] for k in waits}
-    assert figures.worker_seconds_while_deferred < 0.25 * figures.deferred_seconds, (
+    assert figures.worker_seconds_while_deferred < figures.deferred_seconds / 3, (
         f"workers ran wait tasks for {figures.worker_seconds_while_deferred:.2f}s while they were deferred "
         f"({figures.deferred_seconds:.1f}s deferred in all). Wait tasks on workers (worker, map index, "
         f"start, seconds): {on_workers}; deferred (map index: start, seconds): {deferred_spans}")
