@@ -307,6 +307,30 @@ def _stop_rule(max_attempts: int, throttle_timeout: float) -> Callable[[tenacity
     return stop
 
 
+def _retry_policy(hook: Any, retry: Callable[[BaseException], bool], operation: str) -> dict[str, Any]:
+    """The tenacity arguments both hooks retry with (``Retrying(**...)`` or ``AsyncRetrying(**...)``)."""
+    return {
+        "stop": _stop_rule(hook.max_attempts, hook.throttle_timeout),
+        "wait": tenacity.wait_exponential_jitter(
+            initial=hook.retry_initial, max=hook.retry_max, jitter=hook.retry_initial
+        ),
+        "retry": tenacity.retry_if_exception(retry),
+        "before_sleep": _retry_log(operation, hook.log),
+        "reraise": True,
+    }
+
+
+def _set_retry_settings(hook: Any, max_attempts: int, retry_initial: float, retry_max: float,
+                          throttle_timeout: float) -> None:  # fmt: skip
+    """Set the retry settings both hooks share (see their docstrings)."""
+    if max_attempts < 1:
+        raise ValueError("max_attempts must be >= 1")
+    hook.max_attempts = max_attempts
+    hook.retry_initial = retry_initial
+    hook.retry_max = retry_max
+    hook.throttle_timeout = throttle_timeout
+
+
 def _retry_log(operation: str, logger: Any) -> Callable[[tenacity.RetryCallState], None]:
     def before_sleep(state: tenacity.RetryCallState) -> None:
         error = state.outcome.exception() if state.outcome else None
@@ -368,13 +392,8 @@ class DashScopeHook(HttpHook):
         **kwargs: Any,
     ) -> None:
         super().__init__(method="POST", http_conn_id=dashscope_conn_id, **kwargs)
-        if max_attempts < 1:
-            raise ValueError("max_attempts must be >= 1")
+        _set_retry_settings(self, max_attempts, retry_initial, retry_max, throttle_timeout)
         self.dashscope_conn_id = dashscope_conn_id
-        self.max_attempts = max_attempts
-        self.retry_initial = retry_initial
-        self.retry_max = retry_max
-        self.throttle_timeout = throttle_timeout
         self.timeout = timeout
         self._connection: Connection | None = None
         self._session: requests.Session | None = None
@@ -456,15 +475,7 @@ class DashScopeHook(HttpHook):
         return self.merged_extra.get("timeout", self.timeout)
 
     def _retrying(self, retry: Callable[[BaseException], bool], operation: str) -> tenacity.Retrying:
-        return tenacity.Retrying(
-            stop=_stop_rule(self.max_attempts, self.throttle_timeout),
-            wait=tenacity.wait_exponential_jitter(
-                initial=self.retry_initial, max=self.retry_max, jitter=self.retry_initial
-            ),
-            retry=tenacity.retry_if_exception(retry),
-            before_sleep=_retry_log(operation, self.log),
-            reraise=True,
-        )
+        return tenacity.Retrying(**_retry_policy(self, retry, operation))
 
     # -- submit ------------------------------------------------------------------------------------
 
@@ -884,13 +895,8 @@ class DashScopeAsyncHook(BaseHook):
         max_qps: float = DEFAULT_QUERY_QPS,
     ) -> None:
         super().__init__()
-        if max_attempts < 1:
-            raise ValueError("max_attempts must be >= 1")
+        _set_retry_settings(self, max_attempts, retry_initial, retry_max, throttle_timeout)
         self.dashscope_conn_id = dashscope_conn_id
-        self.max_attempts = max_attempts
-        self.retry_initial = retry_initial
-        self.retry_max = retry_max
-        self.throttle_timeout = throttle_timeout
         self.timeout = timeout
         self.max_qps = max_qps
         self._base_url: str | None = None
@@ -949,16 +955,7 @@ class DashScopeAsyncHook(BaseHook):
                 return exc.status_code == 429 or exc.status_code >= 500
             return isinstance(exc, DashScopeConnectionError)
 
-        retrying = tenacity.AsyncRetrying(
-            stop=_stop_rule(self.max_attempts, self.throttle_timeout),
-            wait=tenacity.wait_exponential_jitter(
-                initial=self.retry_initial, max=self.retry_max, jitter=self.retry_initial
-            ),
-            retry=tenacity.retry_if_exception(retryable),
-            before_sleep=_retry_log("query", self.log),
-            reraise=True,
-        )
-        return await retrying(attempt)
+        return await tenacity.AsyncRetrying(**_retry_policy(self, retryable, "query"))(attempt)
 
     async def cancel_task(self, task_id: str) -> bool:
         """Cancel a task that is still ``PENDING``; True if the service canceled it (one attempt).
