@@ -67,6 +67,12 @@ STORAGE_CONN_ID = "{{ params.storage_conn_id or '' }}"
             "dashscope_default", type="string", title="DashScope connection",
             description="Connection of type dashscope: host = base URL, password = API key.",
         ),
+        "extra_dashscope_conn_ids": Param(
+            [], type="array", items={"type": "string"}, title="More DashScope connections",
+            description="Further connections, one API key each, to spread the rows over together with "
+                        "dashscope_conn_id: the service runs one task at a time per key, so k keys give up "
+                        "to k times the throughput. A row in flight keeps the key it was submitted with.",
+        ),
         "storage_conn_id": Param(
             None, type=["null", "string"], title="Storage connection",
             description="Airflow connection for the object store of input_table and output_root (e.g. "
@@ -106,6 +112,7 @@ def talking_heads() -> None:
         from airflow.configuration import conf
         from talking_heads.plan import (  # pandas: not at parse time
             InputTableError,
+            assign_connections,
             cap_generation,
             plan_run,
             read_input_table,
@@ -128,7 +135,10 @@ def talking_heads() -> None:
         plan_path = ledger.layout.plan(run_id)
         plan_path.parent.mkdir(parents=True, exist_ok=True)
         plan_path.write_text(json.dumps({"input_table": table_url, "rows": entries}))
-        work = [{"row_id": e["row_id"], "request": e["request"]} for e in entries if e["plan"] == "generate"]
+        work = assign_connections(
+            [{"row_id": e["row_id"], "request": e["request"]} for e in entries if e["plan"] == "generate"],
+            [params["dashscope_conn_id"], *(params["extra_dashscope_conn_ids"] or [])],
+        )
         print(f"Planned {len(entries)} rows from {table_url}: {len(work)} to generate, "
               f"{len(entries) - len(work)} settled before any spend")
         return work

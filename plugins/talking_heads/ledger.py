@@ -51,6 +51,8 @@ class RowState:
     state: State
     model: str = ""
     fingerprint: str = ""
+    #: The connection (API key) the task was submitted with: only that key can query it.
+    conn_id: str | None = None
     task_id: str | None = None
     code: str | None = None
     message: str | None = None

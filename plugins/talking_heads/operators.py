@@ -53,7 +53,8 @@ class SubmitRowOperator(_RowStorage, DashScopeVideoSynthesisOperator):
     was lost is refused unless ``resubmit_uncertain``. The intent is written to the ledger *before*
     the request is sent, so even a worker killed mid-request leaves a trace instead of a double bill.
 
-    :param row: the plan entry of the row (``row_id`` and its validated ``request``).
+    :param row: the plan entry of the row (``row_id``, its validated ``request``, and optionally the
+        ``conn_id`` the plan chose for it, which then wins over ``dashscope_conn_id``).
     :param output_root: where the ledger lives (``{output_root}/state/{row_id}.json``).
     :param resubmit_uncertain: submit rows whose earlier answer was lost (may pay twice: on purpose).
     :param storage_conn_id: Airflow connection of the object store under ``output_root`` (optional).
@@ -82,7 +83,10 @@ class SubmitRowOperator(_RowStorage, DashScopeVideoSynthesisOperator):
         if state is not None and state.state in ("submitted", "generated", "succeeded") and state.task_id:
             self.log.info("Row %s already has task %s (%s); not resubmitting", request.row_id,
                           state.task_id, state.state)
-            return {"row_id": request.row_id, "task_id": state.task_id}
+            # A task is only known to the key that created it, whatever this run would have chosen.
+            conn_id = state.conn_id or self.dashscope_conn_id
+            return {"row_id": request.row_id, "task_id": state.task_id, "conn_id": conn_id}
+        conn_id = self.row.get("conn_id") or self.dashscope_conn_id
         if state is not None and state.state in ("submitting", "uncertain"):
             if not _as_bool(self.resubmit_uncertain):
                 ledger.put(state.advance("uncertain"))
@@ -94,8 +98,8 @@ class SubmitRowOperator(_RowStorage, DashScopeVideoSynthesisOperator):
         if state is None:
             state = RowState(row_id=request.row_id, state="submitting", model=request.model)
         state = ledger.put(state.advance("submitting", model=request.model, fingerprint=fingerprint,
-                                         run_id=run_id, task_id=None, code=None, message=None))
-        hook = DashScopeHook(dashscope_conn_id=self.dashscope_conn_id)
+                                         conn_id=conn_id, run_id=run_id, task_id=None, code=None, message=None))
+        hook = DashScopeHook(dashscope_conn_id=conn_id)
         try:
             submitted = hook.submit_task(request.model, request.api_input(), request.api_parameters())
         except DashScopeSubmissionUncertain as error:
@@ -116,14 +120,15 @@ class SubmitRowOperator(_RowStorage, DashScopeVideoSynthesisOperator):
             ledger.put(state.advance("failed", code=type(error).__name__, message=str(error), billed=False))
             raise
         ledger.put(state.advance("submitted", task_id=submitted.task_id))
-        self.log.info("Row %s submitted as task %s", request.row_id, submitted.task_id)
-        return {"row_id": request.row_id, "task_id": submitted.task_id}
+        self.log.info("Row %s submitted as task %s (connection %s)", request.row_id, submitted.task_id, conn_id)
+        return {"row_id": request.row_id, "task_id": submitted.task_id, "conn_id": conn_id}
 
 
 class WaitRowSensor(_RowStorage, DashScopeTaskSensor):
     """Wait (deferred, no worker slot held) for a row's task, and record how it ended.
 
-    :param submission: the submit step's result, ``{"row_id", "task_id"}``.
+    :param submission: the submit step's result, ``{"row_id", "task_id", "conn_id"}``; its ``conn_id``
+        (the key that created the task, the only one that can query it) wins over ``dashscope_conn_id``.
     :param output_root: where the ledger lives.
     """
 
@@ -139,8 +144,12 @@ class WaitRowSensor(_RowStorage, DashScopeTaskSensor):
         self.output_root = output_root
         self.storage_conn_id = storage_conn_id
 
-    def execute(self, context: Context) -> Any:
+    def _follow_submission(self) -> None:
         self.dashscope_task_id = self.submission["task_id"]
+        self.dashscope_conn_id = self.submission.get("conn_id") or self.dashscope_conn_id
+
+    def execute(self, context: Context) -> Any:
+        self._follow_submission()
         state = self._ledger().get(self.submission["row_id"])
         if state is not None and state.state in ("generated", "succeeded") and state.task_id == self.dashscope_task_id:
             self.log.info("Task %s already finished (%s); not polling again", state.task_id, state.state)
@@ -148,7 +157,7 @@ class WaitRowSensor(_RowStorage, DashScopeTaskSensor):
         return self._record(super().execute(context))
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> Any:
-        self.dashscope_task_id = self.submission["task_id"]
+        self._follow_submission()
         return self._record(super().execute_complete(context, event))
 
     @staticmethod
@@ -176,9 +185,11 @@ class WaitRowSensor(_RowStorage, DashScopeTaskSensor):
 
     def on_kill(self) -> None:
         # A PENDING task has cost nothing yet; cancel it so a killed wait does not leave it queued.
-        task_id = self.dashscope_task_id or (self.submission or {}).get("task_id")
+        submission = self.submission if isinstance(self.submission, dict) else {}
+        task_id = self.dashscope_task_id or submission.get("task_id")
         if task_id:
-            DashScopeHook(dashscope_conn_id=self.dashscope_conn_id).cancel_task(task_id)
+            conn_id = submission.get("conn_id") or self.dashscope_conn_id
+            DashScopeHook(dashscope_conn_id=conn_id).cancel_task(task_id)
 
 
 class DownloadRowOperator(_RowStorage, DashScopeVideoDownloadOperator):

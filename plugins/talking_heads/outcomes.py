@@ -18,6 +18,7 @@ from talking_heads.storage import OutputLayout, plain_url
 OUTCOME_COLUMNS = [
     "row_id", "model", "status", "task_id", "code", "message", "video_uri", "video_duration",
     "video_ratio", "cost_usd", "cost_cny", "estimated_cost_usd", "video_bytes", "video_sha256", "run_id",
+    "dashscope_conn_id",
 ]  # fmt: skip
 
 UNCERTAIN_CODE = "SubmissionUncertain"
@@ -29,8 +30,9 @@ def outcome_from_state(state: RowState | None, run_id: str) -> dict[str, Any]:
     if state is None:
         return {"status": "failed", "code": INCOMPLETE_CODE, "message": "the row was never submitted: the "
                 "submit step did not run (see the run's task states); rerun to continue"}
+    # The connection says whose key (whose console, whose bill) the task belongs to.
     base: dict[str, Any] = {"task_id": state.task_id, "video_duration": state.video_duration,
-                            "video_ratio": state.video_ratio}
+                            "video_ratio": state.video_ratio, "dashscope_conn_id": state.conn_id}
     if state.state == "succeeded":
         fresh = state.run_id == run_id
         return {**base, "status": "succeeded" if fresh else "skipped", "video_uri": state.video_uri,

@@ -133,6 +133,18 @@ def cap_generation(entries: list[dict[str, Any]], limit: int) -> list[dict[str, 
     return entries
 
 
+def assign_connections(work: list[dict[str, Any]], conn_ids: list[str]) -> list[dict[str, Any]]:
+    """Spread the rows to generate over the connections (one API key each), round robin in table order.
+
+    The service runs one task at a time per key, so this is what lets k keys work in parallel. Only new
+    submissions follow it: a row whose task is already in flight keeps the key recorded in its ledger.
+    """
+    unique = list(dict.fromkeys(c.strip() for c in conn_ids if c and c.strip()))
+    if not unique:
+        raise ValueError("at least one DashScope connection id is needed")
+    return [{**item, "conn_id": unique[i % len(unique)]} for i, item in enumerate(work)]
+
+
 def _admit(entries: dict[int, dict[str, Any]], *, preflight: bool, max_cost_usd: float | None, dry_run: bool) -> None:
     """Pre-flight checks, cost estimates, the budget cap and dry runs, over the rows to generate."""
     to_generate = [i for i in sorted(entries) if entries[i]["plan"] == "generate"]

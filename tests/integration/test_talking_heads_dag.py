@@ -164,6 +164,37 @@ def test_budget_cap_is_never_passed(
     assert len(skipped) == 2 and skipped["message"].str.startswith("budget").all()
 
 
+def test_rows_spread_over_two_keys_each_waited_on_with_its_own_key(
+    airflow_db: str, media: tuple[str, dict], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``extra_dashscope_conn_ids``: the rows to submit alternate between the keys; each task is queried
+    with the key that created it (another key would see ``UNKNOWN``); the outcome names the key."""
+    from dashscope_emulator import key_fingerprint
+
+    media_url, boxes = media
+    table = _table(tmp_path / "table.csv", media_url, boxes)
+    second_key = "sk-dag-test-second-key-42"
+    with EmulatorServer(api_keys=[KEY, second_key], port=0, speed=2000) as emulator:
+        for conn_id, key in (("DASHSCOPE_DEFAULT", KEY), ("DASHSCOPE_KEY2", second_key)):
+            monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id}",
+                               json.dumps({"conn_type": "dashscope", "host": emulator.base_url, "password": key}))
+        outcomes = _run(table, tmp_path / "out", 5, extra_dashscope_conn_ids=["dashscope_key2"]).set_index("row_id")
+        tasks = {t["task_id"]: t for t in emulator.tasks()}
+        queries = [r for r in emulator.request_log() if "/tasks/" in r["path"]]
+
+    fingerprints = {"dashscope_default": key_fingerprint(KEY), "dashscope_key2": key_fingerprint(second_key)}
+    sent = outcomes[outcomes["task_id"].notna()]
+    assert set(sent.index) == {"square", "halfbody", "emoji", "face-pose"}
+    assert sorted(sent["dashscope_conn_id"]) == ["dashscope_default"] * 2 + ["dashscope_key2"] * 2
+    for row_id, line in sent.iterrows():
+        task = tasks[line["task_id"]]
+        assert task["key_fingerprint"] == fingerprints[line["dashscope_conn_id"]], row_id
+        assert {q["key_fingerprint"] for q in queries if q["task_id"] == line["task_id"]} == {task["key_fingerprint"]}
+    assert list(outcomes.loc[["square", "halfbody", "emoji"], "status"]) == ["succeeded"] * 3
+    assert outcomes.loc["face-pose", "code"] == "InvalidFile.FacePose"  # the service's verdict, not UNKNOWN
+    assert len(tasks) == 4
+
+
 def _assert_key_never_leaked(output_root: Path) -> None:
     """The API key appears nowhere: task logs, XCom, rendered fields, trigger rows, outputs."""
     import os

@@ -281,7 +281,7 @@ def test_submit_row_transient_refusal_is_left_to_task_retries(
 
     submission = op.execute({"run_id": "run-1"})  # the retry: nothing was created, so it submits again
     [task] = emulator.tasks()
-    assert submission == {"row_id": "r-1", "task_id": task["task_id"]}
+    assert submission == {"row_id": "r-1", "task_id": task["task_id"], "conn_id": dashscope_conn}
     assert RowLedger(str(tmp_path)).get("r-1").state == "submitted"  # type: ignore[union-attr]
 
 
@@ -314,3 +314,43 @@ def test_submit_row_without_a_usable_connection_sends_nothing_and_is_not_uncerta
     # Nothing can have been sent: a plain failure (the task's retries apply), not "uncertain".
     assert (state.state, state.code, state.billed) == ("failed", "DashScopeConfigError", False)
     assert emulator.request_log() == []
+
+
+def test_rows_go_to_their_planned_key_and_keep_the_key_that_created_their_task(
+    emoji_input: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dashscope_emulator import EmulatorServer, key_fingerprint
+    from talking_heads.ledger import RowLedger
+    from talking_heads.operators import SubmitRowOperator, WaitRowSensor
+    from talking_heads.validation import RowRequest
+
+    from tests.unit.conftest import conn_json
+
+    with EmulatorServer(api_keys=["sk-key-one", "sk-key-two"], port=0, speed=1000) as emulator:
+        monkeypatch.setenv("AIRFLOW_CONN_DASHSCOPE_ONE", conn_json(emulator.base_url, password="sk-key-one"))
+        monkeypatch.setenv("AIRFLOW_CONN_DASHSCOPE_TWO", conn_json(emulator.base_url, password="sk-key-two"))
+        request = RowRequest(row_id="r-k", model="emoji-v1", **emoji_input).model_dump()
+
+        def submit(planned_conn: str) -> dict[str, Any]:
+            op = SubmitRowOperator(task_id="submit", row={"request": request, "conn_id": planned_conn},
+                                   output_root=str(tmp_path), dashscope_conn_id="dashscope_one")  # fmt: skip
+            return op.execute({"run_id": "run-1"})  # type: ignore[arg-type]
+
+        submission = submit("dashscope_two")
+        [task] = emulator.tasks()
+        assert task["key_fingerprint"] == key_fingerprint("sk-key-two")  # the plan's key, not the default
+        assert submission["conn_id"] == "dashscope_two"
+        assert RowLedger(str(tmp_path)).get("r-k").conn_id == "dashscope_two"  # type: ignore[union-attr]
+
+        # A rerun whose plan chose the other key: the task in flight is only known to the key that created it.
+        again = submit("dashscope_one")
+        assert again == submission
+        assert len(emulator.tasks()) == 1
+
+        wait = WaitRowSensor(task_id="wait", submission=again, output_root=str(tmp_path),
+                             dashscope_conn_id="dashscope_one", poll_interval="0.05", deferrable=False,
+                             timeout=60)  # fmt: skip
+        result = wait.execute({})  # type: ignore[arg-type]
+        assert (result["task_id"], result["video_ratio"]) == (task["task_id"], "standard")
+        queried = {r["key_fingerprint"] for r in emulator.request_log() if "/tasks/" in r["path"]}
+        assert queried == {key_fingerprint("sk-key-two")}

@@ -9,7 +9,7 @@ import pytest
 from talking_heads.costs import cost_of, load_prices
 from talking_heads.ledger import RowLedger, RowState
 from talking_heads.outcomes import OUTCOME_COLUMNS, build_outcomes, write_outcomes
-from talking_heads.plan import InputTableError, cap_generation, plan_run, read_input_table
+from talking_heads.plan import InputTableError, assign_connections, cap_generation, plan_run, read_input_table
 
 ROW = {
     "model": "emo-v1", "image_url": "http://m/p.png", "audio_url": "http://m/v.wav",
@@ -94,3 +94,13 @@ def test_rows_over_the_map_limit_wait_for_the_next_run(tmp_path: Path) -> None:
     plan = cap_generation(plan_run(_frame("a", "b", "c"), RowLedger(str(tmp_path))), limit=2)
     assert [e["plan"] for e in plan] == ["generate", "generate", "done"]
     assert plan[2]["outcome"]["status"] == "skipped" and "max_map_length" in plan[2]["outcome"]["message"]
+
+
+def test_rows_are_spread_round_robin_over_the_connections() -> None:
+    work = [{"row_id": f"r{i}", "request": {}} for i in range(5)]
+    spread = assign_connections(work, ["key_a", "key_b", " key_a ", ""])  # duplicates and blanks dropped
+    assert [w["conn_id"] for w in spread] == ["key_a", "key_b", "key_a", "key_b", "key_a"]
+    assert [w["row_id"] for w in spread] == [w["row_id"] for w in work]
+    assert all(w["conn_id"] == "only" for w in assign_connections(work, ["only"]))
+    with pytest.raises(ValueError, match="at least one"):
+        assign_connections(work, [" "])
