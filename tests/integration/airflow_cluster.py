@@ -177,7 +177,14 @@ class AirflowCluster:
         raise TimeoutError(f"run {run_id} of {dag_id} not finished after {seconds}s\n{self.all_logs()}")
 
     def task_instances(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
-        return self.get(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances", limit=1000)["task_instances"]
+        """Every task instance of the run (the API answers at most ``[api] maximum_page_limit``, 100, a page)."""
+        found: list[dict[str, Any]] = []
+        while True:
+            page = self.get(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances", limit=100, offset=len(found),
+                            order_by="id")  # fmt: skip
+            found += page["task_instances"]
+            if not page["task_instances"] or len(found) >= page["total_entries"]:
+                return found
 
     def cleanup(self) -> None:
         shutil.rmtree(self.home, ignore_errors=True)
