@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs every benchmark and prints its figures (about 10 minutes on 2 cores); creates .venv/ if needed.
+# Runs every benchmark and prints its figures (about 15 minutes on 2 cores); creates .venv/ if needed.
 # Run on a quiet machine: the figures are wall times and rates.
 set -euo pipefail
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
