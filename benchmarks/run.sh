@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs every benchmark and prints its figures (about 15 minutes on 2 cores); creates .venv/ if needed.
-# Run on a quiet machine: the figures are wall times and rates.
+# Runs every benchmark and prints its figures; creates .venv/ if needed. Run on a quiet machine: the
+# figures are wall times and rates. About 15 minutes on 2 cores, plus about 75 for bench_batch's scaling
+# table (rows 50/200/1000, keys 1/2/4 at speed 16); `benchmarks/run.sh --quick` leaves the table out.
 set -euo pipefail
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$REPO_ROOT/scripts/bootstrap.sh"
@@ -11,3 +12,7 @@ for bench in bench_dag_parse bench_plan bench_report bench_download bench_waits 
   echo "==> benchmarks/$bench.py"
   python "benchmarks/$bench.py" 2>&1 | grep -E '^(plan:|report:|dag_parse:|DOWNLOAD|WAITS|BATCH|SDK)' || { echo "!! $bench failed"; exit 1; }
 done
+if [[ "${1:-}" != "--quick" ]]; then
+  echo "==> benchmarks/bench_batch.py --scaling --speed 16"
+  python benchmarks/bench_batch.py --scaling --speed 16 2>&1 | grep -E '^(BATCH|SCALING)' || { echo "!! scaling failed"; exit 1; }
+fi
