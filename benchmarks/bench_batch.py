@@ -14,7 +14,7 @@ Also printed: how long the service sat idle between its first and last task (the
 keep its queue full), the lead (trigger -> first task running) and the tail (last task done -> run
 end), and the worker-seconds Airflow's wait tasks ran for against the seconds they waited deferred
 (holding no worker slot). ``--scaling`` runs the batch at 50, 200 and 1,000 rows on one key and at 200
-rows on 2 and 4 keys, each on a fresh cluster, and prints a table (about 90 minutes at speed 8).
+rows on 2 and 4 keys, each on a fresh cluster, and prints a table (about 70 minutes at speed 16 on 2 cores).
 """
 
 from __future__ import annotations
