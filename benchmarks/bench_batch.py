@@ -29,6 +29,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pandas as pd
+import psutil
 from dashscope_emulator import EmulatorServer, make_samples, serve_directory
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -36,6 +37,42 @@ from tests.integration.airflow_cluster import AirflowCluster
 
 KEY = "sk-bench-batch-0123456789"  # key i > 0 is f"{KEY}-{i}"
 WORKLOAD = re.compile(r"Workload finished\s.*?duration=(?P<duration>[\d.]+).*?workload_id=(?P<id>[0-9a-f-]{36})")
+
+
+def _cpu_seconds(pid: int) -> tuple[float, float]:
+    """CPU seconds (user + system) of a process itself and of all its descendants, reaped ones included.
+
+    A task process's time reaches its LocalExecutor worker's ``children_*`` once the worker reaps it, so
+    the scheduler's descendants cover every task process the run started.
+    """
+    try:
+        root = psutil.Process(pid)
+        own = root.cpu_times()
+        descendants = root.children(recursive=True)
+    except psutil.NoSuchProcess:
+        return 0.0, 0.0
+    below = own.children_user + own.children_system
+    for process in descendants:
+        try:
+            times = process.cpu_times()
+        except psutil.NoSuchProcess:  # exited between the listing and the read: counted once reaped
+            continue
+        below += times.user + times.system + times.children_user + times.children_system
+    return own.user + own.system, below
+
+
+def _cpu_by_role(cluster: AirflowCluster) -> dict[str, float]:
+    """CPU seconds so far of each Airflow process and of this process (the emulator and media server)."""
+    cpu: dict[str, float] = {}
+    for name, process in cluster.processes.items():
+        own, below = _cpu_seconds(process.pid)
+        if name == "scheduler":  # its descendants are the executor's workers and the task processes
+            cpu["scheduler"], cpu["task_processes"] = own, below
+        else:
+            cpu[name] = own + below
+    me = psutil.Process().cpu_times()
+    cpu["emulator+bench"] = me.user + me.system
+    return cpu
 
 
 def _rows(media: str, boxes: dict, count: int) -> list[dict]:
@@ -81,10 +118,12 @@ def run_batch(rows: int, keys: int, speed: float, pool: int) -> dict[str, float]
                 pd.DataFrame(_rows(media, boxes, rows)).to_csv(table, index=False)
                 conf = {"input_table": str(table), "output_root": str(root / "out"), "poll_interval_seconds": 1,
                         "extra_dashscope_conn_ids": conn_ids[1:]}  # fmt: skip
+                cpu_before = _cpu_by_role(cluster)
                 started = time.monotonic()
                 run = cluster.post("/dags/talking_heads/dagRuns", {"logical_date": None, "conf": conf})
                 state = cluster.wait_for_run("talking_heads", run["dag_run_id"], seconds=6 * 3600)
                 wall = time.monotonic() - started
+                cpu_after = _cpu_by_role(cluster)
                 tis = cluster.task_instances("talking_heads", run["dag_run_id"])
                 scheduler_log = (cluster.home / "scheduler.log").read_text(errors="replace")
             finally:
@@ -116,8 +155,17 @@ def run_batch(rows: int, keys: int, speed: float, pool: int) -> dict[str, float]
     print(f"BATCH wait_tasks_worker_seconds={wait_running:.1f}s for {on_service:.0f} task-seconds queued/running "
           f"on the service ({wait_running / max(on_service, 1e-9):.4f} worker-seconds per waited second)",
           flush=True)  # fmt: skip
+    cpu = {role: cpu_after[role] - cpu_before.get(role, 0.0) for role in cpu_after}
+    cores = psutil.cpu_count() or 1
+    print(f"BATCH cpu_seconds {' '.join(f'{role}={seconds:.1f}' for role, seconds in cpu.items())} "
+          f"total={sum(cpu.values()):.1f} of {cores} cores x wall = {cores * wall:.1f} "
+          f"({sum(cpu.values()) / (cores * wall):.0%} busy)")
+    print(f"BATCH cpu_seconds_per_row {' '.join(f'{role}={seconds / rows:.2f}' for role, seconds in cpu.items())}",
+          flush=True)
     return {"rows": rows, "keys": keys, "wall": wall, "floor": floor, "idle": idle,
-            "lead_tail": wall - service_span, "succeeded": succeeded}  # fmt: skip
+            "lead_tail": wall - service_span, "succeeded": succeeded,
+            "scheduler_cpu_per_row": cpu["scheduler"] / rows,
+            "tasks_cpu_per_row": cpu["task_processes"] / rows}  # fmt: skip
 
 
 SCALING = [(50, 1), (200, 1), (200, 2), (200, 4), (1000, 1)]
@@ -137,11 +185,13 @@ def main() -> None:
     results = []
     for rows, keys in SCALING:
         results.append(run_batch(rows, keys, args.speed, max(args.pool, 4 * keys)))
-        print("SCALING rows keys wall_s floor_s ratio s_per_row worst_key_idle_s lead+tail_s succeeded")
+        print("SCALING rows keys wall_s floor_s ratio s_per_row worst_key_idle_s lead+tail_s succeeded "
+              "scheduler_cpu_s_per_row task_processes_cpu_s_per_row")
         for r in results:
             print(f"SCALING {r['rows']:>4} {r['keys']:>4} {r['wall']:>7.1f} {r['floor']:>7.1f} "
                   f"{r['wall'] / r['floor']:>5.2f} {r['wall'] / r['rows']:>5.2f} {r['idle']:>7.1f} "
-                  f"{r['lead_tail']:>6.1f} {r['succeeded']:>4}/{r['rows']}", flush=True)  # fmt: skip
+                  f"{r['lead_tail']:>6.1f} {r['succeeded']:>4}/{r['rows']} "
+                  f"{r['scheduler_cpu_per_row']:>5.2f} {r['tasks_cpu_per_row']:>5.2f}", flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":
