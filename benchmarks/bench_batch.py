@@ -1,7 +1,7 @@
 """Prints a batch's wall time against the service's own busy time, on real Airflow processes.
 
     .venv/bin/python benchmarks/bench_batch.py [--rows 50] [--keys 1] [--speed 4] [--pool 8]
-    .venv/bin/python benchmarks/bench_batch.py --scaling [--speed 8]   # rows 50/200/1000, keys 1/2/4
+    .venv/bin/python benchmarks/bench_batch.py --scaling [--speed 16]  # rows 50/200/1000, keys 1/2/4
 
 Real api-server, scheduler (LocalExecutor), dag-processor and triggerer; the emulator with ``--keys``
 keys at ``--speed`` (simulated seconds per wall second). One ``talking_heads`` run over ``--rows`` rows
