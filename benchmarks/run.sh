@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every benchmark and prints its figures; creates .venv/ if needed. Run on a quiet machine: the
-# figures are wall times and rates. About 15 minutes on 2 cores, plus about 75 for bench_batch's scaling
+# figures are wall times and rates. About 15 minutes on 2 cores, plus about 70 for bench_batch's scaling
 # table (rows 50/200/1000, keys 1/2/4 at speed 16); `benchmarks/run.sh --quick` leaves the table out.
 set -euo pipefail
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
