@@ -1,7 +1,8 @@
 """Real Airflow components as separate processes, for integration tests.
 
 :class:`AirflowCluster`: api-server, scheduler (LocalExecutor), dag-processor and triggerer sharing one
-SQLite metadata DB in a temporary AIRFLOW_HOME and this repo's dags/ and plugins/.
+metadata DB (SQLite in a temporary AIRFLOW_HOME unless ``extra_env`` names another) and this repo's
+dags/ and plugins/.
 :class:`CeleryAirflowCluster`: docker-compose.yaml's topology: the same components plus Celery workers,
 CeleryExecutor, a Postgres metadata DB and a Redis broker (``tests/integration/services.py``), each
 component with its own AIRFLOW_HOME and one shared config file, as compose's containers have.

@@ -2,6 +2,9 @@
 
 The waits must be deferred to the triggerer (no worker slot held), and rows shared between backfilled
 dates must be paid for once (checked against the emulator's billing log).
+
+The metadata DB is Postgres, as in docker-compose.yaml: Airflow refuses to create a backfill on SQLite
+while the scheduler and dag-processor write to it (``POST /backfills`` answers 503 "Database is locked").
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import pytest
 from dashscope_emulator import EmulatorServer, make_samples, serve_directory
 
 from tests.integration.airflow_cluster import AirflowCluster
+from tests.integration.services import PostgresServer
 
 pytestmark = pytest.mark.integration
 KEY = "sk-cluster-test-secret-42"
@@ -38,6 +42,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     make_samples(root / "media")
     boxes = json.loads((root / "media" / "samples.json").read_text())
     # Two services: a real-time one (tasks take ~20 s, so the waits must defer) and a fast one.
+    postgres = PostgresServer(root / "postgres")
     with (
         serve_directory(root / "media", port=0) as media,
         EmulatorServer(api_keys=[KEY], port=0, speed=1) as slow,
@@ -49,12 +54,17 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
             )
             for name, emu in (("dashscope_slow", slow), ("dashscope_default", fast))
         }
-        cluster = AirflowCluster(root / "airflow", env).start()
+        postgres.start()
         try:
-            cluster.wait_for_dag("talking_heads")
-            yield {"root": root, "media": media, "boxes": boxes, "emu": fast, "slow": slow, "cluster": cluster}
+            cluster = AirflowCluster(root / "airflow", {**env, "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": postgres.url})
+            try:
+                cluster.start()
+                cluster.wait_for_dag("talking_heads")
+                yield {"root": root, "media": media, "boxes": boxes, "emu": fast, "slow": slow, "cluster": cluster}
+            finally:
+                cluster.stop()
         finally:
-            cluster.stop()
+            postgres.stop()
 
 
 def test_rest_triggered_run_defers_waits_and_records_outcomes(world: dict) -> None:
