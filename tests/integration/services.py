@@ -22,7 +22,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 
 def free_port() -> int:
@@ -57,6 +57,8 @@ class ServiceError(RuntimeError):
 
 class Service:
     """One server process: started by :meth:`start`, ready when :meth:`ready` says so, stopped by :meth:`stop`.
+
+    As a context manager, it starts on entry and stops on exit (and when it fails to start).
 
     ``name`` is what failure messages and the test's figure line call it; ``where`` says where it runs.
     """
@@ -101,6 +103,17 @@ class Service:
         wait_until(self.ready, timeout, f"{self.name} on port {self.port}", self.check_alive)
         self.after_ready()
         return self
+
+    def __enter__(self) -> Self:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
 
     def check_alive(self) -> None:
         """Raises :class:`ServiceError` with the log's tail if the process has exited."""

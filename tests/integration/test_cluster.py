@@ -42,11 +42,11 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     make_samples(root / "media")
     boxes = json.loads((root / "media" / "samples.json").read_text())
     # Two services: a real-time one (tasks take ~20 s, so the waits must defer) and a fast one.
-    postgres = PostgresServer(root / "postgres")
     with (
         serve_directory(root / "media", port=0) as media,
         EmulatorServer(api_keys=[KEY], port=0, speed=1) as slow,
         EmulatorServer(api_keys=[KEY], port=0, speed=200) as fast,
+        PostgresServer(root / "postgres") as postgres,
     ):
         env = {
             f"AIRFLOW_CONN_{name.upper()}": json.dumps(
@@ -54,17 +54,13 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
             )
             for name, emu in (("dashscope_slow", slow), ("dashscope_default", fast))
         }
-        postgres.start()
+        cluster = AirflowCluster(root / "airflow", {**env, "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": postgres.url})
         try:
-            cluster = AirflowCluster(root / "airflow", {**env, "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": postgres.url})
-            try:
-                cluster.start()
-                cluster.wait_for_dag("talking_heads")
-                yield {"root": root, "media": media, "boxes": boxes, "emu": fast, "slow": slow, "cluster": cluster}
-            finally:
-                cluster.stop()
+            cluster.start()
+            cluster.wait_for_dag("talking_heads")
+            yield {"root": root, "media": media, "boxes": boxes, "emu": fast, "slow": slow, "cluster": cluster}
         finally:
-            postgres.stop()
+            cluster.stop()
 
 
 def test_rest_triggered_run_defers_waits_and_records_outcomes(world: dict) -> None:
