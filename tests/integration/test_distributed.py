@@ -66,37 +66,35 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
     root = tmp_path_factory.mktemp("distributed")
     make_samples(root / "media")
     boxes = json.loads((root / "media" / "samples.json").read_text())
-    postgres, redis, s3 = PostgresServer(root / "postgres"), RedisServer(root / "redis"), S3Server(root / "s3", BUCKET)
-    services: list[Service] = []
     # speed=1: the service takes real seconds (8 + 2.5 x video seconds per task, one at a time per key), so
     # every wait spends long enough deferred to tell a held worker slot from a free one.
-    with serve_directory(root / "media", port=0) as media_url, EmulatorServer(api_keys=[KEY], speed=1) as emulator:
+    with (
+        serve_directory(root / "media", port=0) as media_url,
+        EmulatorServer(api_keys=[KEY], speed=1) as emulator,
+        PostgresServer(root / "postgres") as postgres,
+        RedisServer(root / "redis") as redis,
+        S3Server(root / "s3", BUCKET) as s3,
+    ):
+        services: list[Service] = [postgres, redis, s3]
+        env = {
+            "AIRFLOW_CONN_DASHSCOPE_DEFAULT": json.dumps(
+                {"conn_type": "dashscope", "host": emulator.base_url, "password": KEY}),
+            "AIRFLOW_CONN_AWS_DEFAULT": json.dumps(s3.connection()),
+            # Only the run the test triggers: no automatic @daily run when the DAG is unpaused.
+            "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
+            # Workers log JSON lines: when each Celery task started and ended, parsed below.
+            "AIRFLOW__CELERY__JSON_LOGS": "True",
+        }
+        cluster = CeleryAirflowCluster(root / "airflow", postgres, redis, env, workers=2, worker_concurrency=2)
         try:
-            for service in (postgres, redis, s3):
-                services.append(service)
-                service.start()
-            env = {
-                "AIRFLOW_CONN_DASHSCOPE_DEFAULT": json.dumps(
-                    {"conn_type": "dashscope", "host": emulator.base_url, "password": KEY}),
-                "AIRFLOW_CONN_AWS_DEFAULT": json.dumps(s3.connection()),
-                # Only the run the test triggers: no automatic @daily run when the DAG is unpaused.
-                "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
-                # Workers log JSON lines: when each Celery task started and ended, parsed below.
-                "AIRFLOW__CELERY__JSON_LOGS": "True",
-            }
-            cluster = CeleryAirflowCluster(root / "airflow", postgres, redis, env, workers=2, worker_concurrency=2)
-            try:
-                cluster.start()
-                cluster.wait_for_dag(DAG_ID, seconds=180)
-                where = {s.name: s.where for s in services}
-                where["emulator"] = f"pid {os.getpid()} (the test process) {emulator.base_url}"
-                where.update(cluster.where())
-                yield Deployment(cluster, services, emulator, s3, media_url, boxes, started, where)
-            finally:
-                cluster.stop()
+            cluster.start()
+            cluster.wait_for_dag(DAG_ID, seconds=180)
+            where = {s.name: s.where for s in services}
+            where["emulator"] = f"pid {os.getpid()} (the test process) {emulator.base_url}"
+            where.update(cluster.where())
+            yield Deployment(cluster, services, emulator, s3, media_url, boxes, started, where)
         finally:
-            for service in reversed(services):
-                service.stop()
+            cluster.stop()
 
 
 def _rows(media_url: str, boxes: dict[str, Any]) -> list[dict[str, Any]]:
