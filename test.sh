@@ -7,5 +7,6 @@ bash "$REPO_ROOT/scripts/system_deps.sh"
 cd "$REPO_ROOT"
 echo "==> ruff"
 ruff check .
+ruff format --check .
 echo "==> pytest"
 exec python -m pytest "$@"

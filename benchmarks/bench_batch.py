@@ -83,9 +83,16 @@ def _rows(media: str, boxes: dict, count: int) -> list[dict]:
         else:
             name = "portrait_square.png" if i % 3 == 0 else "portrait_halfbody.jpg"
             extra, model = {"audio_url": f"{media}/voice.wav"}, "emo-v1"
-        rows.append({"row_id": f"b{i:04d}", "model": model, "image_url": f"{media}/{name}",
-                     "face_bbox": json.dumps(boxes[name]["face_bbox"]),
-                     "ext_bbox": json.dumps(boxes[name]["ext_bbox"]), **extra})  # fmt: skip
+        rows.append(
+            {
+                "row_id": f"b{i:04d}",
+                "model": model,
+                "image_url": f"{media}/{name}",
+                "face_bbox": json.dumps(boxes[name]["face_bbox"]),
+                "ext_bbox": json.dumps(boxes[name]["ext_bbox"]),
+                **extra,
+            }
+        )
     return rows
 
 
@@ -106,9 +113,12 @@ def run_batch(rows: int, keys: int, speed: float, pool: int) -> dict[str, float]
             serve_directory(root / "media") as media,
             EmulatorServer(api_keys=api_keys, port=0, speed=speed) as emulator,
         ):
-            env = {f"AIRFLOW_CONN_{conn_id.upper()}": json.dumps(
-                {"conn_type": "dashscope", "host": emulator.base_url, "password": key})
-                for conn_id, key in zip(conn_ids, api_keys, strict=True)}  # fmt: skip
+            env = {
+                f"AIRFLOW_CONN_{conn_id.upper()}": json.dumps(
+                    {"conn_type": "dashscope", "host": emulator.base_url, "password": key}
+                )
+                for conn_id, key in zip(conn_ids, api_keys, strict=True)
+            }
             cluster = AirflowCluster(root / "airflow", env).start()
             try:
                 cluster.airflow("pools", "set", "dashscope", str(pool), "bench", "--include-deferred")
@@ -116,8 +126,12 @@ def run_batch(rows: int, keys: int, speed: float, pool: int) -> dict[str, float]
                 time.sleep(5)  # let the run that unpausing starts (default params) get out of the way
                 table = root / "batch.csv"
                 pd.DataFrame(_rows(media, boxes, rows)).to_csv(table, index=False)
-                conf = {"input_table": str(table), "output_root": str(root / "out"), "poll_interval_seconds": 1,
-                        "extra_dashscope_conn_ids": conn_ids[1:]}  # fmt: skip
+                conf = {
+                    "input_table": str(table),
+                    "output_root": str(root / "out"),
+                    "poll_interval_seconds": 1,
+                    "extra_dashscope_conn_ids": conn_ids[1:],
+                }
                 cpu_before = _cpu_by_role(cluster)
                 started = time.monotonic()
                 run = cluster.post("/dags/talking_heads/dagRuns", {"logical_date": None, "conf": conf})
@@ -148,24 +162,41 @@ def run_batch(rows: int, keys: int, speed: float, pool: int) -> dict[str, float]
     wait_running = sum(float(m["duration"]) for m in WORKLOAD.finditer(scheduler_log) if m["id"] in wait_ids)
     on_service = sum((_ts(t["end_time"]) - _ts(t["submit_time"])) for t in tasks) / speed
     succeeded = int((outcomes["status"] == "succeeded").sum())
-    print(f"BATCH rows={rows} keys={keys} speed={speed:g} pool={pool} run={state} succeeded={succeeded} "
-          f"tasks={len(tasks)} tasks_per_key={sorted(len(s) for s in per_key.values())} wait_tis={len(wait_ids)}")
-    print(f"BATCH wall={wall:.1f}s emulator_busy_floor={floor:.1f}s ratio={wall / floor:.3f} (target <= 1.05) "
-          f"worst_key_idle_between_tasks={idle:.1f}s lead+tail={wall - service_span:.1f}s")
-    print(f"BATCH wait_tasks_worker_seconds={wait_running:.1f}s for {on_service:.0f} task-seconds queued/running "
-          f"on the service ({wait_running / max(on_service, 1e-9):.4f} worker-seconds per waited second)",
-          flush=True)  # fmt: skip
+    print(
+        f"BATCH rows={rows} keys={keys} speed={speed:g} pool={pool} run={state} succeeded={succeeded} "
+        f"tasks={len(tasks)} tasks_per_key={sorted(len(s) for s in per_key.values())} wait_tis={len(wait_ids)}"
+    )
+    print(
+        f"BATCH wall={wall:.1f}s emulator_busy_floor={floor:.1f}s ratio={wall / floor:.3f} (target <= 1.05) "
+        f"worst_key_idle_between_tasks={idle:.1f}s lead+tail={wall - service_span:.1f}s"
+    )
+    print(
+        f"BATCH wait_tasks_worker_seconds={wait_running:.1f}s for {on_service:.0f} task-seconds queued/running "
+        f"on the service ({wait_running / max(on_service, 1e-9):.4f} worker-seconds per waited second)",
+        flush=True,
+    )
     cpu = {role: cpu_after[role] - cpu_before.get(role, 0.0) for role in cpu_after}
     cores = psutil.cpu_count() or 1
-    print(f"BATCH cpu_seconds {' '.join(f'{role}={seconds:.1f}' for role, seconds in cpu.items())} "
-          f"total={sum(cpu.values()):.1f} of {cores} cores x wall = {cores * wall:.1f} "
-          f"({sum(cpu.values()) / (cores * wall):.0%} busy)")
-    print(f"BATCH cpu_seconds_per_row {' '.join(f'{role}={seconds / rows:.2f}' for role, seconds in cpu.items())}",
-          flush=True)
-    return {"rows": rows, "keys": keys, "wall": wall, "floor": floor, "idle": idle,
-            "lead_tail": wall - service_span, "succeeded": succeeded,
-            "scheduler_cpu_per_row": cpu["scheduler"] / rows,
-            "tasks_cpu_per_row": cpu["task_processes"] / rows}  # fmt: skip
+    print(
+        f"BATCH cpu_seconds {' '.join(f'{role}={seconds:.1f}' for role, seconds in cpu.items())} "
+        f"total={sum(cpu.values()):.1f} of {cores} cores x wall = {cores * wall:.1f} "
+        f"({sum(cpu.values()) / (cores * wall):.0%} busy)"
+    )
+    print(
+        f"BATCH cpu_seconds_per_row {' '.join(f'{role}={seconds / rows:.2f}' for role, seconds in cpu.items())}",
+        flush=True,
+    )
+    return {
+        "rows": rows,
+        "keys": keys,
+        "wall": wall,
+        "floor": floor,
+        "idle": idle,
+        "lead_tail": wall - service_span,
+        "succeeded": succeeded,
+        "scheduler_cpu_per_row": cpu["scheduler"] / rows,
+        "tasks_cpu_per_row": cpu["task_processes"] / rows,
+    }
 
 
 SCALING = [(50, 1), (200, 1), (200, 2), (200, 4), (1000, 1)]
@@ -185,13 +216,18 @@ def main() -> None:
     results = []
     for rows, keys in SCALING:
         results.append(run_batch(rows, keys, args.speed, max(args.pool, 4 * keys)))
-        print("SCALING rows keys wall_s floor_s ratio s_per_row worst_key_idle_s lead+tail_s succeeded "
-              "scheduler_cpu_s_per_row task_processes_cpu_s_per_row")
+        print(
+            "SCALING rows keys wall_s floor_s ratio s_per_row worst_key_idle_s lead+tail_s succeeded "
+            "scheduler_cpu_s_per_row task_processes_cpu_s_per_row"
+        )
         for r in results:
-            print(f"SCALING {r['rows']:>4} {r['keys']:>4} {r['wall']:>7.1f} {r['floor']:>7.1f} "
-                  f"{r['wall'] / r['floor']:>5.2f} {r['wall'] / r['rows']:>5.2f} {r['idle']:>7.1f} "
-                  f"{r['lead_tail']:>6.1f} {r['succeeded']:>4}/{r['rows']} "
-                  f"{r['scheduler_cpu_per_row']:>5.2f} {r['tasks_cpu_per_row']:>5.2f}", flush=True)  # fmt: skip
+            print(
+                f"SCALING {r['rows']:>4} {r['keys']:>4} {r['wall']:>7.1f} {r['floor']:>7.1f} "
+                f"{r['wall'] / r['floor']:>5.2f} {r['wall'] / r['rows']:>5.2f} {r['idle']:>7.1f} "
+                f"{r['lead_tail']:>6.1f} {r['succeeded']:>4}/{r['rows']} "
+                f"{r['scheduler_cpu_per_row']:>5.2f} {r['tasks_cpu_per_row']:>5.2f}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

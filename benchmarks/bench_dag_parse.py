@@ -1,6 +1,6 @@
 """Prints how long Airflow takes to parse each DAG file (the target is < 1 s), in a fresh process each.
 
-    .venv/bin/python benchmarks/bench_dag_parse.py
+.venv/bin/python benchmarks/bench_dag_parse.py
 """
 
 from __future__ import annotations
@@ -24,8 +24,14 @@ print(f"{elapsed:.3f}")
 
 def main() -> None:
     for dag_file in sorted((REPO_ROOT / "dags").glob("*.py")):
-        runs = [float(subprocess.run([sys.executable, "-c", PROBE, str(dag_file)], capture_output=True, text=True,
-                                     check=True).stdout.strip().splitlines()[-1]) for _ in range(3)]
+        runs = [
+            float(
+                subprocess.run([sys.executable, "-c", PROBE, str(dag_file)], capture_output=True, text=True, check=True)
+                .stdout.strip()
+                .splitlines()[-1]
+            )
+            for _ in range(3)
+        ]
         print(f"dag_parse: {dag_file.name} best={min(runs):.3f}s runs={[round(r, 3) for r in runs]}")
 
 

@@ -35,7 +35,9 @@ def peak_kb():
             return int(line.split()[1])
 """
 
-BASELINE = PEAK + """
+BASELINE = (
+    PEAK
+    + """
 import sys, time, requests
 url, dest = sys.argv[1], sys.argv[2]
 before = peak_kb()
@@ -49,8 +51,11 @@ with requests.get(url, stream=True, timeout=60) as response, open(dest, "wb") as
 seconds = time.perf_counter() - started
 print(size, seconds, before, peak_kb())
 """
+)
 
-HOOK = PEAK + """
+HOOK = (
+    PEAK
+    + """
 import sys, time
 from dashscope_provider.hooks.dashscope import DashScopeHook
 from airflow.sdk import ObjectStoragePath
@@ -64,11 +69,17 @@ stored = hook.download_video(url, target)
 seconds = time.perf_counter() - started
 print(stored.size_bytes, seconds, before, peak_kb())
 """
+)
 
 
 def run(script: str, *args: str, env: dict[str, str] | None = None) -> tuple[int, float, float, float]:
-    done = subprocess.run([sys.executable, "-c", textwrap.dedent(script), *args], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, check=False)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script), *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
     if done.returncode != 0:
         raise RuntimeError(done.stderr[-3000:])
     size, seconds, before_kb, peak_kb = done.stdout.split()[-4:]
@@ -97,25 +108,39 @@ def main() -> None:
         moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
         moto.start()
         endpoint = f"http://127.0.0.1:{moto._server.server_port}"
-        boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="testing",
-                     aws_secret_access_key="testing").create_bucket(Bucket="bench")  # fmt: skip
+        boto3.client(
+            "s3",
+            endpoint_url=endpoint,
+            region_name="us-east-1",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        ).create_bucket(Bucket="bench")
         env = {
-            "AIRFLOW_CONN_BENCH_S3": json.dumps({"conn_type": "aws", "login": "testing", "password": "testing",
-                                                 "extra": {"endpoint_url": endpoint, "region_name": "us-east-1"}}),
+            "AIRFLOW_CONN_BENCH_S3": json.dumps(
+                {
+                    "conn_type": "aws",
+                    "login": "testing",
+                    "password": "testing",
+                    "extra": {"endpoint_url": endpoint, "region_name": "us-east-1"},
+                }
+            ),
             # The hook reads no DashScope credential for a download, but is built from a connection id.
-            "AIRFLOW_CONN_DASHSCOPE_DEFAULT": json.dumps({"conn_type": "dashscope", "host": "http://127.0.0.1:9",
-                                                          "password": "unused"}),
-        }  # fmt: skip
+            "AIRFLOW_CONN_DASHSCOPE_DEFAULT": json.dumps(
+                {"conn_type": "dashscope", "host": "http://127.0.0.1:9", "password": "unused"}
+            ),
+        }
         try:
             with serve_directory(video.parent) as base_url:
                 url = f"{base_url}/video.mp4"
                 results = {}
                 # Baseline first and again last, each output deleted at once: the page cache's write-back
                 # of one copy must not slow down the next.
-                for name, script, dest, conn in (("baseline", BASELINE, root / "copy.mp4", None),
-                                                 ("hook-local", HOOK, root / "copy.mp4", ""),
-                                                 ("hook-s3", HOOK, "s3://bench/video.mp4", "bench_s3"),
-                                                 ("baseline-2", BASELINE, root / "copy.mp4", None)):  # fmt: skip
+                for name, script, dest, conn in (
+                    ("baseline", BASELINE, root / "copy.mp4", None),
+                    ("hook-local", HOOK, root / "copy.mp4", ""),
+                    ("hook-s3", HOOK, "s3://bench/video.mp4", "bench_s3"),
+                    ("baseline-2", BASELINE, root / "copy.mp4", None),
+                ):
                     extra = () if conn is None else (conn,)
                     results[name] = run(script, url, str(dest), *extra, env=env)
                     Path(root / "copy.mp4").unlink(missing_ok=True)
@@ -126,9 +151,11 @@ def main() -> None:
     base_rate = sum(size / seconds for size, seconds, _, _ in (results["baseline"], results["baseline-2"])) / 2e6
     for name, (size, seconds, before, peak) in results.items():
         rate = size / seconds / 1e6
-        print(f"DOWNLOAD {name:<10} bytes={size} seconds={seconds:.2f} throughput={rate:.0f}MB/s "
-              f"({rate / base_rate:.2f}x the baselines' mean) peak_rss={peak:.0f}MB "
-              f"rss_growth_during_copy={peak - before:.0f}MB")
+        print(
+            f"DOWNLOAD {name:<10} bytes={size} seconds={seconds:.2f} throughput={rate:.0f}MB/s "
+            f"({rate / base_rate:.2f}x the baselines' mean) peak_rss={peak:.0f}MB "
+            f"rss_growth_during_copy={peak - before:.0f}MB"
+        )
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Prints the wall time and peak memory of reading, validating and planning a 10,000-row table.
 
-    .venv/bin/python benchmarks/bench_plan.py [--rows 10000]
+.venv/bin/python benchmarks/bench_plan.py [--rows 10000]
 """
 
 from __future__ import annotations
@@ -25,9 +25,14 @@ def make_table(path: Path, rows: int, seed: int = 0) -> None:
         emo = rng.random() < 0.7
         side = rng.choice([600, 800])
         ext = [50, 50, 50 + side, 50 + (side if rng.random() < 0.5 or not emo else side * 4 // 3)]
-        record = {"row_id": f"row-{i:06d}", "model": "emo-v1" if emo else "emoji-v1",
-                  "image_url": f"https://media.example.com/{i}.png", "face_bbox": json.dumps([150, 150, 400, 420]),
-                  "ext_bbox": json.dumps(ext), "campaign": f"c{i % 17}"}
+        record = {
+            "row_id": f"row-{i:06d}",
+            "model": "emo-v1" if emo else "emoji-v1",
+            "image_url": f"https://media.example.com/{i}.png",
+            "face_bbox": json.dumps([150, 150, 400, 420]),
+            "ext_bbox": json.dumps(ext),
+            "campaign": f"c{i % 17}",
+        }
         if emo:
             record |= {"audio_url": f"https://media.example.com/{i}.mp3", "style_level": "normal"}
         else:
@@ -53,9 +58,11 @@ def main() -> None:
         total_s = time.perf_counter() - started
         peak = tracemalloc.get_traced_memory()[1]
     generate = sum(1 for e in plan if e["plan"] == "generate")
-    print(f"plan: rows={args.rows} to_generate={generate} rejected={args.rows - generate} "
-          f"read={read_s:.2f}s validate+plan={total_s - read_s:.2f}s total={total_s:.2f}s "
-          f"peak_python_mem={peak / 1e6:.0f}MB")
+    print(
+        f"plan: rows={args.rows} to_generate={generate} rejected={args.rows - generate} "
+        f"read={read_s:.2f}s validate+plan={total_s - read_s:.2f}s total={total_s:.2f}s "
+        f"peak_python_mem={peak / 1e6:.0f}MB"
+    )
 
 
 if __name__ == "__main__":

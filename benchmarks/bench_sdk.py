@@ -196,9 +196,12 @@ def main() -> None:
             serve_directory(root / "media") as media,
             EmulatorServer(api_keys=[KEY], port=0, speed=args.speed) as emulator,
         ):
-            env = {"AIRFLOW_CONN_DASHSCOPE_DEFAULT": json.dumps(
-                       {"conn_type": "dashscope", "host": emulator.base_url, "password": KEY}),
-                   "AIRFLOW__CORE__DAGS_FOLDER": str(dags)}  # fmt: skip
+            env = {
+                "AIRFLOW_CONN_DASHSCOPE_DEFAULT": json.dumps(
+                    {"conn_type": "dashscope", "host": emulator.base_url, "password": KEY}
+                ),
+                "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
+            }
             cluster = AirflowCluster(root / "airflow", env, pool_slots=args.pool).start()
             try:
                 cluster.wait_for_dag("talking_heads")

@@ -34,9 +34,12 @@ def submit_tasks(count: int, media_url: str, boxes: dict[str, Any]) -> list[str]
     from dashscope_provider.hooks.dashscope import DashScopeHook
 
     hook = DashScopeHook()
-    task_input = {"image_url": f"{media_url}/portrait_emoji.png", "driven_id": "mengwa_kaixin",
-                  "face_bbox": boxes["portrait_emoji.png"]["face_bbox"],
-                  "ext_bbox": boxes["portrait_emoji.png"]["ext_bbox"]}  # fmt: skip
+    task_input = {
+        "image_url": f"{media_url}/portrait_emoji.png",
+        "driven_id": "mengwa_kaixin",
+        "face_bbox": boxes["portrait_emoji.png"]["face_bbox"],
+        "ext_bbox": boxes["portrait_emoji.png"]["ext_bbox"],
+    }
     return [hook.submit_task("emoji-v1", task_input).task_id for _ in range(count)]
 
 
@@ -94,8 +97,11 @@ def main() -> None:
             mark = len(emulator.request_log())
             began = time.time()
             fired = asyncio.run(wait_all(task_ids, args.window, args.poll_interval))
-            queries = [r for r in emulator.request_log()[mark:] if r["method"] == "GET"
-                       and r["path"].startswith("/api/v1/tasks/")]  # fmt: skip
+            queries = [
+                r
+                for r in emulator.request_log()[mark:]
+                if r["method"] == "GET" and r["path"].startswith("/api/v1/tasks/")
+            ]
             statuses = Counter(r["status"] for r in queries)
             polls_per_task = Counter(r["task_id"] for r in queries)
             pending = sum(t["status"] == "PENDING" for t in emulator.tasks())
@@ -103,16 +109,22 @@ def main() -> None:
     spent = max(r["time"] for r in queries) - began if queries else 0.0
     polled = len(polls_per_task)
     answered = sum(n for s, n in statuses.items() if s == 200)
-    print(f"WAITS waits={args.waits} key=1 triggerer=1 poll_interval={args.poll_interval:g}s window={args.window:g}s "
-          f"(setup: {len(task_ids)} tasks submitted in {setup:.1f}s, {pending} still PENDING at the end)")
-    print(f"WAITS queries={len(queries)} answered_200={answered} throttled_429={statuses.get(429, 0)} "
-          f"other={sum(n for s, n in statuses.items() if s not in (200, 429))} "
-          f"peak_qps_1s={peak_per_second([r['time'] for r in queries])} (limit 20) "
-          f"mean_qps={len(queries) / max(spent, 1e-9):.1f}")
-    print(f"WAITS waits_polled={polled}/{args.waits} polls_per_wait_min={min(polls_per_task.values(), default=0)} "
-          f"max={max(polls_per_task.values(), default=0)} "
-          f"effective_poll_interval={args.window * args.waits / max(len(queries), 1):.1f}s "
-          f"events_fired={fired} peak_rss={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f}MB")
+    print(
+        f"WAITS waits={args.waits} key=1 triggerer=1 poll_interval={args.poll_interval:g}s window={args.window:g}s "
+        f"(setup: {len(task_ids)} tasks submitted in {setup:.1f}s, {pending} still PENDING at the end)"
+    )
+    print(
+        f"WAITS queries={len(queries)} answered_200={answered} throttled_429={statuses.get(429, 0)} "
+        f"other={sum(n for s, n in statuses.items() if s not in (200, 429))} "
+        f"peak_qps_1s={peak_per_second([r['time'] for r in queries])} (limit 20) "
+        f"mean_qps={len(queries) / max(spent, 1e-9):.1f}"
+    )
+    print(
+        f"WAITS waits_polled={polled}/{args.waits} polls_per_wait_min={min(polls_per_task.values(), default=0)} "
+        f"max={max(polls_per_task.values(), default=0)} "
+        f"effective_poll_interval={args.window * args.waits / max(len(queries), 1):.1f}s "
+        f"events_fired={fired} peak_rss={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f}MB"
+    )
 
 
 if __name__ == "__main__":

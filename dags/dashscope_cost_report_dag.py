@@ -15,9 +15,7 @@ import pendulum
 from airflow.sdk import Param, dag, get_current_context, task
 from talking_heads.assets import OUTCOMES
 
-DEFAULT_OUTPUT_ROOT = os.environ.get(
-    "TALKING_HEADS_OUTPUT_ROOT", str(Path(__file__).resolve().parents[1] / "output")
-)
+DEFAULT_OUTPUT_ROOT = os.environ.get("TALKING_HEADS_OUTPUT_ROOT", str(Path(__file__).resolve().parents[1] / "output"))
 
 
 @dag(
@@ -29,12 +27,16 @@ DEFAULT_OUTPUT_ROOT = os.environ.get(
     tags=["dashscope", "costs"],
     params={
         "output_root": Param(
-            DEFAULT_OUTPUT_ROOT, type="string", title="Output root",
+            DEFAULT_OUTPUT_ROOT,
+            type="string",
+            title="Output root",
             description="fsspec URL whose outcomes/ are read and where reports/ is written "
-                        "(when run by an asset event, the root that run wrote to).",
+            "(when run by an asset event, the root that run wrote to).",
         ),
         "storage_conn_id": Param(
-            None, type=["null", "string"], title="Storage connection",
+            None,
+            type=["null", "string"],
+            title="Storage connection",
             description="Airflow connection for the object store of output_root (e.g. aws_default).",
         ),
     },
@@ -54,8 +56,10 @@ def dashscope_cost_report() -> None:
         } or {(params["output_root"], params["storage_conn_id"])}
         results = [write_report(root, conn_id=conn_id) for root, conn_id in sorted(roots, key=str)]
         for result in results:
-            print(f"Report written to {result['reports']}: {result['videos']} videos, "
-                  f"{result['seconds']:.2f} s, USD {result['cost_usd']:.4f}")
+            print(
+                f"Report written to {result['reports']}: {result['videos']} videos, "
+                f"{result['seconds']:.2f} s, USD {result['cost_usd']:.4f}"
+            )
         return {"reports": [r["reports"] for r in results]}
 
     report()

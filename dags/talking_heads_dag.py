@@ -55,50 +55,73 @@ STORAGE_CONN_ID = "{{ params.storage_conn_id or '' }}"
     tags=["dashscope", "video"],
     params={
         "input_table": Param(
-            SAMPLE_TABLE, type="string", title="Input table",
+            SAMPLE_TABLE,
+            type="string",
+            title="Input table",
             description="Path or fsspec URL of a .csv or .parquet table (may be a template, e.g. "
-                        "s3://bucket/inputs/{{ ds }}.csv).",
+            "s3://bucket/inputs/{{ ds }}.csv).",
         ),
         "output_root": Param(
-            DEFAULT_OUTPUT_ROOT, type="string", title="Output root",
+            DEFAULT_OUTPUT_ROOT,
+            type="string",
+            title="Output root",
             description="fsspec URL (file://, s3://, oss://, ...) where videos/, outcomes/ and state/ go.",
         ),
         "dashscope_conn_id": Param(
-            "dashscope_default", type="string", title="DashScope connection",
+            "dashscope_default",
+            type="string",
+            title="DashScope connection",
             description="Connection of type dashscope: host = base URL, password = API key.",
         ),
         "extra_dashscope_conn_ids": Param(
-            [], type="array", items={"type": "string"}, title="More DashScope connections",
+            [],
+            type="array",
+            items={"type": "string"},
+            title="More DashScope connections",
             description="Further connections, one API key each, to spread the rows over together with "
-                        "dashscope_conn_id: the service runs one task at a time per key, so k keys give up "
-                        "to k times the throughput. A row in flight keeps the key it was submitted with.",
+            "dashscope_conn_id: the service runs one task at a time per key, so k keys give up "
+            "to k times the throughput. A row in flight keeps the key it was submitted with.",
         ),
         "storage_conn_id": Param(
-            None, type=["null", "string"], title="Storage connection",
+            None,
+            type=["null", "string"],
+            title="Storage connection",
             description="Airflow connection for the object store of input_table and output_root (e.g. "
-                        "aws_default for s3://); empty: the store's own default credentials.",
+            "aws_default for s3://); empty: the store's own default credentials.",
         ),
         "max_cost_usd": Param(
-            None, type=["null", "number"], minimum=0, title="Budget cap (USD)",
+            None,
+            type=["null", "number"],
+            minimum=0,
+            title="Budget cap (USD)",
             description="Refuse to submit rows whose estimated cost would pass this cap.",
         ),
         "dry_run": Param(
-            False, type="boolean", title="Dry run",
+            False,
+            type="boolean",
+            title="Dry run",
             description="Validate and estimate only; submit nothing.",
         ),
         "resubmit_uncertain": Param(
-            False, type="boolean", title="Resubmit uncertain rows",
+            False,
+            type="boolean",
+            title="Resubmit uncertain rows",
             description="Submit again rows whose earlier submission answer was lost. A task may already "
-                        "exist for them, so this can pay twice: only after checking the console.",
+            "exist for them, so this can pay twice: only after checking the console.",
         ),
         "preflight_checks": Param(
-            True, type="boolean", title="Pre-flight media checks",
+            True,
+            type="boolean",
+            title="Pre-flight media checks",
             description="Fetch each image's header and each voice clip before submitting, to fail rows the "
-                        "service would refuse (format, 400..7000 px, WAV/MP3 <= 15 MB and 60 s). Turn off "
-                        "for stores that refuse range requests.",
+            "service would refuse (format, 400..7000 px, WAV/MP3 <= 15 MB and 60 s). Turn off "
+            "for stores that refuse range requests.",
         ),
         "poll_interval_seconds": Param(
-            15, type="number", minimum=0.1, title="Poll interval (s)",
+            15,
+            type="number",
+            minimum=0.1,
+            title="Poll interval (s)",
             description="Seconds between status queries of one task (the reference suggests 15).",
         ),
     },
@@ -127,9 +150,12 @@ def talking_heads() -> None:
         except InputTableError as error:
             raise AirflowFailException(str(error)) from None  # the same table fails the same way on retry
         entries = plan_run(
-            frame, ledger,
-            dry_run=bool(params["dry_run"]), resubmit_uncertain=bool(params["resubmit_uncertain"]),
-            preflight=bool(params["preflight_checks"]), max_cost_usd=params["max_cost_usd"],
+            frame,
+            ledger,
+            dry_run=bool(params["dry_run"]),
+            resubmit_uncertain=bool(params["resubmit_uncertain"]),
+            preflight=bool(params["preflight_checks"]),
+            max_cost_usd=params["max_cost_usd"],
         )
         cap_generation(entries, conf.getint("core", "max_map_length"))
         plan_path = ledger.layout.plan(run_id)
@@ -139,23 +165,35 @@ def talking_heads() -> None:
             [{"row_id": e["row_id"], "request": e["request"]} for e in entries if e["plan"] == "generate"],
             [params["dashscope_conn_id"], *(params["extra_dashscope_conn_ids"] or [])],
         )
-        print(f"Planned {len(entries)} rows from {table_url}: {len(work)} to generate, "
-              f"{len(entries) - len(work)} settled before any spend")
+        print(
+            f"Planned {len(entries)} rows from {table_url}: {len(work)} to generate, "
+            f"{len(entries) - len(work)} settled before any spend"
+        )
         return work
 
     @task_group(group_id="generate")
     def generate(row: dict[str, Any]) -> None:
         submit = SubmitRowOperator(
-            task_id="submit", row=row, output_root=OUTPUT_ROOT, dashscope_conn_id=CONN_ID,
-            resubmit_uncertain="{{ params.resubmit_uncertain }}", pool=DASHSCOPE_POOL,
+            task_id="submit",
+            row=row,
+            output_root=OUTPUT_ROOT,
+            dashscope_conn_id=CONN_ID,
+            resubmit_uncertain="{{ params.resubmit_uncertain }}",
+            pool=DASHSCOPE_POOL,
             storage_conn_id=STORAGE_CONN_ID,
         )
         wait = WaitRowSensor(
-            task_id="wait", submission=submit.output, output_root=OUTPUT_ROOT, dashscope_conn_id=CONN_ID,
+            task_id="wait",
+            submission=submit.output,
+            output_root=OUTPUT_ROOT,
+            dashscope_conn_id=CONN_ID,
             storage_conn_id=STORAGE_CONN_ID,
-            poll_interval="{{ params.poll_interval_seconds }}", deferrable=True,
+            poll_interval="{{ params.poll_interval_seconds }}",
+            deferrable=True,
             timeout=timedelta(hours=23).total_seconds(),
-            pool=DASHSCOPE_POOL, priority_weight=WAIT_PRIORITY, weight_rule="absolute",
+            pool=DASHSCOPE_POOL,
+            priority_weight=WAIT_PRIORITY,
+            weight_rule="absolute",
         )
         DownloadRowOperator(
             task_id="download", result=wait.output, output_root=OUTPUT_ROOT, storage_conn_id=STORAGE_CONN_ID
@@ -183,8 +221,11 @@ def talking_heads() -> None:
             "outcomes": written["csv"],
         }
         for asset in (OUTCOMES, VIDEOS):
-            outlet_events[asset].extra = {"output_root": params["output_root"], "run_id": run_id,
-                                          "storage_conn_id": params["storage_conn_id"]}
+            outlet_events[asset].extra = {
+                "output_root": params["output_root"],
+                "run_id": run_id,
+                "storage_conn_id": params["storage_conn_id"],
+            }
         print("OUTCOME SUMMARY " + json.dumps(summary))
         return summary
 

@@ -72,17 +72,29 @@ def main() -> int:
         with log_path.open("w") as log:
             run = subprocess.run(
                 [sys.executable, "-m", "airflow", "dags", "test", "talking_heads", "--conf", json.dumps(conf)],
-                stdout=log, stderr=subprocess.STDOUT, check=False,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                check=False,
             )
             # The report DAG follows talking_heads through its outcomes Asset in a deployment; dags
             # test runs one DAG, so the demo runs it next.
             report_conf = {"output_root": args.output_root}
             print(f"==> airflow dags test dashscope_cost_report --conf '{json.dumps(report_conf)}'", flush=True)
             subprocess.run(
-                [sys.executable, "-m", "airflow", "dags", "test", "dashscope_cost_report", "--conf",
-                 json.dumps(report_conf)],
-                stdout=log, stderr=subprocess.STDOUT, check=False,
-            )  # fmt: skip
+                [
+                    sys.executable,
+                    "-m",
+                    "airflow",
+                    "dags",
+                    "test",
+                    "dashscope_cost_report",
+                    "--conf",
+                    json.dumps(report_conf),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                check=False,
+            )
     if emulator is not None:
         emulator.stop()
     return _report(Path(args.output_root), log_path, run.returncode, time.monotonic() - started)
@@ -110,7 +122,8 @@ def _report(output_root: Path, log_path: Path, returncode: int, seconds: float) 
     print(
         f"SUMMARY rows={len(frame)} succeeded={counts.get('succeeded', 0)} failed={counts.get('failed', 0)} "
         f"skipped={counts.get('skipped', 0)} seconds={done['video_duration'].sum():.2f} "
-        f"cost_usd={cost:.4f}" + (f" (+{unknown} rows with no known unit price)" if unknown else "")
+        f"cost_usd={cost:.4f}"
+        + (f" (+{unknown} rows with no known unit price)" if unknown else "")
         + f" wall={seconds:.0f}s"
     )
     return 0 if returncode == 0 else 1

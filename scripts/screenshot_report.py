@@ -14,9 +14,18 @@ import tempfile
 from pathlib import Path
 
 # Flags for a closed network: no first-run, sync or background fetches that would hang or fail.
-QUIET_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-               "--disable-background-networking", "--disable-component-update", "--disable-sync",
-               "--hide-scrollbars", "--force-device-scale-factor=1"]  # fmt: skip
+QUIET_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
+    "--force-device-scale-factor=1",
+]
 
 
 def chromium() -> str:
@@ -29,10 +38,19 @@ def chromium() -> str:
 def run_chromium(page: Path, *action: str, width: int = 1100, height: int = 1500) -> str:
     with tempfile.TemporaryDirectory() as profile:
         done = subprocess.run(
-            [chromium(), *QUIET_FLAGS, f"--user-data-dir={profile}", f"--window-size={width},{height}", *action,
-             page.resolve().as_uri()],
-            capture_output=True, text=True, timeout=120, check=True,
-        )  # fmt: skip
+            [
+                chromium(),
+                *QUIET_FLAGS,
+                f"--user-data-dir={profile}",
+                f"--window-size={width},{height}",
+                *action,
+                page.resolve().as_uri(),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
     return done.stdout
 
 

@@ -32,9 +32,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="KEY",
         help="an accepted API key (repeatable; default $DASHSCOPE_EMULATOR_API_KEYS or sk-emulator)",
     )
-    parser.add_argument(
-        "--speed", type=float, default=1.0, help="simulated seconds per wall second (default 1)"
-    )
+    parser.add_argument("--speed", type=float, default=1.0, help="simulated seconds per wall second (default 1)")
     parser.add_argument(
         "--fault-rate",
         type=float,

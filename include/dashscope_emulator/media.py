@@ -163,9 +163,7 @@ class RenderJob:
         digest = hashlib.sha256()
         digest.update(hashlib.sha256(self.image).digest())
         digest.update(hashlib.sha256(self.audio or b"").digest())
-        digest.update(
-            repr((self.ext_bbox, self.ratio, round(self.duration, 3), self.audio_kind, self.motion)).encode()
-        )
+        digest.update(repr((self.ext_bbox, self.ratio, round(self.duration, 3), self.audio_kind, self.motion)).encode())
         return digest.hexdigest()[:32]
 
 
@@ -230,17 +228,42 @@ class Renderer:
             f"x='(iw-ow)/2*(1+sin(2*PI*t/{period}))':"
             f"y='(ih-oh)/2*(1+sin(2*PI*t/{period * 1.3:.2f}+1))',format=yuv420p"
         )
-        cmd = [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y",
-               "-loop", "1", "-framerate", str(RENDER_FPS), "-i", str(frame_path)]  # fmt: skip
+        cmd = [
+            ffmpeg_exe(),
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-y",
+            "-loop",
+            "1",
+            "-framerate",
+            str(RENDER_FPS),
+            "-i",
+            str(frame_path),
+        ]
         if job.audio is not None:
             audio_path = scratch / f"audio.{job.audio_kind or 'wav'}"
             audio_path.write_bytes(job.audio)
             cmd += ["-i", str(audio_path), "-map", "0:v", "-map", "1:a", "-c:a", "aac", "-b:a", "96k"]
         else:
             cmd += ["-an"]
-        cmd += ["-vf", sway, "-t", f"{max(job.duration, 0.1):.3f}", "-r", str(RENDER_FPS),
-                "-c:v", "libx264", "-preset", "ultrafast", "-tune", "stillimage",
-                "-movflags", "+faststart", str(scratch / "out.mp4")]  # fmt: skip
+        cmd += [
+            "-vf",
+            sway,
+            "-t",
+            f"{max(job.duration, 0.1):.3f}",
+            "-r",
+            str(RENDER_FPS),
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-tune",
+            "stillimage",
+            "-movflags",
+            "+faststart",
+            str(scratch / "out.mp4"),
+        ]
         result = subprocess.run(cmd, capture_output=True, timeout=300, check=False)
         if result.returncode != 0:
             tail = result.stderr.decode(errors="replace")[-500:]

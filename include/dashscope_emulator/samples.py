@@ -49,15 +49,47 @@ class Portrait:
 
 
 PORTRAITS = (
-    Portrait("portrait_square.png", (800, 800), (250, 220, 550, 560), (100, 100, 700, 700),
-             (120, 170, 215), (241, 194, 160), (70, 45, 30), (200, 70, 70)),
-    Portrait("portrait_halfbody.jpg", (768, 1024), (259, 150, 509, 420), (84, 60, 684, 860),
-             (160, 200, 150), (224, 172, 135), (30, 30, 35), (60, 90, 160)),
-    Portrait("portrait_emoji.png", (720, 720), (210, 180, 510, 500), (60, 60, 660, 660),
-             (250, 215, 120), (250, 210, 180), (150, 80, 40), (90, 160, 110)),
-    Portrait("tiny.png", (300, 300), (95, 70, 205, 195), (40, 40, 260, 260),
-             (200, 200, 200), (241, 194, 160), (70, 45, 30), (120, 120, 120)),
-)  # fmt: skip
+    Portrait(
+        "portrait_square.png",
+        (800, 800),
+        (250, 220, 550, 560),
+        (100, 100, 700, 700),
+        (120, 170, 215),
+        (241, 194, 160),
+        (70, 45, 30),
+        (200, 70, 70),
+    ),
+    Portrait(
+        "portrait_halfbody.jpg",
+        (768, 1024),
+        (259, 150, 509, 420),
+        (84, 60, 684, 860),
+        (160, 200, 150),
+        (224, 172, 135),
+        (30, 30, 35),
+        (60, 90, 160),
+    ),
+    Portrait(
+        "portrait_emoji.png",
+        (720, 720),
+        (210, 180, 510, 500),
+        (60, 60, 660, 660),
+        (250, 215, 120),
+        (250, 210, 180),
+        (150, 80, 40),
+        (90, 160, 110),
+    ),
+    Portrait(
+        "tiny.png",
+        (300, 300),
+        (95, 70, 205, 195),
+        (40, 40, 260, 260),
+        (200, 200, 200),
+        (241, 194, 160),
+        (70, 45, 30),
+        (120, 120, 120),
+    ),
+)
 
 
 def _shade(color: tuple[int, int, int], factor: float) -> tuple[int, int, int]:
@@ -84,9 +116,7 @@ def draw_portrait(portrait: Portrait):  # -> PIL.Image.Image
     draw.rounded_rectangle(
         (cx - fw * 1.25, shoulder_y, cx + fw * 1.25, height + fh), radius=int(fw * 0.45), fill=portrait.shirt
     )
-    draw.rectangle(
-        (cx - fw * 0.17, y2 - fh * 0.15, cx + fw * 0.17, shoulder_y + fh * 0.05), fill=portrait.skin
-    )
+    draw.rectangle((cx - fw * 0.17, y2 - fh * 0.15, cx + fw * 0.17, shoulder_y + fh * 0.05), fill=portrait.skin)
     draw.polygon(
         [(cx - fw * 0.25, shoulder_y), (cx, shoulder_y + fh * 0.22), (cx + fw * 0.25, shoulder_y)],
         fill=_shade(portrait.skin, 0.92),
@@ -96,9 +126,7 @@ def draw_portrait(portrait: Portrait):  # -> PIL.Image.Image
     draw.ellipse((x1 - fw * 0.08, y1 - fh * 0.06, x2 + fw * 0.08, y1 + fh * 0.75), fill=portrait.hair)
     for side in (-1, 1):
         ex = cx + side * fw * 0.5
-        draw.ellipse(
-            (ex - fw * 0.07, y1 + fh * 0.42, ex + fw * 0.07, y1 + fh * 0.6), fill=_shade(portrait.skin, 0.95)
-        )
+        draw.ellipse((ex - fw * 0.07, y1 + fh * 0.42, ex + fw * 0.07, y1 + fh * 0.6), fill=_shade(portrait.skin, 0.95))
     draw.ellipse((x1 + fw * 0.02, y1 + fh * 0.08, x2 - fw * 0.02, y2), fill=portrait.skin)
     # Fringe.
     draw.chord((x1, y1 - fh * 0.02, x2, y1 + fh * 0.5), start=180, end=360, fill=portrait.hair)
@@ -107,34 +135,34 @@ def draw_portrait(portrait: Portrait):  # -> PIL.Image.Image
     eye_y = y1 + fh * 0.5
     for side in (-1, 1):
         ex = cx + side * fw * 0.19
-        draw.ellipse(
-            (ex - fw * 0.09, eye_y - fh * 0.05, ex + fw * 0.09, eye_y + fh * 0.05), fill=(255, 255, 255)
-        )
-        draw.ellipse(
-            (ex - fw * 0.04, eye_y - fh * 0.04, ex + fw * 0.04, eye_y + fh * 0.04), fill=(40, 30, 25)
-        )
-        draw.ellipse(
-            (ex - fw * 0.01, eye_y - fh * 0.03, ex + fw * 0.015, eye_y - fh * 0.005), fill=(255, 255, 255)
-        )
+        draw.ellipse((ex - fw * 0.09, eye_y - fh * 0.05, ex + fw * 0.09, eye_y + fh * 0.05), fill=(255, 255, 255))
+        draw.ellipse((ex - fw * 0.04, eye_y - fh * 0.04, ex + fw * 0.04, eye_y + fh * 0.04), fill=(40, 30, 25))
+        draw.ellipse((ex - fw * 0.01, eye_y - fh * 0.03, ex + fw * 0.015, eye_y - fh * 0.005), fill=(255, 255, 255))
         brow_y = eye_y - fh * 0.11
         tilt = fh * 0.012  # outer ends a little lower: a friendly look
-        draw.line((ex - fw * 0.09, brow_y - side * tilt, ex + fw * 0.09, brow_y + side * tilt),
-                  fill=_shade(portrait.hair, 0.8), width=max(2, round(fw * 0.025)))  # fmt: skip
+        draw.line(
+            (ex - fw * 0.09, brow_y - side * tilt, ex + fw * 0.09, brow_y + side * tilt),
+            fill=_shade(portrait.hair, 0.8),
+            width=max(2, round(fw * 0.025)),
+        )
 
     # Nose, cheeks, mouth.
     nose_y = y1 + fh * 0.66
-    draw.line((cx, eye_y + fh * 0.04, cx - fw * 0.03, nose_y, cx + fw * 0.02, nose_y),
-              fill=_shade(portrait.skin, 0.75), width=max(2, round(fw * 0.015)))  # fmt: skip
+    draw.line(
+        (cx, eye_y + fh * 0.04, cx - fw * 0.03, nose_y, cx + fw * 0.02, nose_y),
+        fill=_shade(portrait.skin, 0.75),
+        width=max(2, round(fw * 0.015)),
+    )
     for side in (-1, 1):
         kx = cx + side * fw * 0.28
-        draw.ellipse(
-            (kx - fw * 0.06, nose_y - fh * 0.03, kx + fw * 0.06, nose_y + fh * 0.03), fill=(240, 150, 150)
-        )
+        draw.ellipse((kx - fw * 0.06, nose_y - fh * 0.03, kx + fw * 0.06, nose_y + fh * 0.03), fill=(240, 150, 150))
     mouth_y = y1 + fh * 0.78
-    draw.chord((cx - fw * 0.15, mouth_y - fh * 0.05, cx + fw * 0.15, mouth_y + fh * 0.07),
-               start=0, end=180, fill=(170, 50, 60))  # fmt: skip
-    draw.chord((cx - fw * 0.1, mouth_y + fh * 0.0, cx + fw * 0.1, mouth_y + fh * 0.065),
-               start=0, end=180, fill=(230, 110, 120))  # fmt: skip
+    draw.chord(
+        (cx - fw * 0.15, mouth_y - fh * 0.05, cx + fw * 0.15, mouth_y + fh * 0.07), start=0, end=180, fill=(170, 50, 60)
+    )
+    draw.chord(
+        (cx - fw * 0.1, mouth_y + fh * 0.0, cx + fw * 0.1, mouth_y + fh * 0.065), start=0, end=180, fill=(230, 110, 120)
+    )
     return image
 
 

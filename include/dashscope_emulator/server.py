@@ -81,11 +81,27 @@ MODELS = ("emo-v1", "emoji-v1")
 STYLE_LEVELS = ("normal", "calm", "active")
 #: The template ids of the emoji-v1 reference's appendix.
 EMOJI_TEMPLATES = (
-    "mengwa_kaixin", "dagong_zhuakuang", "mengwa_dengyan", "dagong_wunai", "mengwa_gandong",
-    "dagong_weixiao", "mengwa_renzhen_1", "dagong_ganji", "mengwa_jidong", "jingdian_tiaopi",
-    "mengwa_kun_1", "jingdian_deyi_1", "mengwa_jiaoxie", "jingdian_qidai", "dagong_kaixin",
-    "jingdian_landuo_1", "dagong_yangwang", "jingdian_xianqi", "dagong_kunhuo", "jingdian_lei",
-)  # fmt: skip
+    "mengwa_kaixin",
+    "dagong_zhuakuang",
+    "mengwa_dengyan",
+    "dagong_wunai",
+    "mengwa_gandong",
+    "dagong_weixiao",
+    "mengwa_renzhen_1",
+    "dagong_ganji",
+    "mengwa_jidong",
+    "jingdian_tiaopi",
+    "mengwa_kun_1",
+    "jingdian_deyi_1",
+    "mengwa_jiaoxie",
+    "jingdian_qidai",
+    "dagong_kaixin",
+    "jingdian_landuo_1",
+    "dagong_yangwang",
+    "jingdian_xianqi",
+    "dagong_kunhuo",
+    "jingdian_lei",
+)
 
 #: task_id validity and video_url validity, simulated seconds (both 24 h in the reference).
 TASK_TTL = 86_400.0
@@ -108,8 +124,7 @@ MSG_BAD_KEY = "Invalid API-key provided."
 MSG_THROTTLED = "Requests rate limit exceeded, please try again later."
 MSG_SYNC = "current user api does not support synchronous calls"
 MSG_FORMAT = (
-    "The request is missing required parameters or in a wrong format, "
-    "please check the parameters that you send.."
+    "The request is missing required parameters or in a wrong format, please check the parameters that you send.."
 )
 MSG_NO_MODEL = "Model not exist."
 MSG_STYLE = "The style_level is invalid."
@@ -146,8 +161,7 @@ EMULATOR_ERRORS: dict[str, tuple[str, str]] = {
     ),
     "InvalidFile.BodyProportion": (
         "InvalidFile.BodyProportion",
-        "The proportion of the detected person in the picture is too large or too small, "
-        "please upload other image.",
+        "The proportion of the detected person in the picture is too large or too small, please upload other image.",
     ),
     "InvalidFile.Value": (
         "InvalidFile.Value",
@@ -407,7 +421,6 @@ class _EmulatorHandler(_TrackedQuietHandler):
     server_version = "DashScopeEmulator/1.0"
     emulator: EmulatorServer  # set on the subclass made per server
 
-
     def do_GET(self) -> None:
         self._dispatch("GET")
 
@@ -473,9 +486,7 @@ class _EmulatorHandler(_TrackedQuietHandler):
             self._only(method, "GET", "HEAD")
             self._result(path, query, head=method == "HEAD")
         elif path.startswith(ADMIN_PREFIX):
-            self._send_json(
-                200, emulator._admin(method, path[len(ADMIN_PREFIX) :], self._read_json_or_empty())
-            )
+            self._send_json(200, emulator._admin(method, path[len(ADMIN_PREFIX) :], self._read_json_or_empty()))
         else:
             raise _ApiError(404, "NotFound", "Not Found.")
 
@@ -521,9 +532,7 @@ class _EmulatorHandler(_TrackedQuietHandler):
             raise _ApiError(400, "InvalidParameter", "The body must be a JSON object.")
         return value
 
-    def _send_bytes(
-        self, status: int, body: bytes, content_type: str, headers: dict[str, str] | None = None
-    ) -> None:
+    def _send_bytes(self, status: int, body: bytes, content_type: str, headers: dict[str, str] | None = None) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
@@ -620,9 +629,7 @@ class _EmulatorHandler(_TrackedQuietHandler):
             raise _ApiError(503, "ServiceUnavailable", MSG_UNAVAILABLE)
         host = self.headers.get("Host")
         base_url = f"http://{host}" if host else emulator.base_url
-        self._send_json(
-            200, {"request_id": self._request_id, **emulator._task_view(task_id, owner, base_url)}
-        )
+        self._send_json(200, {"request_id": self._request_id, **emulator._task_view(task_id, owner, base_url)})
 
     def _cancel(self, task_id: str) -> None:
         self._read_body()
@@ -639,11 +646,7 @@ class _EmulatorHandler(_TrackedQuietHandler):
         task_id = match.group(1) if match else ""
         self._record["task_id"] = task_id or None
         expires = params.get("Expires", "")
-        if not (
-            match
-            and expires.isdigit()
-            and self.emulator._signature_ok(task_id, expires, params.get("Signature"))
-        ):
+        if not (match and expires.isdigit() and self.emulator._signature_ok(task_id, expires, params.get("Signature"))):
             self._oss_error(
                 403,
                 "SignatureDoesNotMatch",
@@ -653,8 +656,7 @@ class _EmulatorHandler(_TrackedQuietHandler):
             return
         now = self.emulator.clock.now()
         if int(expires) < now:
-            extra = (f"  <Expires>{_iso(int(expires))}</Expires>\n"
-                     f"  <ServerTime>{_iso(int(now))}</ServerTime>\n")  # fmt: skip
+            extra = f"  <Expires>{_iso(int(expires))}</Expires>\n  <ServerTime>{_iso(int(now))}</ServerTime>\n"
             self._oss_error(403, "AccessDenied", "Request has expired.", extra)
             return
         video = self.emulator._video_path(task_id)
@@ -797,13 +799,14 @@ class EmulatorServer:
         handler = type("Handler", (_EmulatorHandler,), {"emulator": self})
         self._httpd = _TrackingServer((self.host, self._requested_port), handler)
         self._threads = [
-            threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                             name="emulator-http", daemon=True),
+            threading.Thread(
+                target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, name="emulator-http", daemon=True
+            ),
             threading.Thread(target=self._schedule_loop, name="emulator-scheduler", daemon=True),
         ] + [
             threading.Thread(target=self._work_loop, name=f"emulator-worker-{i}", daemon=True)
             for i in range(self._n_workers)
-        ]  # fmt: skip
+        ]
         for thread in self._threads:
             thread.start()
         return self
@@ -887,9 +890,12 @@ class EmulatorServer:
         self.faults.force_next(fault)
 
     def _admin(self, method: str, name: str, body: dict[str, Any]) -> Any:
-        reads = {"billing": self.billing, "requests": self.request_log, "tasks": self.tasks,
-                 "health": lambda: {"status": "ok", "speed": self.clock.speed,
-                                    "sim_time": format_time(self.clock.now())}}  # fmt: skip
+        reads = {
+            "billing": self.billing,
+            "requests": self.request_log,
+            "tasks": self.tasks,
+            "health": lambda: {"status": "ok", "speed": self.clock.speed, "sim_time": format_time(self.clock.now())},
+        }
         try:
             if method == "GET" and name in reads:
                 return reads[name]()
@@ -923,9 +929,7 @@ class EmulatorServer:
         token = token.strip()
         if not header or not header.strip() or (scheme.lower() == "bearer" and not token):
             raise _ApiError(401, "InvalidApiKey", MSG_NO_KEY)
-        fingerprint = (
-            self._keys.get(hashlib.sha256(token.encode()).hexdigest()) if scheme.lower() == "bearer" else None
-        )
+        fingerprint = self._keys.get(hashlib.sha256(token.encode()).hexdigest()) if scheme.lower() == "bearer" else None
         if fingerprint is None:
             raise _ApiError(401, "InvalidApiKey", MSG_BAD_KEY)
         return fingerprint
@@ -1053,15 +1057,17 @@ class EmulatorServer:
             return
         task.status = "SUCCEEDED"
         task.expires = int(now + URL_TTL)
-        self._billing.append({
-            "task_id": task.task_id,
-            "model": task.model,
-            "key_fingerprint": task.owner,
-            "video_duration": outcome.video_duration,
-            "video_ratio": outcome.video_ratio,
-            "submit_time": format_time(task.submit_time),
-            "end_time": format_time(now),
-        })  # fmt: skip
+        self._billing.append(
+            {
+                "task_id": task.task_id,
+                "model": task.model,
+                "key_fingerprint": task.owner,
+                "video_duration": outcome.video_duration,
+                "video_ratio": outcome.video_ratio,
+                "submit_time": format_time(task.submit_time),
+                "end_time": format_time(now),
+            }
+        )
 
     def _work_loop(self) -> None:
         while True:
@@ -1104,8 +1110,9 @@ class EmulatorServer:
         requested = parse_qs(urlsplit(image_url).query).get("emulator_error")
         if requested:
             if requested[0] not in EMULATOR_ERRORS:
-                return Outcome("InvalidParameter", f"emulator_error={requested[0]!r} is not one of "
-                               f"{', '.join(EMULATOR_ERRORS)}.")  # fmt: skip
+                return Outcome(
+                    "InvalidParameter", f"emulator_error={requested[0]!r} is not one of {', '.join(EMULATOR_ERRORS)}."
+                )
             return Outcome(*EMULATOR_ERRORS[requested[0]])
         ratio = ratio_of(ext, task.model)
         assert ratio is not None  # _check_geometry saw to it
@@ -1140,7 +1147,6 @@ class EmulatorServer:
 class _QuietStaticHandler(_TrackedQuietHandler, SimpleHTTPRequestHandler):
     """Static files over HTTP/1.1 keep-alive, with single ``Range`` requests, and no access log."""
 
-
     def do_GET(self) -> None:
         if self.headers.get("Range"):
             path = self.translate_path(self.path)
@@ -1151,14 +1157,13 @@ class _QuietStaticHandler(_TrackedQuietHandler, SimpleHTTPRequestHandler):
 
 
 @contextlib.contextmanager
-def serve_directory(
-    directory: str | os.PathLike[str], host: str = "127.0.0.1", port: int = 0
-) -> Iterator[str]:
+def serve_directory(directory: str | os.PathLike[str], host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
     """Serve ``directory`` over HTTP in a background thread; yields its base URL (``http://host:port``)."""
     handler = partial(_QuietStaticHandler, directory=str(directory))
     httpd = _TrackingServer((host, port), handler)
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                              name="emulator-static", daemon=True)  # fmt: skip
+    thread = threading.Thread(
+        target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, name="emulator-static", daemon=True
+    )
     thread.start()
     try:
         yield f"http://{host}:{httpd.server_address[1]}"

@@ -150,9 +150,7 @@ class DashScopeSubmissionUncertain(DashScopeError, AirflowFailException):
     :param status_code: the HTTP status if an (unusable) answer came back.
     """
 
-    def __init__(
-        self, reason: str, request_fingerprint: str | None = None, status_code: int | None = None
-    ) -> None:
+    def __init__(self, reason: str, request_fingerprint: str | None = None, status_code: int | None = None) -> None:
         self.reason = reason
         self.request_fingerprint = request_fingerprint
         self.status_code = status_code
@@ -178,9 +176,7 @@ class DashScopeTaskFailed(DashScopeError, AirflowFailException):
     :param message: the task's error message, if any.
     """
 
-    def __init__(
-        self, task_id: str, status: str, code: str | None = None, message: str | None = None
-    ) -> None:
+    def __init__(self, task_id: str, status: str, code: str | None = None, message: str | None = None) -> None:
         self.task_id = task_id
         self.status = status
         self.code = code

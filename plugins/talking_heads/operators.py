@@ -61,11 +61,20 @@ class SubmitRowOperator(_RowStorage, DashScopeVideoSynthesisOperator):
     """
 
     template_fields: Sequence[str] = (
-        "row", "output_root", "dashscope_conn_id", "resubmit_uncertain", "storage_conn_id",
-    )  # fmt: skip
+        "row",
+        "output_root",
+        "dashscope_conn_id",
+        "resubmit_uncertain",
+        "storage_conn_id",
+    )
 
     def __init__(
-        self, *, row: Any, output_root: str, resubmit_uncertain: Any = False, storage_conn_id: str | None = None,
+        self,
+        *,
+        row: Any,
+        output_root: str,
+        resubmit_uncertain: Any = False,
+        storage_conn_id: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(model="", input={}, **kwargs)
@@ -81,8 +90,9 @@ class SubmitRowOperator(_RowStorage, DashScopeVideoSynthesisOperator):
         fingerprint = request_fingerprint(request.model, request.api_input(), request.api_parameters())
         state = ledger.get(request.row_id)
         if state is not None and state.state in ("submitted", "generated", "succeeded") and state.task_id:
-            self.log.info("Row %s already has task %s (%s); not resubmitting", request.row_id,
-                          state.task_id, state.state)
+            self.log.info(
+                "Row %s already has task %s (%s); not resubmitting", request.row_id, state.task_id, state.state
+            )
             # A task is only known to the key that created it, whatever this run would have chosen.
             conn_id = state.conn_id or self.dashscope_conn_id
             return {"row_id": request.row_id, "task_id": state.task_id, "conn_id": conn_id}
@@ -97,8 +107,18 @@ class SubmitRowOperator(_RowStorage, DashScopeVideoSynthesisOperator):
             self.log.warning("Row %s: resubmitting after an uncertain submission, as asked", request.row_id)
         if state is None:
             state = RowState(row_id=request.row_id, state="submitting", model=request.model)
-        state = ledger.put(state.advance("submitting", model=request.model, fingerprint=fingerprint,
-                                         conn_id=conn_id, run_id=run_id, task_id=None, code=None, message=None))
+        state = ledger.put(
+            state.advance(
+                "submitting",
+                model=request.model,
+                fingerprint=fingerprint,
+                conn_id=conn_id,
+                run_id=run_id,
+                task_id=None,
+                code=None,
+                message=None,
+            )
+        )
         hook = DashScopeHook(dashscope_conn_id=conn_id)
         try:
             submitted = hook.submit_task(request.model, request.api_input(), request.api_parameters())
@@ -133,12 +153,13 @@ class WaitRowSensor(_RowStorage, DashScopeTaskSensor):
     """
 
     template_fields: Sequence[str] = (
-        *DashScopeTaskSensor.template_fields, "submission", "output_root", "storage_conn_id",
-    )  # fmt: skip
+        *DashScopeTaskSensor.template_fields,
+        "submission",
+        "output_root",
+        "storage_conn_id",
+    )
 
-    def __init__(
-        self, *, submission: Any, output_root: str, storage_conn_id: str | None = None, **kwargs: Any
-    ) -> None:
+    def __init__(self, *, submission: Any, output_root: str, storage_conn_id: str | None = None, **kwargs: Any) -> None:
         super().__init__(dashscope_task_id="", fail_on_task_failure=False, **kwargs)
         self.submission = submission
         self.output_root = output_root
@@ -162,8 +183,13 @@ class WaitRowSensor(_RowStorage, DashScopeTaskSensor):
 
     @staticmethod
     def _result(state: RowState) -> dict[str, Any]:
-        return {"row_id": state.row_id, "task_id": state.task_id, "video_url": state.video_url,
-                "video_duration": state.video_duration, "video_ratio": state.video_ratio}
+        return {
+            "row_id": state.row_id,
+            "task_id": state.task_id,
+            "video_url": state.video_url,
+            "video_duration": state.video_duration,
+            "video_ratio": state.video_ratio,
+        }
 
     def _record(self, task_dict: dict[str, Any]) -> dict[str, Any]:
         task = DashScopeTask.from_dict(task_dict)
@@ -171,9 +197,16 @@ class WaitRowSensor(_RowStorage, DashScopeTaskSensor):
         row_id = self.submission["row_id"]
         state = ledger.get(row_id) or RowState(row_id=row_id, state="submitted", task_id=task.task_id)
         if task.status == "SUCCEEDED":
-            state = ledger.put(state.advance(
-                "generated", task_id=task.task_id, billed=True, video_url=task.video_url,
-                video_duration=task.video_duration, video_ratio=task.video_ratio))
+            state = ledger.put(
+                state.advance(
+                    "generated",
+                    task_id=task.task_id,
+                    billed=True,
+                    video_url=task.video_url,
+                    video_duration=task.video_duration,
+                    video_ratio=task.video_ratio,
+                )
+            )
             return self._result(state)
         code = task.code or task.status
         message = task.message or {
@@ -200,12 +233,13 @@ class DownloadRowOperator(_RowStorage, DashScopeVideoDownloadOperator):
     """
 
     template_fields: Sequence[str] = (
-        *DashScopeVideoDownloadOperator.template_fields, "result", "output_root", "storage_conn_id",
-    )  # fmt: skip
+        *DashScopeVideoDownloadOperator.template_fields,
+        "result",
+        "output_root",
+        "storage_conn_id",
+    )
 
-    def __init__(
-        self, *, result: Any, output_root: str, storage_conn_id: str | None = None, **kwargs: Any
-    ) -> None:
+    def __init__(self, *, result: Any, output_root: str, storage_conn_id: str | None = None, **kwargs: Any) -> None:
         super().__init__(video_url="", destination="", **kwargs)
         self.result = result
         self.output_root = output_root
@@ -232,11 +266,20 @@ class DownloadRowOperator(_RowStorage, DashScopeVideoDownloadOperator):
             # Still "generated": the next try (or a rerun) stores it without generating it again. Said
             # in the outcome if no try succeeds; nothing partial is left at the destination (see hook).
             if state is not None:
-                ledger.put(state.advance("generated", code=STORE_FAILED_CODE,
-                                         message=f"{type(error).__name__}: {error}"))  # fmt: skip
+                ledger.put(
+                    state.advance("generated", code=STORE_FAILED_CODE, message=f"{type(error).__name__}: {error}")
+                )
             raise
         if state is not None:
-            ledger.put(state.advance("succeeded", video_uri=stored["uri"], video_bytes=stored["size_bytes"],
-                                     video_sha256=stored["sha256"], run_id=context["run_id"], code=None,
-                                     message=None))  # fmt: skip
+            ledger.put(
+                state.advance(
+                    "succeeded",
+                    video_uri=stored["uri"],
+                    video_bytes=stored["size_bytes"],
+                    video_sha256=stored["sha256"],
+                    run_id=context["run_id"],
+                    code=None,
+                    message=None,
+                )
+            )
         return stored

@@ -61,8 +61,10 @@ def build_report(outcomes: pd.DataFrame, prices_json: str | None = None) -> Cost
     has_usage = outcomes["video_duration"].notna() if "video_duration" in outcomes else False
     billed = outcomes[(outcomes["status"] != "skipped") & has_usage].drop_duplicates("task_id").copy()
     billed["video_duration"] = billed["video_duration"].astype(float)
-    costs = [cost_of(m, r, d, prices) for m, r, d in
-             zip(billed["model"], billed["video_ratio"], billed["video_duration"], strict=True)]
+    costs = [
+        cost_of(m, r, d, prices)
+        for m, r, d in zip(billed["model"], billed["video_ratio"], billed["video_duration"], strict=True)
+    ]
     billed["cost_usd"] = [c.usd for c in costs]
     billed["cost_cny"] = [c.cny for c in costs]
     billed["day"] = _day_of(billed)
@@ -79,13 +81,27 @@ def build_report(outcomes: pd.DataFrame, prices_json: str | None = None) -> Cost
     for model, seconds in billed.groupby("model")["video_duration"].sum().items():
         free = FREE_QUOTA_SECONDS.get(str(model))
         if free is not None:
-            quota.append({"model": model, "free_seconds": free, "used_seconds": round(seconds, 3),
-                          "left_seconds": round(max(free - seconds, 0.0), 3)})
+            quota.append(
+                {
+                    "model": model,
+                    "free_seconds": free,
+                    "used_seconds": round(seconds, 3),
+                    "left_seconds": round(max(free - seconds, 0.0), 3),
+                }
+            )
     failed = outcomes[outcomes["status"] == "failed"]
-    failures = (failed.groupby(["model", "code"], dropna=False).size().reset_index(name="rows")
-                if not failed.empty else pd.DataFrame(columns=["model", "code", "rows"]))
-    return CostReport(aggregate(["model", "video_ratio"]), aggregate(["day", "model", "video_ratio"]),
-                      pd.DataFrame(quota), failures, billed)
+    failures = (
+        failed.groupby(["model", "code"], dropna=False).size().reset_index(name="rows")
+        if not failed.empty
+        else pd.DataFrame(columns=["model", "code", "rows"])
+    )
+    return CostReport(
+        aggregate(["model", "video_ratio"]),
+        aggregate(["day", "model", "video_ratio"]),
+        pd.DataFrame(quota),
+        failures,
+        billed,
+    )
 
 
 def _chart_png(report: CostReport) -> bytes:
@@ -122,8 +138,12 @@ def render_html(report: CostReport, title: str) -> str:
         return frame.to_html(index=False, na_rep="unknown", float_format=lambda v: f"{v:,.4f}", border=0)
 
     chart = base64.b64encode(_chart_png(report)).decode()
-    note = (f"({unknown} video{' has' if unknown == 1 else 's have'} no known unit price: not in the cost totals; "
-            "set one in the dashscope_prices Variable)" if unknown else "")  # fmt: skip
+    note = (
+        f"({unknown} video{' has' if unknown == 1 else 's have'} no known unit price: not in the cost totals; "
+        "set one in the dashscope_prices Variable)"
+        if unknown
+        else ""
+    )
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:system-ui,sans-serif;margin:2em;color:#222}}
 table{{border-collapse:collapse;margin:.5em 0 1.5em}}
@@ -149,6 +169,9 @@ def write_report(output_root: str, prices_json: str | None = None, conn_id: str 
     for name in ("by_model_ratio", "by_day", "free_quota", "failures"):
         (folder / f"{name}.csv").write_text(getattr(report, name).to_csv(index=False))
     (folder / "cost_report.html").write_text(render_html(report, "DashScope cost report"))
-    return {"reports": plain_url(folder), "videos": len(report.billed),
-            "seconds": float(report.by_model_ratio["seconds"].sum()),
-            "cost_usd": float(report.by_model_ratio["cost_usd"].sum(min_count=1) or 0)}
+    return {
+        "reports": plain_url(folder),
+        "videos": len(report.billed),
+        "seconds": float(report.by_model_ratio["seconds"].sum()),
+        "cost_usd": float(report.by_model_ratio["cost_usd"].sum(min_count=1) or 0),
+    }

@@ -21,12 +21,28 @@ STYLE_LEVELS = ("normal", "calm", "active")
 #: Template ids from the appendix of the emoji-v1 reference (page 004).
 EMOJI_DRIVEN_IDS = frozenset(
     {
-        "mengwa_kaixin", "dagong_zhuakuang", "mengwa_dengyan", "dagong_wunai", "mengwa_gandong",
-        "dagong_weixiao", "mengwa_renzhen_1", "dagong_ganji", "mengwa_jidong", "jingdian_tiaopi",
-        "mengwa_kun_1", "jingdian_deyi_1", "mengwa_jiaoxie", "jingdian_qidai", "dagong_kaixin",
-        "jingdian_landuo_1", "dagong_yangwang", "jingdian_xianqi", "dagong_kunhuo", "jingdian_lei",
+        "mengwa_kaixin",
+        "dagong_zhuakuang",
+        "mengwa_dengyan",
+        "dagong_wunai",
+        "mengwa_gandong",
+        "dagong_weixiao",
+        "mengwa_renzhen_1",
+        "dagong_ganji",
+        "mengwa_jidong",
+        "jingdian_tiaopi",
+        "mengwa_kun_1",
+        "jingdian_deyi_1",
+        "mengwa_jiaoxie",
+        "jingdian_qidai",
+        "dagong_kaixin",
+        "jingdian_landuo_1",
+        "dagong_yangwang",
+        "jingdian_xianqi",
+        "dagong_kunhuo",
+        "jingdian_lei",
     }
-)  # fmt: skip
+)
 #: Columns the pipeline reads; any other column is carried through to the outcome table untouched.
 KNOWN_COLUMNS = ("row_id", "model", "image_url", "audio_url", "face_bbox", "ext_bbox", "style_level", "driven_id")
 #: ``row_id`` names files (``videos/{row_id}.mp4``), so it must be a safe file name.

@@ -95,21 +95,26 @@ class AirflowCluster:
         Path(env["AIRFLOW_HOME"]).mkdir(parents=True, exist_ok=True)
         result = subprocess.run([sys.executable, "-m", "airflow", *args], env=env, capture_output=True, text=True)
         if result.returncode != 0:
-            raise RuntimeError(f"airflow {' '.join(args[:2])} failed ({result.returncode}):\n"
-                               f"{result.stdout[-2000:]}\n{result.stderr[-3000:]}")
+            raise RuntimeError(
+                f"airflow {' '.join(args[:2])} failed ({result.returncode}):\n"
+                f"{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
+            )
         return result
 
     def start(self) -> AirflowCluster:
         self.home.mkdir(parents=True, exist_ok=True)
         self.airflow("db", "migrate")
-        self.airflow("pools", "set", "dashscope", str(self.pool_slots), "DashScope tasks in flight",
-                     "--include-deferred")
+        self.airflow(
+            "pools", "set", "dashscope", str(self.pool_slots), "DashScope tasks in flight", "--include-deferred"
+        )
         for name, args in self.components().items():
             env = self.component_env(name)
             Path(env["AIRFLOW_HOME"]).mkdir(parents=True, exist_ok=True)
             with self.log_path(name).open("wb") as log:
                 self.processes[name] = subprocess.Popen(
-                    dies_with_parent([sys.executable, "-m", "airflow", *args]), env=env, stdout=log,
+                    dies_with_parent([sys.executable, "-m", "airflow", *args]),
+                    env=env,
+                    stdout=log,
                     stderr=subprocess.STDOUT,
                     stdin=subprocess.DEVNULL,
                 )
@@ -120,8 +125,9 @@ class AirflowCluster:
         """Raises, with the tail of its log, if a component process has exited."""
         for name, process in self.processes.items():
             if process.poll() is not None:
-                raise RuntimeError(f"{name} exited with code {process.returncode}; log tail:\n"
-                                   f"{tail(self.log_path(name))}")
+                raise RuntimeError(
+                    f"{name} exited with code {process.returncode}; log tail:\n{tail(self.log_path(name))}"
+                )
 
     def stop(self) -> None:
         for process in self.processes.values():
@@ -138,8 +144,9 @@ class AirflowCluster:
 
     def all_logs(self, chars: int = 1500) -> str:
         """The tail of every component's log, for failure messages."""
-        return "\n".join(f"----- {name} (last {chars} chars) -----\n{tail(self.log_path(name), chars)}"
-                         for name in self.processes)
+        return "\n".join(
+            f"----- {name} (last {chars} chars) -----\n{tail(self.log_path(name), chars)}" for name in self.processes
+        )
 
     def _wait(self, ready: Callable[[], bool], seconds: float, what: str) -> None:
         try:
@@ -164,8 +171,9 @@ class AirflowCluster:
         self._wait(lambda: requests.get(f"{self.api}/dags/{dag_id}", timeout=5).ok, seconds, f"DAG {dag_id}")
         self.post(f"/dags/{dag_id}", {"is_paused": False}, method="PATCH")
 
-    def wait_for_run(self, dag_id: str, run_id: str, seconds: float = 300,
-                     on_poll: Callable[[], None] | None = None) -> str:
+    def wait_for_run(
+        self, dag_id: str, run_id: str, seconds: float = 300, on_poll: Callable[[], None] | None = None
+    ) -> str:
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
             self.check_alive()
@@ -181,8 +189,9 @@ class AirflowCluster:
         """Every task instance of the run (the API answers at most ``[api] maximum_page_limit``, 100, a page)."""
         found: list[dict[str, Any]] = []
         while True:
-            page = self.get(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances", limit=100, offset=len(found),
-                            order_by="id")  # fmt: skip
+            page = self.get(
+                f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances", limit=100, offset=len(found), order_by="id"
+            )
             found += page["task_instances"]
             if not page["task_instances"] or len(found) >= page["total_entries"]:
                 return found
@@ -209,19 +218,30 @@ class CeleryAirflowCluster(AirflowCluster):
     ================================  =================================================================
     """
 
-    def __init__(self, home: Path, database: PostgresServer, broker: RedisServer,
-                 extra_env: dict[str, str] | None = None, workers: int = 2, worker_concurrency: int = 2,
-                 pool_slots: int = 4) -> None:
+    def __init__(
+        self,
+        home: Path,
+        database: PostgresServer,
+        broker: RedisServer,
+        extra_env: dict[str, str] | None = None,
+        workers: int = 2,
+        worker_concurrency: int = 2,
+        pool_slots: int = 4,
+    ) -> None:
         self.config_path = home / "config" / "airflow.cfg"
-        super().__init__(home, {
-            "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": database.url,
-            "AIRFLOW__CELERY__BROKER_URL": broker.url,
-            "AIRFLOW__CELERY__RESULT_BACKEND": database.celery_result_backend,
-            "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(worker_concurrency),
-            "AIRFLOW_CONFIG": str(self.config_path),
-            **(extra_env or {}),
-        }, pool_slots=pool_slots)
+        super().__init__(
+            home,
+            {
+                "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
+                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": database.url,
+                "AIRFLOW__CELERY__BROKER_URL": broker.url,
+                "AIRFLOW__CELERY__RESULT_BACKEND": database.celery_result_backend,
+                "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(worker_concurrency),
+                "AIRFLOW_CONFIG": str(self.config_path),
+                **(extra_env or {}),
+            },
+            pool_slots=pool_slots,
+        )
         self.hostname = socket.gethostname()
         self.workers = {f"worker-{i}": f"worker-{i}@{self.hostname}" for i in range(1, workers + 1)}
         self._worker_log_ports = {name: free_port() for name in self.workers}

@@ -97,9 +97,13 @@ class Service:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.prepare()
         with self.log_path.open("wb") as log:
-            self.process = subprocess.Popen(dies_with_parent(self.command(), self.stop_signal), stdout=log,
-                                            stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL, **self.popen_kwargs())
+            self.process = subprocess.Popen(
+                dies_with_parent(self.command(), self.stop_signal),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                **self.popen_kwargs(),
+            )
         wait_until(self.ready, timeout, f"{self.name} on port {self.port}", self.check_alive)
         self.after_ready()
         return self
@@ -118,8 +122,9 @@ class Service:
     def check_alive(self) -> None:
         """Raises :class:`ServiceError` with the log's tail if the process has exited."""
         if self.process is not None and self.process.poll() is not None:
-            raise ServiceError(f"{self.name} exited with code {self.process.returncode}; log tail:\n"
-                               f"{tail(self.log_path)}")
+            raise ServiceError(
+                f"{self.name} exited with code {self.process.returncode}; log tail:\n{tail(self.log_path)}"
+            )
 
     def stop(self) -> None:
         if self.process is None or self.process.poll() is not None:
@@ -132,8 +137,7 @@ class Service:
             self.process.wait(timeout=10)
 
 
-def wait_until(ready: Callable[[], bool], seconds: float, what: str,
-               check: Callable[[], None] | None = None) -> None:
+def wait_until(ready: Callable[[], bool], seconds: float, what: str, check: Callable[[], None] | None = None) -> None:
     """Polls ``ready`` until it is true; ``check`` raises early if what we wait for has died."""
     deadline = time.monotonic() + seconds
     last_error: BaseException | None = None
@@ -160,8 +164,9 @@ class PostgresServer(Service):
     name = "postgres"
     stop_signal = "INT"  # "fast" shutdown: SIGTERM ("smart") would wait for every client to disconnect
 
-    def __init__(self, workdir: Path, user: str = "airflow", password: str = "airflow",
-                 database: str = "airflow") -> None:
+    def __init__(
+        self, workdir: Path, user: str = "airflow", password: str = "airflow", database: str = "airflow"
+    ) -> None:
         super().__init__(workdir)
         self.user, self.password, self.database = user, password, database
         self.bin_dir = self._find_bin_dir()
@@ -202,8 +207,13 @@ class PostgresServer(Service):
     def popen_kwargs(self) -> dict[str, Any]:
         if self.run_as is None:
             return {}
-        return {"user": self.run_as.pw_uid, "group": self.run_as.pw_gid, "extra_groups": [],
-                "cwd": self.data_root, "env": {"PATH": os.environ.get("PATH", ""), "LANG": "C.UTF-8"}}
+        return {
+            "user": self.run_as.pw_uid,
+            "group": self.run_as.pw_gid,
+            "extra_groups": [],
+            "cwd": self.data_root,
+            "env": {"PATH": os.environ.get("PATH", ""), "LANG": "C.UTF-8"},
+        }
 
     def prepare(self) -> None:
         if self.run_as is not None:
@@ -214,26 +224,52 @@ class PostgresServer(Service):
             os.chown(pwfile, self.run_as.pw_uid, self.run_as.pw_gid)
         pwfile.chmod(0o600)
         result = subprocess.run(
-            [str(self.bin_dir / "initdb"), "-D", str(self.data_dir), "-U", self.user, f"--pwfile={pwfile}",
-             "--auth-host=scram-sha-256", "--auth-local=trust", "-E", "UTF8", "--no-instructions"],
-            capture_output=True, text=True, timeout=120, **self.popen_kwargs(),
+            [
+                str(self.bin_dir / "initdb"),
+                "-D",
+                str(self.data_dir),
+                "-U",
+                self.user,
+                f"--pwfile={pwfile}",
+                "--auth-host=scram-sha-256",
+                "--auth-local=trust",
+                "-E",
+                "UTF8",
+                "--no-instructions",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            **self.popen_kwargs(),
         )
         pwfile.unlink()
         if result.returncode != 0:
             raise ServiceError(f"initdb failed ({result.returncode}):\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
 
     def command(self) -> list[str]:
-        settings = {"listen_addresses": "127.0.0.1", "port": self.port, "unix_socket_directories": self.data_root,
-                    "max_connections": 200, "fsync": "off", "synchronous_commit": "off",
-                    "full_page_writes": "off", "logging_collector": "off"}
-        return [str(self.bin_dir / "postgres"), "-D", str(self.data_dir),
-                *[arg for key, value in settings.items() for arg in ("-c", f"{key}={value}")]]
+        settings = {
+            "listen_addresses": "127.0.0.1",
+            "port": self.port,
+            "unix_socket_directories": self.data_root,
+            "max_connections": 200,
+            "fsync": "off",
+            "synchronous_commit": "off",
+            "full_page_writes": "off",
+            "logging_collector": "off",
+        }
+        return [
+            str(self.bin_dir / "postgres"),
+            "-D",
+            str(self.data_dir),
+            *[arg for key, value in settings.items() for arg in ("-c", f"{key}={value}")],
+        ]
 
     def _connect(self, database: str) -> Any:
         import psycopg2
 
-        return psycopg2.connect(host="127.0.0.1", port=self.port, user=self.user, password=self.password,
-                                dbname=database, connect_timeout=5)
+        return psycopg2.connect(
+            host="127.0.0.1", port=self.port, user=self.user, password=self.password, dbname=database, connect_timeout=5
+        )
 
     def ready(self) -> bool:
         self._connect("postgres").close()
@@ -265,8 +301,21 @@ class RedisServer(Service):
         binary = shutil.which("redis-server") or "/usr/bin/redis-server"
         if not Path(binary).exists():
             raise ServiceError("redis-server is not installed: run scripts/system_deps.sh")
-        return [binary, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "", "--appendonly", "no",
-                "--dir", str(self.workdir), "--daemonize", "no"]
+        return [
+            binary,
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(self.workdir),
+            "--daemonize",
+            "no",
+        ]
 
     def ready(self) -> bool:
         import redis
@@ -296,13 +345,22 @@ class S3Server(Service):
         """A boto3 S3 client of this server."""
         import boto3
 
-        return boto3.client("s3", endpoint_url=self.url, region_name="us-east-1",
-                            aws_access_key_id=self.access_key, aws_secret_access_key=self.secret_key)
+        return boto3.client(
+            "s3",
+            endpoint_url=self.url,
+            region_name="us-east-1",
+            aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key,
+        )
 
     def connection(self) -> dict[str, Any]:
         """The Airflow ``aws`` connection of this server (compose's ``AIRFLOW_CONN_AWS_DEFAULT``)."""
-        return {"conn_type": "aws", "login": self.access_key, "password": self.secret_key,
-                "extra": {"endpoint_url": self.url, "region_name": "us-east-1"}}
+        return {
+            "conn_type": "aws",
+            "login": self.access_key,
+            "password": self.secret_key,
+            "extra": {"endpoint_url": self.url, "region_name": "us-east-1"},
+        }
 
     def ready(self) -> bool:
         self.client().list_buckets()

@@ -31,9 +31,14 @@ def _row(media: str, boxes: dict, row_id: str, model: str = "emo-v1") -> dict:
     else:
         name = "portrait_square.png"
         extra = {"audio_url": f"{media}/voice.wav"}
-    return {"row_id": row_id, "model": model, "image_url": f"{media}/{name}",
-            "face_bbox": json.dumps(boxes[name]["face_bbox"]), "ext_bbox": json.dumps(boxes[name]["ext_bbox"]),
-            **extra}
+    return {
+        "row_id": row_id,
+        "model": model,
+        "image_url": f"{media}/{name}",
+        "face_bbox": json.dumps(boxes[name]["face_bbox"]),
+        "ext_bbox": json.dumps(boxes[name]["ext_bbox"]),
+        **extra,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -66,11 +71,17 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
 def test_rest_triggered_run_defers_waits_and_records_outcomes(world: dict) -> None:
     cluster, emu, root = world["cluster"], world["slow"], world["root"]
     table = root / "rest.csv"
-    rows = [_row(world["media"], world["boxes"], "rest-emo"), _row(world["media"], world["boxes"], "rest-emoji",
-                                                                    "emoji-v1")]
+    rows = [
+        _row(world["media"], world["boxes"], "rest-emo"),
+        _row(world["media"], world["boxes"], "rest-emoji", "emoji-v1"),
+    ]
     pd.DataFrame(rows).to_csv(table, index=False)
-    conf = {"input_table": str(table), "output_root": str(root / "out"), "poll_interval_seconds": 2,
-            "dashscope_conn_id": "dashscope_slow"}
+    conf = {
+        "input_table": str(table),
+        "output_root": str(root / "out"),
+        "poll_interval_seconds": 2,
+        "dashscope_conn_id": "dashscope_slow",
+    }
     started = time.monotonic()
     run = cluster.post("/dags/talking_heads/dagRuns", {"logical_date": None, "conf": conf})
     seen: set[str] = set()
@@ -96,14 +107,26 @@ def test_backfill_over_three_dates_pays_once_per_row(world: dict) -> None:
     for day, row_ids in ids.items():
         pd.DataFrame([_row(media, boxes, f"bf-{i}") for i in row_ids]).to_csv(root / f"in-{day}.csv", index=False)
     billed_before = len(emu.billing())
-    conf = {"input_table": str(root / "in-{{ ds }}.csv"), "output_root": str(root / "bf-out"),
-            "poll_interval_seconds": 0.5}
-    cluster.post("/backfills", {"dag_id": "talking_heads", "from_date": "2026-11-01T00:00:00Z",
-                                "to_date": "2026-11-03T00:00:00Z", "dag_run_conf": conf, "max_active_runs": 1})
+    conf = {
+        "input_table": str(root / "in-{{ ds }}.csv"),
+        "output_root": str(root / "bf-out"),
+        "poll_interval_seconds": 0.5,
+    }
+    cluster.post(
+        "/backfills",
+        {
+            "dag_id": "talking_heads",
+            "from_date": "2026-11-01T00:00:00Z",
+            "to_date": "2026-11-03T00:00:00Z",
+            "dag_run_conf": conf,
+            "max_active_runs": 1,
+        },
+    )
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
-        runs = [r for r in cluster.get("/dags/talking_heads/dagRuns", limit=100)["dag_runs"]
-                if r["run_type"] == "backfill"]
+        runs = [
+            r for r in cluster.get("/dags/talking_heads/dagRuns", limit=100)["dag_runs"] if r["run_type"] == "backfill"
+        ]
         if len(runs) == 3 and all(r["state"] in ("success", "failed") for r in runs):
             break
         time.sleep(1)

@@ -78,7 +78,8 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
         services: list[Service] = [postgres, redis, s3]
         env = {
             "AIRFLOW_CONN_DASHSCOPE_DEFAULT": json.dumps(
-                {"conn_type": "dashscope", "host": emulator.base_url, "password": KEY}),
+                {"conn_type": "dashscope", "host": emulator.base_url, "password": KEY}
+            ),
             "AIRFLOW_CONN_AWS_DEFAULT": json.dumps(s3.connection()),
             # Only the run the test triggers: no automatic @daily run when the DAG is unpaused.
             "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
@@ -102,22 +103,46 @@ def _rows(media_url: str, boxes: dict[str, Any]) -> list[dict[str, Any]]:
         return json.dumps(boxes[name][key])
 
     return [
-        {"row_id": "square", "model": "emo-v1", "image_url": f"{media_url}/portrait_square.png",
-         "audio_url": f"{media_url}/voice.wav", "face_bbox": box("portrait_square.png", "face_bbox"),
-         "ext_bbox": box("portrait_square.png", "ext_bbox")},
-        {"row_id": "halfbody", "model": "emo-v1", "image_url": f"{media_url}/portrait_halfbody.jpg",
-         "audio_url": f"{media_url}/voice.mp3", "face_bbox": box("portrait_halfbody.jpg", "face_bbox"),
-         "ext_bbox": box("portrait_halfbody.jpg", "ext_bbox")},
-        {"row_id": "emoji", "model": "emoji-v1", "image_url": f"{media_url}/portrait_emoji.png",
-         "driven_id": "mengwa_kaixin", "face_bbox": box("portrait_emoji.png", "face_bbox"),
-         "ext_bbox": box("portrait_emoji.png", "ext_bbox")},
-        {"row_id": "face-pose", "model": "emo-v1",
-         "image_url": f"{media_url}/portrait_square.png?emulator_error=InvalidFile.FacePose",
-         "audio_url": f"{media_url}/voice.wav", "face_bbox": box("portrait_square.png", "face_bbox"),
-         "ext_bbox": box("portrait_square.png", "ext_bbox")},
-        {"row_id": "invalid", "model": "emo-v1", "image_url": f"{media_url}/portrait_square.png",
-         "face_bbox": "[1, 2, 3]", "ext_bbox": "[0, 0, 100, 100]"},
-    ]  # fmt: skip
+        {
+            "row_id": "square",
+            "model": "emo-v1",
+            "image_url": f"{media_url}/portrait_square.png",
+            "audio_url": f"{media_url}/voice.wav",
+            "face_bbox": box("portrait_square.png", "face_bbox"),
+            "ext_bbox": box("portrait_square.png", "ext_bbox"),
+        },
+        {
+            "row_id": "halfbody",
+            "model": "emo-v1",
+            "image_url": f"{media_url}/portrait_halfbody.jpg",
+            "audio_url": f"{media_url}/voice.mp3",
+            "face_bbox": box("portrait_halfbody.jpg", "face_bbox"),
+            "ext_bbox": box("portrait_halfbody.jpg", "ext_bbox"),
+        },
+        {
+            "row_id": "emoji",
+            "model": "emoji-v1",
+            "image_url": f"{media_url}/portrait_emoji.png",
+            "driven_id": "mengwa_kaixin",
+            "face_bbox": box("portrait_emoji.png", "face_bbox"),
+            "ext_bbox": box("portrait_emoji.png", "ext_bbox"),
+        },
+        {
+            "row_id": "face-pose",
+            "model": "emo-v1",
+            "image_url": f"{media_url}/portrait_square.png?emulator_error=InvalidFile.FacePose",
+            "audio_url": f"{media_url}/voice.wav",
+            "face_bbox": box("portrait_square.png", "face_bbox"),
+            "ext_bbox": box("portrait_square.png", "ext_bbox"),
+        },
+        {
+            "row_id": "invalid",
+            "model": "emo-v1",
+            "image_url": f"{media_url}/portrait_square.png",
+            "face_bbox": "[1, 2, 3]",
+            "ext_bbox": "[0, 0, 100, 100]",
+        },
+    ]
 
 
 # -- what the REST API shows during the run ------------------------------------------------------------
@@ -134,7 +159,8 @@ class StateSamples:
     """
 
     states: dict[tuple[str, int], list[tuple[float, float, str | None]]] = field(
-        default_factory=lambda: defaultdict(list))
+        default_factory=lambda: defaultdict(list)
+    )
     triggerer_jobs: dict[int, dict[str, Any]] = field(default_factory=dict)
 
     def record(self, task_instances: list[dict[str, Any]], sent: float, received: float) -> None:
@@ -201,8 +227,9 @@ def worker_executions(log_path: Path, worker: str) -> list[WorkerExecution]:
         if "Executing workload in Celery" in event:
             ti = _TI_FIELDS.search(event)
             if ti:
-                running[celery_id.group(1)] = WorkerExecution(worker, ti.group(1), int(ti.group(3)), ti.group(2),
-                                                              _epoch(entry["timestamp"]))
+                running[celery_id.group(1)] = WorkerExecution(
+                    worker, ti.group(1), int(ti.group(3)), ti.group(2), _epoch(entry["timestamp"])
+                )
         elif celery_id.group(1) in running and re.search(r"\b(succeeded|failed|raised|ignored)\b", event):
             execution = running.pop(celery_id.group(1))
             execution.end = _epoch(entry["timestamp"])
@@ -246,8 +273,12 @@ def test_celery_run_on_s3_defers_waits_without_holding_workers(deployment: Deplo
     rows = _rows(deployment.media_url, deployment.boxes)
     client.put_object(Bucket=BUCKET, Key="inputs/portraits.csv", Body=pd.DataFrame(rows).to_csv(index=False).encode())
     root = f"s3://{BUCKET}/distributed"
-    conf = {"input_table": f"s3://{BUCKET}/inputs/portraits.csv", "output_root": root,
-            "storage_conn_id": "aws_default", "poll_interval_seconds": 2}
+    conf = {
+        "input_table": f"s3://{BUCKET}/inputs/portraits.csv",
+        "output_root": root,
+        "storage_conn_id": "aws_default",
+        "poll_interval_seconds": 2,
+    }
     run_started = time.monotonic()
     run = cluster.post(f"/dags/{DAG_ID}/dagRuns", {"logical_date": None, "conf": conf})
     run_id = run["dag_run_id"]
@@ -261,16 +292,25 @@ def test_celery_run_on_s3_defers_waits_without_holding_workers(deployment: Deplo
     state = cluster.wait_for_run(DAG_ID, run_id, seconds=RUN_TIMEOUT, on_poll=poll)
     run_wall = time.monotonic() - run_started
     final = cluster.task_instances(DAG_ID, run_id)
-    assert state == "success", f"run ended {state}: " + json.dumps(
-        {f"{t['task_id']}[{t['map_index']}]": t["state"] for t in final}) + "\n" + cluster.all_logs()
+    assert state == "success", (
+        f"run ended {state}: "
+        + json.dumps({f"{t['task_id']}[{t['map_index']}]": t["state"] for t in final})
+        + "\n"
+        + cluster.all_logs()
+    )
 
     # Every row's outcome, read back from the bucket.
     keys = {o["Key"]: o["Size"] for o in client.list_objects_v2(Bucket=BUCKET, Prefix="distributed/")["Contents"]}
     outcome_keys = [k for k in keys if k.startswith("distributed/outcomes/") and k.endswith(".csv")]
     assert len(outcome_keys) == 1, sorted(keys)
     outcomes = pd.read_csv(client.get_object(Bucket=BUCKET, Key=outcome_keys[0])["Body"]).set_index("row_id")
-    assert outcomes["status"].to_dict() == {"square": "succeeded", "halfbody": "succeeded", "emoji": "succeeded",
-                                            "face-pose": "failed", "invalid": "failed"}  # fmt: skip
+    assert outcomes["status"].to_dict() == {
+        "square": "succeeded",
+        "halfbody": "succeeded",
+        "emoji": "succeeded",
+        "face-pose": "failed",
+        "invalid": "failed",
+    }
     assert outcomes.loc["face-pose", "code"] == "InvalidFile.FacePose"  # the service's own verdict
     assert "field 'face_bbox'" in outcomes.loc["invalid", "message"]  # refused before any spend
     assert outcomes.loc["square", "video_ratio"] == "1:1" and outcomes.loc["halfbody", "video_ratio"] == "3:4"
@@ -299,12 +339,17 @@ def test_celery_run_on_s3_defers_waits_without_holding_workers(deployment: Deplo
 
     # Every task instance ran on a Celery worker; every wait was deferred to the triggerer.
     def executions_of_run() -> list[WorkerExecution]:
-        return [e for name in cluster.workers for e in worker_executions(cluster.log_path(name), name)
-                if e.run_id == run_id]
+        return [
+            e for name in cluster.workers for e in worker_executions(cluster.log_path(name), name) if e.run_id == run_id
+        ]
 
     # A worker logs a Celery task's end after the task instance's state is already final: let it finish.
-    wait_until(lambda: all(e.end is not None for e in executions_of_run()), 60,
-               "the workers' Celery tasks of the run to end", cluster.check_alive)
+    wait_until(
+        lambda: all(e.end is not None for e in executions_of_run()),
+        60,
+        "the workers' Celery tasks of the run to end",
+        cluster.check_alive,
+    )
     executions = executions_of_run()
     ran = {(e.task_id, e.map_index) for e in executions}
     # (A row the service failed ends at its wait: its download is skipped by the scheduler, never run.)
@@ -322,12 +367,14 @@ def test_celery_run_on_s3_defers_waits_without_holding_workers(deployment: Deplo
     wall = time.monotonic() - deployment.started
     where = " ".join(f"{name}=[{place}]" for name, place in deployment.where.items())
     triggerers = ",".join(f"{j['job_type']}#{j['id']}@{j['hostname']}" for j in samples.triggerer_jobs.values())
-    print(f"\nDISTRIBUTED services: {where}\n"
-          f"DISTRIBUTED wall={wall:.1f}s run={run_wall:.1f}s rows=5 waits={len(waits)} "
-          f"deferred_seconds={figures.deferred_seconds:.1f} "
-          f"worker_seconds_while_deferred={figures.worker_seconds_while_deferred:.2f} "
-          f"wait_worker_seconds={figures.wait_worker_seconds:.1f} tasks_per_worker={per_worker} "
-          f"triggerer={triggerers}")
+    print(
+        f"\nDISTRIBUTED services: {where}\n"
+        f"DISTRIBUTED wall={wall:.1f}s run={run_wall:.1f}s rows=5 waits={len(waits)} "
+        f"deferred_seconds={figures.deferred_seconds:.1f} "
+        f"worker_seconds_while_deferred={figures.worker_seconds_while_deferred:.2f} "
+        f"wait_worker_seconds={figures.wait_worker_seconds:.1f} tasks_per_worker={per_worker} "
+        f"triggerer={triggerers}"
+    )
     # Four submits are queued at once and a worker reserves only as many tasks as it has processes (2).
     assert all(per_worker.values()), f"a Celery worker ran nothing: {per_worker}"
     # Four tasks of >= 13 s each, one at a time per key: well over 30 s deferred in all.
@@ -335,19 +382,24 @@ def test_celery_run_on_s3_defers_waits_without_holding_workers(deployment: Deplo
     # A wait that held its worker slot would add its whole deferred time (ratio ~1). What remains is the
     # tail of the Celery task that deferred: its task process ends after the state is already `deferred`
     # (0 s on an idle machine; 2-4 s a wait, up to 10% of the time deferred, with other suites running).
-    on_workers = [(e.worker, e.map_index, round(e.start, 1), round(e.end - e.start, 1)) for e in executions
-                  if e.task_id == WAIT_TASK and e.end is not None]
+    on_workers = [
+        (e.worker, e.map_index, round(e.start, 1), round(e.end - e.start, 1))
+        for e in executions
+        if e.task_id == WAIT_TASK and e.end is not None
+    ]
     deferred_spans = {k[1]: [(round(a, 1), round(b - a, 1)) for a, b in samples.deferred_intervals(k)] for k in waits}
     assert figures.worker_seconds_while_deferred < figures.deferred_seconds / 3, (
         f"workers ran wait tasks for {figures.worker_seconds_while_deferred:.2f}s while they were deferred "
         f"({figures.deferred_seconds:.1f}s deferred in all). Wait tasks on workers (worker, map index, "
-        f"start, seconds): {on_workers}; deferred (map index: start, seconds): {deferred_spans}")
+        f"start, seconds): {on_workers}; deferred (map index: start, seconds): {deferred_spans}"
+    )
 
 
 def _service_video(emulator: EmulatorServer, task_id: str) -> bytes:
     """The video as the service serves it: its task's ``video_url`` (emo-v1 nests it in ``results``)."""
-    answer = requests.get(f"{emulator.base_url}/api/v1/tasks/{task_id}",
-                          headers={"Authorization": f"Bearer {KEY}"}, timeout=30)
+    answer = requests.get(
+        f"{emulator.base_url}/api/v1/tasks/{task_id}", headers={"Authorization": f"Bearer {KEY}"}, timeout=30
+    )
     answer.raise_for_status()
     output = answer.json()["output"]
     video = requests.get(output.get("results", {}).get("video_url") or output["video_url"], timeout=60)
@@ -367,11 +419,15 @@ def _worker_log(path: Path, runs: list[tuple[str, float, float]], run_id: str = 
     """A worker log in the format ``airflow celery worker`` writes with ``[celery] json_logs``."""
     lines = []
     for n, (celery_id, start, end) in enumerate(runs):
-        ti = (f"ti=TaskInstanceDTO(id=UUID('0000'), task_id='{WAIT_TASK}', dag_id='{DAG_ID}', run_id='{run_id}', "
-              f"try_number=1, map_index={n % 2}, hostname='')")
-        lines += [_log_line(start - 0.01, f"Task execute_workload[{celery_id}] received"),
-                  _log_line(start, f"[{celery_id}] Executing workload in Celery: log_path='x' {ti} type='ExecuteTask'"),
-                  _log_line(end, f"Task execute_workload[{celery_id}] succeeded in {end - start}s: None")]
+        ti = (
+            f"ti=TaskInstanceDTO(id=UUID('0000'), task_id='{WAIT_TASK}', dag_id='{DAG_ID}', run_id='{run_id}', "
+            f"try_number=1, map_index={n % 2}, hostname='')"
+        )
+        lines += [
+            _log_line(start - 0.01, f"Task execute_workload[{celery_id}] received"),
+            _log_line(start, f"[{celery_id}] Executing workload in Celery: log_path='x' {ti} type='ExecuteTask'"),
+            _log_line(end, f"Task execute_workload[{celery_id}] succeeded in {end - start}s: None"),
+        ]
     path.write_text("\n".join(["plain text banner", *lines]) + "\n")
     return path
 
@@ -384,12 +440,21 @@ def test_measure_counts_worker_time_inside_a_deferral_and_nothing_outside(tmp_pa
     log = _worker_log(tmp_path / "w.log", [(ids[0], t0, t0 + 2), (ids[1], t0, t0 + 15), (ids[2], t0 + 20, t0 + 22)])
     executions = worker_executions(log, "worker-1")
     assert [(e.map_index, e.end is not None and round(e.end - e.start, 3)) for e in executions] == [
-        (0, 2.0), (1, 15.0), (0, 2.0)]
+        (0, 2.0),
+        (1, 15.0),
+        (0, 2.0),
+    ]
     samples = StateSamples()
     for second in range(0, 24):
         state = "deferred" if 3 <= second <= 18 else "running"
-        samples.record([{"task_id": WAIT_TASK, "map_index": 0, "state": state},
-                        {"task_id": WAIT_TASK, "map_index": 1, "state": state}], t0 + second, t0 + second + 0.1)
+        samples.record(
+            [
+                {"task_id": WAIT_TASK, "map_index": 0, "state": state},
+                {"task_id": WAIT_TASK, "map_index": 1, "state": state},
+            ],
+            t0 + second,
+            t0 + second + 0.1,
+        )
     assert samples.deferred_intervals((WAIT_TASK, 0)) == [(t0 + 3.1, t0 + 18)]
     figures = measure_waits(executions, samples)
     assert figures.deferred_seconds == pytest.approx(2 * 14.9)

@@ -60,8 +60,9 @@ def _kill_tree(pid: int) -> list[str]:
 
 def _restart(cluster: AirflowCluster, name: str) -> None:
     log = (cluster.home / f"{name}.log").open("ab")
-    cluster.processes[name] = subprocess.Popen([sys.executable, "-m", "airflow", name], env=cluster.env,
-                                               stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+    cluster.processes[name] = subprocess.Popen(
+        [sys.executable, "-m", "airflow", name], env=cluster.env, stdout=log, stderr=subprocess.STDOUT
+    )
 
 
 def _running_task_process(cluster: AirflowCluster) -> psutil.Process | None:
@@ -85,8 +86,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     # Speed 4: a task runs ~4-6 s, so waits are deferred long enough to kill their triggerer.
     with serve_directory(root / "media", port=0) as media, EmulatorServer(api_keys=[KEY], port=0, speed=4) as emu:
         env = {
-            "AIRFLOW_CONN_DASHSCOPE_DEFAULT": json.dumps({"conn_type": "dashscope", "host": emu.base_url,
-                                                          "password": KEY}),
+            "AIRFLOW_CONN_DASHSCOPE_DEFAULT": json.dumps(
+                {"conn_type": "dashscope", "host": emu.base_url, "password": KEY}
+            ),
             # Detect the dead quickly (defaults are minutes): a task whose process died is failed and
             # retried; triggers of a dead triggerer move to the live one.
             "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "20",
@@ -95,7 +97,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_THRESHOLD": "10",
             "AIRFLOW__TRIGGERER__TRIGGERER_HEALTH_CHECK_THRESHOLD": "10",
             "TALKING_HEADS_RETRY_DELAY_SECONDS": "2",
-        }  # fmt: skip
+        }
         cluster = AirflowCluster(root / "airflow", env).start()
         try:
             cluster.wait_for_dag("talking_heads")
@@ -108,12 +110,22 @@ def _table(world: dict[str, Any]) -> Path:
     media, boxes = world["media"], world["boxes"]
     rows = []
     for i in range(ROWS):
-        name, extra = (("portrait_emoji.png", {"driven_id": "mengwa_kaixin"}) if i % 2
-                       else ("portrait_square.png", {"audio_url": f"{media}/voice.wav"}))  # fmt: skip
+        name, extra = (
+            ("portrait_emoji.png", {"driven_id": "mengwa_kaixin"})
+            if i % 2
+            else ("portrait_square.png", {"audio_url": f"{media}/voice.wav"})
+        )
         row_id = f"kill-{i}"
-        rows.append({"row_id": row_id, "model": "emoji-v1" if i % 2 else "emo-v1",
-                     "image_url": f"{media}/{name}?row={row_id}", "face_bbox": json.dumps(boxes[name]["face_bbox"]),
-                     "ext_bbox": json.dumps(boxes[name]["ext_bbox"]), **extra})  # fmt: skip
+        rows.append(
+            {
+                "row_id": row_id,
+                "model": "emoji-v1" if i % 2 else "emo-v1",
+                "image_url": f"{media}/{name}?row={row_id}",
+                "face_bbox": json.dumps(boxes[name]["face_bbox"]),
+                "ext_bbox": json.dumps(boxes[name]["ext_bbox"]),
+                **extra,
+            }
+        )
     path = world["root"] / "kills.csv"
     pd.DataFrame(rows).to_csv(path, index=False)
     return path
@@ -190,6 +202,8 @@ def test_killed_scheduler_triggerer_and_worker_lose_nothing_and_pay_nothing_twic
         assert int(line["video_bytes"]) == len(service)
     tries = Counter(ti["try_number"] for ti in cluster.task_instances("talking_heads", run_id))
     assert max(tries) >= 2, tries  # the killed task process was tried again
-    print(f"\nKILLS rows={ROWS} kills={kills} run={state} wall={wall:.0f}s outcomes={len(outcomes)} "
-          f"succeeded={len(succeeded)} uncertain={len(others)} tasks={sum(tasks_per_row.values())} "
-          f"resubmissions=0 double_bills=0 videos_verified={len(succeeded)} task_tries={dict(tries)}")
+    print(
+        f"\nKILLS rows={ROWS} kills={kills} run={state} wall={wall:.0f}s outcomes={len(outcomes)} "
+        f"succeeded={len(succeeded)} uncertain={len(others)} tasks={sum(tasks_per_row.values())} "
+        f"resubmissions=0 double_bills=0 videos_verified={len(succeeded)} task_tries={dict(tries)}"
+    )

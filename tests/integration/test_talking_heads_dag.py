@@ -43,25 +43,61 @@ def _table(path: Path, media_url: str, boxes: dict) -> Path:
         return json.dumps(boxes[name][key])
 
     rows = [
-        {"row_id": "square", "model": "emo-v1", "image_url": f"{media_url}/portrait_square.png",
-         "audio_url": f"{media_url}/voice.wav", "face_bbox": box("portrait_square.png", "face_bbox"),
-         "ext_bbox": box("portrait_square.png", "ext_bbox"), "style_level": "calm", "speaker": "Ada"},
-        {"row_id": "halfbody", "model": "emo-v1", "image_url": f"{media_url}/portrait_halfbody.jpg",
-         "audio_url": f"{media_url}/voice.mp3", "face_bbox": box("portrait_halfbody.jpg", "face_bbox"),
-         "ext_bbox": box("portrait_halfbody.jpg", "ext_bbox"), "speaker": "Ada"},
-        {"row_id": "emoji", "model": "emoji-v1", "image_url": f"{media_url}/portrait_emoji.png",
-         "driven_id": "mengwa_kaixin", "face_bbox": box("portrait_emoji.png", "face_bbox"),
-         "ext_bbox": box("portrait_emoji.png", "ext_bbox"), "speaker": "Ben"},
-        {"row_id": "too-small", "model": "emo-v1", "image_url": f"{media_url}/tiny.png",
-         "audio_url": f"{media_url}/voice.wav", "face_bbox": "[10, 10, 200, 200]",
-         "ext_bbox": "[0, 0, 290, 290]", "speaker": "Cy"},
-        {"row_id": "face-pose", "model": "emo-v1",
-         "image_url": f"{media_url}/portrait_square.png?emulator_error=InvalidFile.FacePose",
-         "audio_url": f"{media_url}/voice.wav", "face_bbox": box("portrait_square.png", "face_bbox"),
-         "ext_bbox": box("portrait_square.png", "ext_bbox"), "speaker": "Eve"},
-        {"row_id": "invalid", "model": "emo-v1", "image_url": f"{media_url}/portrait_square.png",
-         "face_bbox": "[1, 2, 3]", "ext_bbox": "[0, 0, 100, 100]", "speaker": "Dee"},
-    ]  # fmt: skip
+        {
+            "row_id": "square",
+            "model": "emo-v1",
+            "image_url": f"{media_url}/portrait_square.png",
+            "audio_url": f"{media_url}/voice.wav",
+            "face_bbox": box("portrait_square.png", "face_bbox"),
+            "ext_bbox": box("portrait_square.png", "ext_bbox"),
+            "style_level": "calm",
+            "speaker": "Ada",
+        },
+        {
+            "row_id": "halfbody",
+            "model": "emo-v1",
+            "image_url": f"{media_url}/portrait_halfbody.jpg",
+            "audio_url": f"{media_url}/voice.mp3",
+            "face_bbox": box("portrait_halfbody.jpg", "face_bbox"),
+            "ext_bbox": box("portrait_halfbody.jpg", "ext_bbox"),
+            "speaker": "Ada",
+        },
+        {
+            "row_id": "emoji",
+            "model": "emoji-v1",
+            "image_url": f"{media_url}/portrait_emoji.png",
+            "driven_id": "mengwa_kaixin",
+            "face_bbox": box("portrait_emoji.png", "face_bbox"),
+            "ext_bbox": box("portrait_emoji.png", "ext_bbox"),
+            "speaker": "Ben",
+        },
+        {
+            "row_id": "too-small",
+            "model": "emo-v1",
+            "image_url": f"{media_url}/tiny.png",
+            "audio_url": f"{media_url}/voice.wav",
+            "face_bbox": "[10, 10, 200, 200]",
+            "ext_bbox": "[0, 0, 290, 290]",
+            "speaker": "Cy",
+        },
+        {
+            "row_id": "face-pose",
+            "model": "emo-v1",
+            "image_url": f"{media_url}/portrait_square.png?emulator_error=InvalidFile.FacePose",
+            "audio_url": f"{media_url}/voice.wav",
+            "face_bbox": box("portrait_square.png", "face_bbox"),
+            "ext_bbox": box("portrait_square.png", "ext_bbox"),
+            "speaker": "Eve",
+        },
+        {
+            "row_id": "invalid",
+            "model": "emo-v1",
+            "image_url": f"{media_url}/portrait_square.png",
+            "face_bbox": "[1, 2, 3]",
+            "ext_bbox": "[0, 0, 100, 100]",
+            "speaker": "Dee",
+        },
+    ]
     pd.DataFrame(rows).to_csv(path, index=False)
     return path
 
@@ -85,8 +121,14 @@ def test_dag_generates_both_models_and_never_pays_twice(
 
     first = _run(table, output_root, 1)
     status = dict(zip(first["row_id"], first["status"], strict=True))
-    assert status == {"square": "succeeded", "halfbody": "succeeded", "emoji": "succeeded",
-                      "too-small": "failed", "face-pose": "failed", "invalid": "failed"}  # fmt: skip
+    assert status == {
+        "square": "succeeded",
+        "halfbody": "succeeded",
+        "emoji": "succeeded",
+        "too-small": "failed",
+        "face-pose": "failed",
+        "invalid": "failed",
+    }
     by_id = first.set_index("row_id")
     assert by_id.loc["square", "video_ratio"] == "1:1"
     assert by_id.loc["halfbody", "video_ratio"] == "3:4"
@@ -146,9 +188,17 @@ def test_budget_cap_is_never_passed(
 ) -> None:
     media_url, boxes = media
     box = boxes["portrait_halfbody.jpg"]
-    rows = [{"row_id": f"b{i}", "model": "emo-v1", "image_url": f"{media_url}/portrait_halfbody.jpg?row={i}",
-             "audio_url": f"{media_url}/voice.wav", "face_bbox": json.dumps(box["face_bbox"]),
-             "ext_bbox": json.dumps(box["ext_bbox"])} for i in range(4)]  # fmt: skip
+    rows = [
+        {
+            "row_id": f"b{i}",
+            "model": "emo-v1",
+            "image_url": f"{media_url}/portrait_halfbody.jpg?row={i}",
+            "audio_url": f"{media_url}/voice.wav",
+            "face_bbox": json.dumps(box["face_bbox"]),
+            "ext_bbox": json.dumps(box["ext_bbox"]),
+        }
+        for i in range(4)
+    ]
     table = tmp_path / "budget.csv"
     pd.DataFrame(rows).to_csv(table, index=False)
     cap = 0.30  # each 3:4 row costs ~5.3 s x 0.022937 = ~0.1216 USD: two fit, four don't
@@ -176,8 +226,10 @@ def test_rows_spread_over_two_keys_each_waited_on_with_its_own_key(
     second_key = "sk-dag-test-second-key-42"
     with EmulatorServer(api_keys=[KEY, second_key], port=0, speed=2000) as emulator:
         for conn_id, key in (("DASHSCOPE_DEFAULT", KEY), ("DASHSCOPE_KEY2", second_key)):
-            monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id}",
-                               json.dumps({"conn_type": "dashscope", "host": emulator.base_url, "password": key}))
+            monkeypatch.setenv(
+                f"AIRFLOW_CONN_{conn_id}",
+                json.dumps({"conn_type": "dashscope", "host": emulator.base_url, "password": key}),
+            )
         outcomes = _run(table, tmp_path / "out", 5, extra_dashscope_conn_ids=["dashscope_key2"]).set_index("row_id")
         tasks = {t["task_id"]: t for t in emulator.tasks()}
         queries = [r for r in emulator.request_log() if "/tasks/" in r["path"]]
@@ -220,7 +272,11 @@ def _assert_key_never_leaked(output_root: Path) -> None:
 
 
 def test_outputs_on_s3(
-    airflow_db: str, emulator: EmulatorServer, media: tuple[str, dict], moto_s3: str, tmp_path: Path,
+    airflow_db: str,
+    emulator: EmulatorServer,
+    media: tuple[str, dict],
+    moto_s3: str,
+    tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Ledger, videos and outcomes on an S3 API (moto on 127.0.0.1) through ``aws_default``."""
@@ -229,20 +285,33 @@ def test_outputs_on_s3(
     from tests.conftest import S3_BUCKET
 
     extra = {"endpoint_url": moto_s3, "region_name": "us-east-1"}
-    monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", json.dumps(
-        {"conn_type": "aws", "login": "testing", "password": "testing", "extra": extra}))
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_AWS_DEFAULT",
+        json.dumps({"conn_type": "aws", "login": "testing", "password": "testing", "extra": extra}),
+    )
     media_url, boxes = media
     table = _table(tmp_path / "table.csv", media_url, boxes)
     root = f"s3://{S3_BUCKET}/e2e"
-    s3 = boto3.client("s3", endpoint_url=moto_s3, region_name="us-east-1", aws_access_key_id="testing",
-                      aws_secret_access_key="testing")  # fmt: skip
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=moto_s3,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
 
     from airflow.dag_processing.dagbag import DagBag
 
     dag = DagBag(str(REPO_ROOT / "dags")).get_dag("talking_heads")
-    dag.test(logical_date=datetime(2026, 11, 5, tzinfo=UTC),
-             run_conf={"input_table": str(table), "output_root": root, "poll_interval_seconds": 0.2,
-                       "storage_conn_id": "aws_default"})
+    dag.test(
+        logical_date=datetime(2026, 11, 5, tzinfo=UTC),
+        run_conf={
+            "input_table": str(table),
+            "output_root": root,
+            "poll_interval_seconds": 0.2,
+            "storage_conn_id": "aws_default",
+        },
+    )
     keys = {o["Key"] for o in s3.list_objects_v2(Bucket=S3_BUCKET, Prefix="e2e/")["Contents"]}
     assert {"e2e/videos/square.mp4", "e2e/videos/halfbody.mp4", "e2e/videos/emoji.mp4"} <= keys
     assert {"e2e/state/square.json", "e2e/state/emoji.json"} <= keys

@@ -43,16 +43,21 @@ class Media:
             "emoji": ("portrait_emoji.png", None, "emoji-v1", {"driven_id": "mengwa_kaixin"}),
         }[kind]
         row = {
-            "row_id": row_id, "model": model, "image_url": f"{self.url}/{image}?row={row_id}",
+            "row_id": row_id,
+            "model": model,
+            "image_url": f"{self.url}/{image}?row={row_id}",
             "audio_url": f"{self.url}/{audio}" if audio else None,
             "face_bbox": json.dumps(self.boxes[image]["face_bbox"]),
             "ext_bbox": json.dumps(self.boxes[image]["ext_bbox"]),
-            "style_level": None, "driven_id": None, **extra,
-        }  # fmt: skip
+            "style_level": None,
+            "driven_id": None,
+            **extra,
+        }
         return {**row, **changes}
 
 
 # -- running the DAG -------------------------------------------------------------------------------
+
 
 def talking_heads_dag() -> Any:
     """The DAG, parsed afresh: ``dag.test(run_conf=...)`` leaves a run's conf in the DAG object's

@@ -25,10 +25,14 @@ import pytest
 from tests.reliability.harness import Media, count_leaks, run_dag, submits, write_table
 
 # Messages as the reference pages give them (pages 000/001, error codes).
-IMAGE_FORMAT = ("The request URL is invalid, please check the request URL is available and the request image "
-                "format is one of the following types: JPEG, JPG, PNG, BMP, and WEBP.")  # fmt: skip
-RESOLUTION = ("The image resolution is invalid, please make sure that the largest length of image is smaller "
-              "than 7000, and the smallest length of image is larger than 400.")  # fmt: skip
+IMAGE_FORMAT = (
+    "The request URL is invalid, please check the request URL is available and the request image "
+    "format is one of the following types: JPEG, JPG, PNG, BMP, and WEBP."
+)
+RESOLUTION = (
+    "The image resolution is invalid, please make sure that the largest length of image is smaller "
+    "than 7000, and the smallest length of image is larger than 400."
+)
 DOWNLOAD = "Unable to download the media resource during the data inspection process."
 AUDIO_LONG = "The input audio is longer than 60s!"
 AUDIO_SIZE = "File size is larger than 15MB."
@@ -73,11 +77,20 @@ def _rows(media: Media, bad_url: str) -> tuple[list[dict[str, Any]], dict[str, t
         return f"{url}{'&' if '?' in url else '?'}row={row_id}"
 
     api_row("image-format", "InvalidURL", IMAGE_FORMAT, image_url=with_row(f"{bad_url}/not_image.png", "image-format"))
-    api_row("image-too-small", "InvalidFile.Resolution", RESOLUTION,
-            image_url=with_row(f"{media.url}/tiny.png", "image-too-small"),
-            face_bbox="[10, 10, 200, 200]", ext_bbox="[0, 0, 290, 290]")  # fmt: skip
-    api_row("image-missing", "InvalidParameter.DataInspection", DOWNLOAD,
-            image_url=with_row(f"{media.url}/no-such-file.png", "image-missing"))  # fmt: skip
+    api_row(
+        "image-too-small",
+        "InvalidFile.Resolution",
+        RESOLUTION,
+        image_url=with_row(f"{media.url}/tiny.png", "image-too-small"),
+        face_bbox="[10, 10, 200, 200]",
+        ext_bbox="[0, 0, 290, 290]",
+    )
+    api_row(
+        "image-missing",
+        "InvalidParameter.DataInspection",
+        DOWNLOAD,
+        image_url=with_row(f"{media.url}/no-such-file.png", "image-missing"),
+    )
     api_row("audio-too-long", "InvalidURL", AUDIO_LONG, audio_url=f"{media.url}/long.wav")
     api_row("audio-too-big", "InvalidURL", AUDIO_SIZE, audio_url=f"{bad_url}/huge.mp3")
     api_row("audio-wrong-type", "InvalidURL", AUDIO_TYPE, audio_url=f"{media.url}/not_audio.ogg")
@@ -88,8 +101,13 @@ def _rows(media: Media, bad_url: str) -> tuple[list[dict[str, Any]], dict[str, t
         base = media.row(row_id, kind)["image_url"]
         api_row(row_id, code, message, kind, image_url=f"{base}&emulator_error={code}")
     base = media.row("detect-multi", "emo-halfbody")["image_url"]
-    api_row("detect-multi", "InvalidFile.Content", MULTI_BODY, "emo-halfbody",
-            image_url=f"{base}&emulator_error=InvalidFile.Content.multi")  # fmt: skip
+    api_row(
+        "detect-multi",
+        "InvalidFile.Content",
+        MULTI_BODY,
+        "emo-halfbody",
+        image_url=f"{base}&emulator_error=InvalidFile.Content.multi",
+    )
 
     succeed = {"ok-emo", "ok-emoji"}
     rows += [media.row("ok-emo", "emo-halfbody"), media.row("ok-emoji", "emoji")]
@@ -103,8 +121,12 @@ def _rows(media: Media, bad_url: str) -> tuple[list[dict[str, Any]], dict[str, t
     return rows, expected, succeed
 
 
-INVALID_FIELDS = {"invalid-style": "style_level", "invalid-ratio": "ext_bbox", "invalid-driven": "driven_id",
-                  "invalid-audio": "audio_url"}  # fmt: skip
+INVALID_FIELDS = {
+    "invalid-style": "style_level",
+    "invalid-ratio": "ext_bbox",
+    "invalid-driven": "driven_id",
+    "invalid-audio": "audio_url",
+}
 
 
 @pytest.mark.timeout(600)
@@ -133,8 +155,10 @@ def test_every_documented_error_code_ends_its_row_with_that_code(
     assert Counter(r["row"] for r in sent if r["task_id"]) == dict.fromkeys([*expected, *succeed], 1)
     assert not {r["row"] for r in sent} & set(INVALID_FIELDS)  # nothing invalid reached the service
     failed_tasks = {t["task_id"]: t for t in emulator.tasks() if t["status"] == "FAILED"}
-    service_said = {r: (failed_tasks[by_id.loc[r, "task_id"]]["code"], failed_tasks[by_id.loc[r, "task_id"]]["message"])
-                    for r in expected}  # fmt: skip
+    service_said = {
+        r: (failed_tasks[by_id.loc[r, "task_id"]]["code"], failed_tasks[by_id.loc[r, "task_id"]]["message"])
+        for r in expected
+    }
     assert service_said == expected  # the outcome carries exactly what the service reported
     billed = {line["task_id"] for line in emulator.billing()}
     assert billed == {by_id.loc[r, "task_id"] for r in succeed}  # failed tasks cost nothing
@@ -143,8 +167,9 @@ def test_every_documented_error_code_ends_its_row_with_that_code(
     wrong_key = {"conn_type": "dashscope", "host": emulator.base_url, "password": "sk-wrong"}
     monkeypatch.setenv("AIRFLOW_CONN_DASHSCOPE_WRONG_KEY", json.dumps(wrong_key))
     tasks_before, mark = len(emulator.tasks()), len(emulator.request_log())
-    _, refused = run_dag(table, tmp_path / "out-wrong-key", dashscope_conn_id="dashscope_wrong_key",
-                         preflight_checks=False)  # fmt: skip
+    _, refused = run_dag(
+        table, tmp_path / "out-wrong-key", dashscope_conn_id="dashscope_wrong_key", preflight_checks=False
+    )
     assert len(refused) == len(rows)
     sendable = refused[~refused["row_id"].isin(list(INVALID_FIELDS))]
     assert set(sendable["code"]) == {"InvalidApiKey"} and set(sendable["status"]) == {"failed"}
@@ -158,10 +183,12 @@ def test_every_documented_error_code_ends_its_row_with_that_code(
     leaks = count_leaks(tmp_path / "out") + count_leaks(tmp_path / "out-wrong-key", key="sk-wrong")
     assert leaks == 0
     codes = Counter(c for c, _ in expected.values()) + Counter({"InvalidApiKey": 1})
-    print(f"\nERROR-CODES rows={len(rows)} api_codes={len(codes)} {dict(codes)} "
-          f"validation_refusals={len(INVALID_FIELDS)} "
-          f"outcomes_recorded={len(outcomes) + len(refused)} invalid_submits=0 failed_tasks_billed=0 leaks={leaks} "
-          f"wall={time.monotonic() - started:.1f}s")
+    print(
+        f"\nERROR-CODES rows={len(rows)} api_codes={len(codes)} {dict(codes)} "
+        f"validation_refusals={len(INVALID_FIELDS)} "
+        f"outcomes_recorded={len(outcomes) + len(refused)} invalid_submits=0 failed_tasks_billed=0 leaks={leaks} "
+        f"wall={time.monotonic() - started:.1f}s"
+    )
 
 
 def test_table_rows_cover_every_code_the_emulator_documents(media: Media) -> None:

@@ -95,10 +95,12 @@ def test_result_url_expired_before_download_fails_billed_once_and_is_not_regener
     assert bills == dict.fromkeys(ROWS, 1)
     leaks = count_leaks(output_root)
     assert leaks == 0
-    print(f"\nEXPIRY-URL rows={len(ROWS)} runs=3 faults_injected=1 (clock +{DAY_AND_A_MINUTE}s) "
-          f"outcomes_recorded={len(first) + len(second) + len(third)} codes={dict(Counter(second['code']))} "
-          f"tasks={sum(len(t) for t in tasks_by_row(emulator).values())} bills={sum(bills.values())} "
-          f"double_bills={sum(n > 1 for n in bills.values())} leaks={leaks} wall={time.monotonic() - started:.1f}s")
+    print(
+        f"\nEXPIRY-URL rows={len(ROWS)} runs=3 faults_injected=1 (clock +{DAY_AND_A_MINUTE}s) "
+        f"outcomes_recorded={len(first) + len(second) + len(third)} codes={dict(Counter(second['code']))} "
+        f"tasks={sum(len(t) for t in tasks_by_row(emulator).values())} bills={sum(bills.values())} "
+        f"double_bills={sum(n > 1 for n in bills.values())} leaks={leaks} wall={time.monotonic() - started:.1f}s"
+    )
 
 
 def _run_until_unknown(emulator: Any, media: Media, tmp_path: Path) -> tuple[Path, Path, pd.DataFrame, int]:
@@ -139,11 +141,13 @@ def test_task_id_gone_unknown_fails_with_the_reason_and_is_not_resubmitted(
     leaks = count_leaks(output_root)
     assert leaks == 0
     bills = bills_by_row(emulator)
-    print(f"\nEXPIRY-UNKNOWN rows={len(ROWS)} runs=2 faults_injected=1 (clock +{DAY_AND_A_MINUTE}s) "
-          f"outcomes_recorded={2 * len(ROWS)} codes={dict(Counter(second['code']))} queries={len(queries)} "
-          f"resubmits=0 tasks={sum(len(t) for t in tasks.values())} service_bills={sum(bills.values())} "
-          f"reported_cost_rows={int(second['cost_usd'].notna().sum())} double_bills=0 leaks={leaks} "
-          f"wall={time.monotonic() - started:.1f}s")
+    print(
+        f"\nEXPIRY-UNKNOWN rows={len(ROWS)} runs=2 faults_injected=1 (clock +{DAY_AND_A_MINUTE}s) "
+        f"outcomes_recorded={2 * len(ROWS)} codes={dict(Counter(second['code']))} queries={len(queries)} "
+        f"resubmits=0 tasks={sum(len(t) for t in tasks.values())} service_bills={sum(bills.values())} "
+        f"reported_cost_rows={int(second['cost_usd'].notna().sum())} double_bills=0 leaks={leaks} "
+        f"wall={time.monotonic() - started:.1f}s"
+    )
 
 
 def test_rerun_after_unknown_does_not_pay_again_unasked(
@@ -154,9 +158,11 @@ def test_rerun_after_unknown_does_not_pay_again_unasked(
     assert bills_by_row(emulator) == dict.fromkeys(ROWS, 1)
     mark = len(emulator.request_log())
     _, third = run_dag(table, output_root)
-    print(f"\nEXPIRY-UNKNOWN-RERUN rows={len(ROWS)} statuses={dict(Counter(third['status']))} "
-          f"resubmits={len([r for r in submits(emulator, mark) if r['task_id']])} "
-          f"service_bills={dict(bills_by_row(emulator))}")
+    print(
+        f"\nEXPIRY-UNKNOWN-RERUN rows={len(ROWS)} statuses={dict(Counter(third['status']))} "
+        f"resubmits={len([r for r in submits(emulator, mark) if r['task_id']])} "
+        f"service_bills={dict(bills_by_row(emulator))}"
+    )
     assert [r for r in submits(emulator, mark) if r["task_id"]] == []
 
 
@@ -168,10 +174,27 @@ def test_cost_report_counts_the_seconds_billed_for_an_expired_result(tmp_path: P
     run_id = "manual__2027-01-01T00:00:00+00:00"
     ledger = RowLedger(str(tmp_path))
     common = {"model": "emo-v1", "billed": True, "video_ratio": "1:1", "run_id": run_id}
-    ledger.put(RowState(row_id="stored", state="succeeded", task_id="t-1", video_duration=5.0,
-                        video_uri=str(tmp_path / "videos" / "stored.mp4"), **common))  # fmt: skip
-    ledger.put(RowState(row_id="expired", state="failed", task_id="t-2", video_duration=4.0, code="ResultExpired",
-                        message="DashScope result URL is no longer valid (HTTP 403)", **common))  # fmt: skip
+    ledger.put(
+        RowState(
+            row_id="stored",
+            state="succeeded",
+            task_id="t-1",
+            video_duration=5.0,
+            video_uri=str(tmp_path / "videos" / "stored.mp4"),
+            **common,
+        )
+    )
+    ledger.put(
+        RowState(
+            row_id="expired",
+            state="failed",
+            task_id="t-2",
+            video_duration=4.0,
+            code="ResultExpired",
+            message="DashScope result URL is no longer valid (HTTP 403)",
+            **common,
+        )
+    )
     plan = [{"row_id": r, "model": "emo-v1", "plan": "generate", "columns": {}} for r in ("stored", "expired")]
     outcomes = build_outcomes(plan, ledger, run_id)
     by_id = outcomes.set_index("row_id")

@@ -72,8 +72,9 @@ def test_faults_never_double_bill_and_uncertain_rows_are_sent_once(
 
     # Every other row succeeded despite the 5xx: those are retried; the dropped queries are retried too.
     others = [r for r in row_ids if r not in dropped]
-    not_succeeded = {r: (by_id.loc[r, "code"], by_id.loc[r, "message"]) for r in others
-                     if by_id.loc[r, "status"] != "succeeded"}  # fmt: skip
+    not_succeeded = {
+        r: (by_id.loc[r, "code"], by_id.loc[r, "message"]) for r in others if by_id.loc[r, "status"] != "succeeded"
+    }
     assert not_succeeded == {}
     tasks = tasks_by_row(emulator)
     assert max(len(t) for t in tasks.values()) == 1  # at most one task per row: nothing was sent twice
@@ -119,8 +120,10 @@ def test_faults_never_double_bill_and_uncertain_rows_are_sent_once(
     assert leaks == 0
     outcomes = len(first) + len(second) + len(third)
     throttled = sum(r["status"] == 429 for r in sent_1)
-    print(f"\nFAULTS rows={ROWS} runs=3 faults_injected={sum(injected.values())} {dict(injected)} "
-          f"submits_run1={len(sent_1)} throttled_429={throttled} tasks={sum(len(t) for t in tasks.values())} "
-          f"succeeded={len(others)} uncertain={len(dropped)} outcomes_recorded={outcomes} "
-          f"double_bills={double_bills} resent_on_request={sum(resent.values())} "
-          f"paid_twice_on_request={len(paid_twice)} leaks={leaks} wall={time.monotonic() - started:.1f}s")
+    print(
+        f"\nFAULTS rows={ROWS} runs=3 faults_injected={sum(injected.values())} {dict(injected)} "
+        f"submits_run1={len(sent_1)} throttled_429={throttled} tasks={sum(len(t) for t in tasks.values())} "
+        f"succeeded={len(others)} uncertain={len(dropped)} outcomes_recorded={outcomes} "
+        f"double_bills={double_bills} resent_on_request={sum(resent.values())} "
+        f"paid_twice_on_request={len(paid_twice)} leaks={leaks} wall={time.monotonic() - started:.1f}s"
+    )

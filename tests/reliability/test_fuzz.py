@@ -48,11 +48,39 @@ def _catalogue() -> list[Case]:
         cases.append(Case(label, kind, changes, field, csv))
 
     # row_id: empty, blank, missing, unsafe as a file name, too long, not ASCII, wrong types.
-    for i, value in enumerate([
-        "", "   ", "../x", "../../etc/passwd", "a/b", "a\\b", "..", ".", ".hidden", "-x", "_x", "x" * 129,
-        "y" * 5000, "名前", "row😀", "a b", "tab\tid", "x:y", "%2e%2e%2f", "~root", "$(rm -rf ~)", "x;y",
-        "a*b", "\uff52\uff4f\uff57\uff11", "é", "row\u200bid", "/abs", "C:\\x", "-1",
-    ]):  # fmt: skip
+    for i, value in enumerate(
+        [
+            "",
+            "   ",
+            "../x",
+            "../../etc/passwd",
+            "a/b",
+            "a\\b",
+            "..",
+            ".",
+            ".hidden",
+            "-x",
+            "_x",
+            "x" * 129,
+            "y" * 5000,
+            "名前",
+            "row😀",
+            "a b",
+            "tab\tid",
+            "x:y",
+            "%2e%2e%2f",
+            "~root",
+            "$(rm -rf ~)",
+            "x;y",
+            "a*b",
+            "\uff52\uff4f\uff57\uff11",
+            "é",
+            "row\u200bid",
+            "/abs",
+            "C:\\x",
+            "-1",
+        ]
+    ):
         add(f"row_id#{i}", {"row_id": value}, "row_id")
     add("row_id-none", {"row_id": None}, "row_id", csv=False)
     add("row_id-nan", {"row_id": NAN}, "row_id", csv=False)
@@ -61,17 +89,45 @@ def _catalogue() -> list[Case]:
     add("row_id-negative", {"row_id": -7}, "row_id", csv=False)
     add("row_id-nul", {"row_id": "nul\x00id"}, "row_id", csv=False)
     # model
-    for i, value in enumerate(["", "emo-v2", "EMO-V1", "emo-v1 ", " emoji-v1", "wanx-v1", "emo\u2010v1", "NaN",
-                               "null", "emo-v1;drop table", "42"]):
+    for i, value in enumerate(
+        [
+            "",
+            "emo-v2",
+            "EMO-V1",
+            "emo-v1 ",
+            " emoji-v1",
+            "wanx-v1",
+            "emo\u2010v1",
+            "NaN",
+            "null",
+            "emo-v1;drop table",
+            "42",
+        ]
+    ):
         add(f"model#{i}", {"model": value}, "model")
     for i, value in enumerate([None, NAN, 42, 3.14, ["emo-v1"], {"m": 1}, True]):
         add(f"model-type#{i}", {"model": value}, "model", csv=False)
     # image_url: missing, not http(s), not a URL.
-    for i, value in enumerate([
-        "", "ftp://h/x.png", "file:///etc/passwd", "javascript:alert(1)", "//h/x.png", "portrait.png", "http://",
-        "http:// x", "s3://b/x.png", "oss://b/x.png", "data:image/png;base64,AAAA", "http:/h/x.png", "httpx://h",
-        "\uff48\uff54\uff54\uff50://h/x.png", "12345", "mailto:a@b.c",
-    ]):  # fmt: skip
+    for i, value in enumerate(
+        [
+            "",
+            "ftp://h/x.png",
+            "file:///etc/passwd",
+            "javascript:alert(1)",
+            "//h/x.png",
+            "portrait.png",
+            "http://",
+            "http:// x",
+            "s3://b/x.png",
+            "oss://b/x.png",
+            "data:image/png;base64,AAAA",
+            "http:/h/x.png",
+            "httpx://h",
+            "\uff48\uff54\uff54\uff50://h/x.png",
+            "12345",
+            "mailto:a@b.c",
+        ]
+    ):
         add(f"image_url#{i}", {"image_url": value}, "image_url")
     add("image_url-int", {"image_url": 12345}, "image_url", csv=False)
     add("image_url-none", {"image_url": None}, "image_url", csv=False)
@@ -84,11 +140,28 @@ def _catalogue() -> list[Case]:
     add("audio_url-emoji", {"audio_url": "http://h/a.wav"}, "audio_url/style_level", kind="emoji")
     # face_bbox / ext_bbox: wrong length, not JSON, not integers, negative, inverted, empty, nested, NaN.
     bad_boxes = [
-        "[1, 2, 3]", "[1, 2, 3, 4, 5]", "[]", "not json", "[1.5, 2, 3, 4]", "[-1, 220, 550, 560]",
-        "[550, 560, 250, 220]", "[5, 5, 5, 5]", "[true, 0, 1, 1]", '["1", "2", "3", "4"]', '{"x": 1}', "[NaN, 0, 1, 1]",
-        "[Infinity, 0, 10, 10]", "[1e400, 0, 10, 10]", "null", "[[1, 2], [3, 4]]", "NaN", "[0, 0, 10, 10",
-        "[" + "9" * 5000 + ", 0, 1, 1]", "(1, 2, 3, 4)", "1,2,3,4",
-    ]  # fmt: skip
+        "[1, 2, 3]",
+        "[1, 2, 3, 4, 5]",
+        "[]",
+        "not json",
+        "[1.5, 2, 3, 4]",
+        "[-1, 220, 550, 560]",
+        "[550, 560, 250, 220]",
+        "[5, 5, 5, 5]",
+        "[true, 0, 1, 1]",
+        '["1", "2", "3", "4"]',
+        '{"x": 1}',
+        "[NaN, 0, 1, 1]",
+        "[Infinity, 0, 10, 10]",
+        "[1e400, 0, 10, 10]",
+        "null",
+        "[[1, 2], [3, 4]]",
+        "NaN",
+        "[0, 0, 10, 10",
+        "[" + "9" * 5000 + ", 0, 1, 1]",
+        "(1, 2, 3, 4)",
+        "1,2,3,4",
+    ]
     for i, value in enumerate(bad_boxes):
         add(f"face_bbox#{i}", {"face_bbox": value}, "face_bbox")
     for i, value in enumerate(bad_boxes[:8]):
@@ -129,7 +202,7 @@ def _random_cases(rnd: random.Random, count: int) -> list[Case]:
             cases.append(Case(f"random-row_id#{i}", rnd.choice(["emo-square", "emoji"]), {"row_id": text}, "row_id"))
         elif pick == 1:
             length = rnd.choice([0, 1, 2, 3, 5, 6, 8])
-            box = json.dumps([rnd.randrange(-10**6, 10**6) for _ in range(length)])
+            box = json.dumps([rnd.randrange(-(10**6), 10**6) for _ in range(length)])
             cases.append(Case(f"random-length#{i}", "emo-square", {"face_bbox": box}, "face_bbox"))
         else:
             x1, y1 = rnd.randrange(0, 5000), rnd.randrange(0, 5000)
@@ -162,8 +235,11 @@ def _fuzz_rows(media: Media, cases: list[Case], valid: dict[str, str], seed: int
 
 
 def _missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value)) or (
-        isinstance(value, str) and not value.strip())
+    return (
+        value is None
+        or (isinstance(value, float) and math.isnan(value))
+        or (isinstance(value, str) and not value.strip())
+    )
 
 
 def _check_rejection(index: int, row_id: Any, field: str, outcome: dict[str, Any]) -> None:
@@ -190,8 +266,14 @@ def _plan(frame: pd.DataFrame, tmp_path: Path) -> list[dict[str, Any]]:
 def test_fuzzed_rows_are_each_refused_naming_row_and_field(media: Media, tmp_path: Path) -> None:
     started = time.monotonic()
     cases = _catalogue() + _random_cases(random.Random(SEED), 60)
-    valid = {"ok-emo": "emo-square", "ok-34": "emo-halfbody", "ok-emoji": "emoji", "A" * 128: "emo-square",
-             "007": "emoji", "NaN": "emo-square"}  # fmt: skip
+    valid = {
+        "ok-emo": "emo-square",
+        "ok-34": "emo-halfbody",
+        "ok-emoji": "emoji",
+        "A" * 128: "emo-square",
+        "007": "emoji",
+        "NaN": "emo-square",
+    }
     rows, fields = _fuzz_rows(media, cases, valid, SEED)
     invalid = sum(f is not None for f in fields)
     assert invalid >= 100
@@ -222,10 +304,12 @@ def test_fuzzed_rows_are_each_refused_naming_row_and_field(media: Media, tmp_pat
             _check_rejection(index, row["row_id"], field, entry["outcome"])
     codes = Counter(e.get("outcome", {}).get("code", "generate") for e in entries + entries_csv)
     malformed = invalid + sum(f is not None for f in text_fields)
-    print(f"\nFUZZ-ROWS rows={len(rows) + len(text_rows)} malformed={malformed} "
-          f"catalogue={len(_catalogue())} random={len(cases) - len(_catalogue())} valid={2 * len(valid)} "
-          f"outcomes_recorded={len(entries) + len(entries_csv)} codes={dict(codes)} crashes=0 "
-          f"wall={time.monotonic() - started:.1f}s")
+    print(
+        f"\nFUZZ-ROWS rows={len(rows) + len(text_rows)} malformed={malformed} "
+        f"catalogue={len(_catalogue())} random={len(cases) - len(_catalogue())} valid={2 * len(valid)} "
+        f"outcomes_recorded={len(entries) + len(entries_csv)} codes={dict(codes)} crashes=0 "
+        f"wall={time.monotonic() - started:.1f}s"
+    )
 
 
 @pytest.mark.parametrize(
@@ -241,11 +325,23 @@ def test_huge_or_absurd_bboxes_are_refused_per_row(face_bbox: str, ext_bbox: str
     from talking_heads.validation import validate_records
 
     rows = [
-        {"row_id": "bad", "model": "emo-v1", "image_url": "http://h/x.png", "audio_url": "http://h/a.wav",
-         "face_bbox": face_bbox, "ext_bbox": ext_bbox},
-        {"row_id": "good", "model": "emo-v1", "image_url": "http://h/x.png", "audio_url": "http://h/a.wav",
-         "face_bbox": SQUARE[0], "ext_bbox": SQUARE[1]},
-    ]  # fmt: skip
+        {
+            "row_id": "bad",
+            "model": "emo-v1",
+            "image_url": "http://h/x.png",
+            "audio_url": "http://h/a.wav",
+            "face_bbox": face_bbox,
+            "ext_bbox": ext_bbox,
+        },
+        {
+            "row_id": "good",
+            "model": "emo-v1",
+            "image_url": "http://h/x.png",
+            "audio_url": "http://h/a.wav",
+            "face_bbox": SQUARE[0],
+            "ext_bbox": SQUARE[1],
+        },
+    ]
     valid, rejected = validate_records(rows)
     assert [request.row_id for _, request in valid] == ["good"]
     assert len(rejected) == 1 and "field '" in rejected[0].message and "bbox" in rejected[0].message
@@ -298,11 +394,14 @@ def test_unusable_tables_raise_input_table_error_naming_the_table(tmp_path: Path
     assert _plan(read_input_table(str(header_only)), tmp_path) == []
     # A UTF-8 byte-order mark (as spreadsheet exports write) does not hide the first column.
     bom = tmp_path / "bom.csv"
-    bom.write_bytes(b"\xef\xbb\xbfrow_id,model,image_url,audio_url,face_bbox,ext_bbox\n"
-                    b'r1,emo-v1,http://h/x.png,http://h/a.wav,"[250, 220, 550, 560]","[100, 100, 700, 700]"\n')
+    bom.write_bytes(
+        b"\xef\xbb\xbfrow_id,model,image_url,audio_url,face_bbox,ext_bbox\n"
+        b'r1,emo-v1,http://h/x.png,http://h/a.wav,"[250, 220, 550, 560]","[100, 100, 700, 700]"\n'
+    )
     assert [e["plan"] for e in _plan(read_input_table(str(bom)), tmp_path)] == ["generate"]
-    print(f"\nFUZZ-TABLES tables={len(paths) + 2} refused={len(paths)} accepted=2 "
-          f"wall={time.monotonic() - started:.1f}s")
+    print(
+        f"\nFUZZ-TABLES tables={len(paths) + 2} refused={len(paths)} accepted=2 wall={time.monotonic() - started:.1f}s"
+    )
 
 
 @pytest.mark.parametrize("columns", [["a", "b"], ["row_id", "model", "image_url", "audio_url"], ["ROW_ID", "Model"]])
@@ -332,8 +431,14 @@ def test_fuzzed_table_end_to_end(airflow_db: str, emulator: Any, media: Media, t
     started = time.monotonic()
     # One text case per kind of mistake (the catalogue's CSV-safe cases), plus the valid rows.
     cases = [c for c in _catalogue() if c.csv]
-    valid = {"ok-emo": "emo-square", "ok-34": "emo-halfbody", "ok-emoji": "emoji", "B" * 128: "emoji",
-             "007": "emoji", "NaN": "emo-square"}  # fmt: skip
+    valid = {
+        "ok-emo": "emo-square",
+        "ok-34": "emo-halfbody",
+        "ok-emoji": "emoji",
+        "B" * 128: "emoji",
+        "007": "emoji",
+        "NaN": "emo-square",
+    }
     rows, fields = _fuzz_rows(media, cases, valid, SEED + 2)
     for row in rows:
         row["speaker"] = "Zoë 🎤 名前"  # an extra column, carried through untouched
@@ -362,9 +467,11 @@ def test_fuzzed_table_end_to_end(airflow_db: str, emulator: Any, media: Media, t
     leaks = count_leaks(output_root)
     assert leaks == 0
     invalid = sum(f is not None for f in fields)
-    print(f"\nFUZZ-DAG rows={len(rows)} malformed={invalid} valid={len(valid)} outcomes_recorded={len(outcomes)} "
-          f"statuses={dict(Counter(outcomes['status']))} submits={len(sent)} invalid_submits=0 double_bills=0 "
-          f"leaks={leaks} wall={time.monotonic() - started:.1f}s")
+    print(
+        f"\nFUZZ-DAG rows={len(rows)} malformed={invalid} valid={len(valid)} outcomes_recorded={len(outcomes)} "
+        f"statuses={dict(Counter(outcomes['status']))} submits={len(sent)} invalid_submits=0 double_bills=0 "
+        f"leaks={leaks} wall={time.monotonic() - started:.1f}s"
+    )
 
 
 def task_rows(emulator: Any) -> list[str]:

@@ -33,18 +33,28 @@ def store(moto_s3: str, monkeypatch: pytest.MonkeyPatch) -> Any:
     with FaultyS3Proxy(moto_s3) as proxy:
         # Fewer botocore retries than its default (s3fs retries on top): a store that stays down fails a
         # try in seconds, not a minute; the behaviour under test is the same.
-        extra = {"endpoint_url": proxy.url, "region_name": "us-east-1",
-                 "config_kwargs": {"retries": {"max_attempts": 2, "mode": "standard"}}}
-        monkeypatch.setenv("AIRFLOW_CONN_S3_FLAKY", json.dumps(
-            {"conn_type": "aws", "login": "testing", "password": "testing", "extra": extra}))  # fmt: skip
+        extra = {
+            "endpoint_url": proxy.url,
+            "region_name": "us-east-1",
+            "config_kwargs": {"retries": {"max_attempts": 2, "mode": "standard"}},
+        }
+        monkeypatch.setenv(
+            "AIRFLOW_CONN_S3_FLAKY",
+            json.dumps({"conn_type": "aws", "login": "testing", "password": "testing", "extra": extra}),
+        )
         yield proxy
 
 
 def _s3(moto_s3: str) -> Any:
     import boto3
 
-    return boto3.client("s3", endpoint_url=moto_s3, region_name="us-east-1", aws_access_key_id="testing",
-                        aws_secret_access_key="testing")  # fmt: skip
+    return boto3.client(
+        "s3",
+        endpoint_url=moto_s3,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
 
 
 def _videos(s3: Any, bucket: str, prefix: str) -> dict[str, bytes]:
@@ -81,7 +91,7 @@ def test_upload_cut_midway_is_retried_and_never_leaves_a_partial_video(
     # -- transient: the first two video uploads are cut half-way, then the store is fine -----------------
     store.cut_uploads = 2
     prefix = "store-faults/transient"
-    run_id, _ = run_dag(table, f"s3://{S3_BUCKET}/{prefix}", storage_conn_id="s3_flaky")  # fmt: skip
+    run_id, _ = run_dag(table, f"s3://{S3_BUCKET}/{prefix}", storage_conn_id="s3_flaky")
     transient_cuts = len(store.cuts)
     assert transient_cuts == 2
     outcomes = _read_outcomes(s3, S3_BUCKET, prefix, run_id).set_index("row_id")
@@ -99,7 +109,7 @@ def test_upload_cut_midway_is_retried_and_never_leaves_a_partial_video(
     prefix = "store-faults/down"
     # One row: each try of a store that stays down takes seconds (s3fs and botocore retry first).
     table_down = write_table(tmp_path / "down.csv", [media.row("d-r-square", "emo-square")])
-    run_id, _ = run_dag(table_down, f"s3://{S3_BUCKET}/{prefix}", storage_conn_id="s3_flaky")  # fmt: skip
+    run_id, _ = run_dag(table_down, f"s3://{S3_BUCKET}/{prefix}", storage_conn_id="s3_flaky")
     down_cuts = len(store.cuts) - transient_cuts
     outcomes = _read_outcomes(s3, S3_BUCKET, prefix, run_id).set_index("row_id")
     down_rows = ["d-r-square"]
@@ -115,7 +125,7 @@ def test_upload_cut_midway_is_retried_and_never_leaves_a_partial_video(
     # -- the store is back: a rerun stores the videos without generating them again ---------------------
     store.always_cut = False
     mark = len(emulator.request_log())
-    run_id, _ = run_dag(table_down, f"s3://{S3_BUCKET}/{prefix}", storage_conn_id="s3_flaky")  # fmt: skip
+    run_id, _ = run_dag(table_down, f"s3://{S3_BUCKET}/{prefix}", storage_conn_id="s3_flaky")
     outcomes = _read_outcomes(s3, S3_BUCKET, prefix, run_id).set_index("row_id")
     assert (outcomes.loc[down_rows, "status"] == "succeeded").all()
     assert submits(emulator, mark) == []  # nothing submitted: stored from the tasks already paid for
@@ -126,7 +136,9 @@ def test_upload_cut_midway_is_retried_and_never_leaves_a_partial_video(
 
     leaks = count_leaks(tmp_path)
     assert leaks == 0
-    print(f"\nSTORE-FAULTS rows={len(ROWS) + len(down_rows)} uploads_cut={len(store.cuts)} "
-          f"(transient={transient_cuts}, store_down={down_cuts}) partial_objects=0 "
-          f"store_failed_outcomes={len(down_rows)} "
-          f"regenerated_after_store_failure=0 double_bills=0 leaks={leaks} wall={time.monotonic() - started:.1f}s")
+    print(
+        f"\nSTORE-FAULTS rows={len(ROWS) + len(down_rows)} uploads_cut={len(store.cuts)} "
+        f"(transient={transient_cuts}, store_down={down_cuts}) partial_objects=0 "
+        f"store_failed_outcomes={len(down_rows)} "
+        f"regenerated_after_store_failure=0 double_bills=0 leaks={leaks} wall={time.monotonic() - started:.1f}s"
+    )

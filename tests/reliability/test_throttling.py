@@ -34,16 +34,22 @@ def emoji_input(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
     make_samples(folder)
     boxes = json.loads((folder / "samples.json").read_text())["portrait_emoji.png"]
     with serve_directory(folder, port=0) as url:
-        yield {"image_url": f"{url}/portrait_emoji.png", "driven_id": "mengwa_kaixin",
-               "face_bbox": boxes["face_bbox"], "ext_bbox": boxes["ext_bbox"]}  # fmt: skip
+        yield {
+            "image_url": f"{url}/portrait_emoji.png",
+            "driven_id": "mengwa_kaixin",
+            "face_bbox": boxes["face_bbox"],
+            "ext_bbox": boxes["ext_bbox"],
+        }
 
 
 def _connections(emulator: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """Per key, ``a_<k>`` and ``b_<k>``: the same service under two host names, so two rate limiters."""
     for name, key in KEYS.items():
         for conn, host in (("a", emulator.base_url), ("b", emulator.base_url.replace("127.0.0.1", "localhost"))):
-            monkeypatch.setenv(f"AIRFLOW_CONN_{conn.upper()}_{name.upper()}",
-                               json.dumps({"conn_type": "dashscope", "host": host, "password": key}))  # fmt: skip
+            monkeypatch.setenv(
+                f"AIRFLOW_CONN_{conn.upper()}_{name.upper()}",
+                json.dumps({"conn_type": "dashscope", "host": host, "password": key}),
+            )
 
 
 def _submit_all(name: str, task_input: dict[str, Any]) -> list[str]:
@@ -61,8 +67,9 @@ async def _wait_all(task_ids: dict[str, list[str]]) -> list[dict[str, Any]]:
     from dashscope_provider.triggers.dashscope import DashScopeTaskTrigger
 
     async def wait(conn_id: str, task_id: str) -> dict[str, Any]:
-        async for event in DashScopeTaskTrigger(task_id, dashscope_conn_id=conn_id, poll_interval=0.05,
-                                                timeout=240).run():  # fmt: skip
+        async for event in DashScopeTaskTrigger(
+            task_id, dashscope_conn_id=conn_id, poll_interval=0.05, timeout=240
+        ).run():
             return event.payload
         raise AssertionError("the trigger ended without an event")
 
@@ -87,8 +94,11 @@ def test_two_keys_over_their_limits_are_throttled_and_recover(
 
     fingerprints = {key_fingerprint(key): name for name, key in KEYS.items()}
     submits = Counter((fingerprints[r["key_fingerprint"]], r["status"]) for r in log if r["path"] == SUBMIT_PATH)
-    queries = Counter((fingerprints[r["key_fingerprint"]], r["status"]) for r in log
-                      if r["method"] == "GET" and r["path"].startswith("/api/v1/tasks/"))  # fmt: skip
+    queries = Counter(
+        (fingerprints[r["key_fingerprint"]], r["status"])
+        for r in log
+        if r["method"] == "GET" and r["path"].startswith("/api/v1/tasks/")
+    )
     figures = {}
     for name in KEYS:
         own = [t for t in tasks if fingerprints[t["key_fingerprint"]] == name]
@@ -99,13 +109,17 @@ def test_two_keys_over_their_limits_are_throttled_and_recover(
         assert submits[(name, 429)] > 0, f"{name}: no submit was throttled; the test did not push hard enough"
         assert queries[(name, 429)] > 0, f"{name}: no query was throttled; the test did not push hard enough"
         assert set(submits) | set(queries) <= {(k, s) for k in KEYS for s in (200, 429)}
-        figures[name] = (f"submit_429={submits[(name, 429)]} query_429={queries[(name, 429)]} "
-                         f"queries_200={queries[(name, 200)]}")  # fmt: skip
+        figures[name] = (
+            f"submit_429={submits[(name, 429)]} query_429={queries[(name, 429)]} queries_200={queries[(name, 200)]}"
+        )
     # Every wait (two per task) ended with the task's final state, none gave up on the 429s.
     assert len(events) == 2 * SUBMITS_PER_KEY * len(KEYS)
     assert Counter(e["status"] for e in events) == {"success": len(events)}
     assert {e["task"]["task_id"] for e in events} == {t["task_id"] for t in tasks}
     assert len(billing) == len(tasks) == SUBMITS_PER_KEY * len(KEYS)
-    print(f"\nTHROTTLING keys={len(KEYS)} submits_per_key={SUBMITS_PER_KEY} (x{SUBMIT_THREADS} threads) "
-          f"waits_per_task=2 " + " ".join(f"{n}: {f}" for n, f in figures.items())
-          + f" recovered=all waits_ended={len(events)} double_submits=0 wall={time.monotonic() - started:.1f}s")
+    print(
+        f"\nTHROTTLING keys={len(KEYS)} submits_per_key={SUBMITS_PER_KEY} (x{SUBMIT_THREADS} threads) "
+        f"waits_per_task=2 "
+        + " ".join(f"{n}: {f}" for n, f in figures.items())
+        + f" recovered=all waits_ended={len(events)} double_submits=0 wall={time.monotonic() - started:.1f}s"
+    )

@@ -201,5 +201,10 @@ def aws_conn(moto_s3: str, monkeypatch: pytest.MonkeyPatch) -> str:
 def s3_client(moto_s3: str) -> Any:
     import boto3
 
-    return boto3.client("s3", endpoint_url=moto_s3, region_name="us-east-1",
-                        aws_access_key_id="testing", aws_secret_access_key="testing")  # fmt: skip
+    return boto3.client(
+        "s3",
+        endpoint_url=moto_s3,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )

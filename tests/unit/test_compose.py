@@ -16,9 +16,19 @@ def _compose() -> dict:
 
 def test_services_of_the_celery_deployment() -> None:
     services = _compose()["services"]
-    assert {"postgres", "redis", "minio", "minio-init", "airflow-apiserver", "airflow-scheduler",
-            "airflow-dag-processor", "airflow-triggerer", "airflow-worker", "airflow-init",
-            "dashscope-emulator"} <= set(services)  # fmt: skip
+    assert {
+        "postgres",
+        "redis",
+        "minio",
+        "minio-init",
+        "airflow-apiserver",
+        "airflow-scheduler",
+        "airflow-dag-processor",
+        "airflow-triggerer",
+        "airflow-worker",
+        "airflow-init",
+        "dashscope-emulator",
+    } <= set(services)
     assert services["dashscope-emulator"]["profiles"] == ["emulator"]
     assert services["airflow-triggerer"]["command"] == "triggerer"
     assert "talking-heads" in " ".join(services["minio-init"]["entrypoint"].split())
@@ -30,8 +40,12 @@ def test_airflow_environment_and_mounts() -> None:
     assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
     assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("postgresql")
     assert env["AIRFLOW__CELERY__BROKER_URL"].startswith("redis://")
-    conn = json.loads(env["AIRFLOW_CONN_DASHSCOPE_DEFAULT"].replace("${DASHSCOPE_BASE_URL:-", "").replace(
-        "${DASHSCOPE_API_KEY:-sk-emulator}", "KEY").replace("}\"", "\""))
+    conn = json.loads(
+        env["AIRFLOW_CONN_DASHSCOPE_DEFAULT"]
+        .replace("${DASHSCOPE_BASE_URL:-", "")
+        .replace("${DASHSCOPE_API_KEY:-sk-emulator}", "KEY")
+        .replace('}"', '"')
+    )
     assert conn["conn_type"] == "dashscope" and conn["password"] == "KEY"
     mounts = {m.split(":")[1] for m in worker["volumes"] if m.startswith("./")}
     assert mounts == {"/opt/airflow/dags", "/opt/airflow/plugins", "/opt/airflow/include"}

@@ -30,14 +30,21 @@ def test_talking_heads_params_and_schedule(dagbag) -> None:  # type: ignore[no-u
     assert params["max_cost_usd"] is None and params["dry_run"] is False
     assert Path(params["input_table"]).exists()
     assert dag.catchup is False
-    assert {t.task_id for t in dag.tasks} >= {"plan", "generate.submit", "generate.wait", "generate.download",
-                                               "record_outcomes"}
+    assert {t.task_id for t in dag.tasks} >= {
+        "plan",
+        "generate.submit",
+        "generate.wait",
+        "generate.download",
+        "record_outcomes",
+    }
     wait = dag.get_task("generate.wait")
     assert wait.deferrable is True
     # Assets: the input table it reads; the outcomes and videos it produces (the cost report's schedule).
     assert [a.name for a in dag.get_task("plan").inlets] == ["talking_heads_input_table"]
-    assert sorted(a.name for a in dag.get_task("record_outcomes").outlets) == ["talking_heads_outcomes",
-                                                                                "talking_heads_videos"]
+    assert sorted(a.name for a in dag.get_task("record_outcomes").outlets) == [
+        "talking_heads_outcomes",
+        "talking_heads_videos",
+    ]
     report = dagbag.get_dag("dashscope_cost_report")
     assert "talking_heads_outcomes" in str(report.timetable.asset_condition)
 

@@ -39,8 +39,7 @@ from dashscope_emulator.media import ffmpeg_exe
 
 SUBMIT = "/api/v1/services/aigc/image2video/video-synthesis"
 FORMAT_MESSAGE = (
-    "The request is missing required parameters or in a wrong format, "
-    "please check the parameters that you send.."
+    "The request is missing required parameters or in a wrong format, please check the parameters that you send.."
 )
 TIME_FORMAT = re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}\.\d{3}$")
 INCLUDE_DIR = Path(__file__).resolve().parents[2] / "include"
@@ -95,9 +94,7 @@ class Client:
         headers.update(extra)
         return headers
 
-    def submit_raw(
-        self, body: Any = None, headers: dict[str, str] | None = None, **kwargs: Any
-    ) -> requests.Response:
+    def submit_raw(self, body: Any = None, headers: dict[str, str] | None = None, **kwargs: Any) -> requests.Response:
         return self.session.post(
             self.base_url + SUBMIT,
             json=body,
@@ -140,8 +137,9 @@ class Client:
         raise AssertionError(f"task {task_id} still running after {timeout} s")
 
 
-def emo_body(media: dict[str, Any], image: str = "portrait_square.png", audio: str = "voice.wav",
-             **overrides: Any) -> dict[str, Any]:  # fmt: skip
+def emo_body(
+    media: dict[str, Any], image: str = "portrait_square.png", audio: str = "voice.wav", **overrides: Any
+) -> dict[str, Any]:
     boxes = media["boxes"].get(image, media["boxes"]["portrait_square.png"])
     body: dict[str, Any] = {
         "model": "emo-v1",
@@ -204,9 +202,7 @@ def assert_error(response: requests.Response, status: int, code: str, message: s
 
 
 def test_submit_without_or_with_unknown_key_is_401(emu: EmulatorServer, media: dict) -> None:
-    assert_error(
-        Client(emu.base_url, None).submit_raw(emo_body(media)), 401, "InvalidApiKey", "No API-key provided."
-    )
+    assert_error(Client(emu.base_url, None).submit_raw(emo_body(media)), 401, "InvalidApiKey", "No API-key provided.")
     assert_error(
         Client(emu.base_url, "sk-nope").submit_raw(emo_body(media)),
         401,
@@ -214,9 +210,7 @@ def test_submit_without_or_with_unknown_key_is_401(emu: EmulatorServer, media: d
         "Invalid API-key provided.",
     )
     # Auth comes first: a request that is wrong in every other way still gets the 401.
-    response = requests.post(
-        emu.base_url + SUBMIT, data="not json", headers={"Authorization": "Bearer sk-nope"}
-    )
+    response = requests.post(emu.base_url + SUBMIT, data="not json", headers={"Authorization": "Bearer sk-nope"})
     assert_error(response, 401, "InvalidApiKey", "Invalid API-key provided.")
 
 
@@ -238,9 +232,7 @@ def test_submit_without_async_header_is_refused(emu: EmulatorServer, media: dict
         pytest.param(lambda b: {**b, "input": {**b["input"], "audio_url": None}}, id="no-audio"),
         pytest.param(lambda b: {**b, "input": {**b["input"], "face_bbox": [1, 2, 3]}}, id="bbox-3"),
         pytest.param(lambda b: {**b, "input": {**b["input"], "ext_bbox": [0, 0, 10.5, 10]}}, id="bbox-float"),
-        pytest.param(
-            lambda b: {**b, "input": {**b["input"], "ext_bbox": "[0, 0, 10, 10]"}}, id="bbox-string"
-        ),
+        pytest.param(lambda b: {**b, "input": {**b["input"], "ext_bbox": "[0, 0, 10, 10]"}}, id="bbox-string"),
         pytest.param(lambda b: {**b, "input": {**b["input"], "face_bbox": [True, 0, 1, 1]}}, id="bbox-bool"),
     ],
 )
@@ -275,17 +267,25 @@ def test_submit_needs_json_content_type(emu: EmulatorServer, media: dict, key: s
     ("mutate", "code", "message"),
     [
         (lambda b: {**b, "model": "emo-v2"}, "InvalidParameter", "Model not exist."),
-        (lambda b: {**b, "parameters": {"style_level": "wild"}}, "InvalidParameter",
-         "The style_level is invalid."),
-        (lambda b: {**b, "input": {**b["input"], "image_url": "file:///etc/passwd"}}, "InvalidURL",
-         "Required URL is missing or invalid, please check the request URL."),
-        (lambda b: {**b, "input": {**b["input"], "audio_url": "ftp://host/voice.wav"}}, "InvalidURL",
-         "Required URL is missing or invalid, please check the request URL."),
-        (lambda b: {**b, "input": {**b["input"], "image_url": ""}}, "InvalidURL",
-         "Required URL is missing or invalid, please check the request URL."),
+        (lambda b: {**b, "parameters": {"style_level": "wild"}}, "InvalidParameter", "The style_level is invalid."),
+        (
+            lambda b: {**b, "input": {**b["input"], "image_url": "file:///etc/passwd"}},
+            "InvalidURL",
+            "Required URL is missing or invalid, please check the request URL.",
+        ),
+        (
+            lambda b: {**b, "input": {**b["input"], "audio_url": "ftp://host/voice.wav"}},
+            "InvalidURL",
+            "Required URL is missing or invalid, please check the request URL.",
+        ),
+        (
+            lambda b: {**b, "input": {**b["input"], "image_url": ""}},
+            "InvalidURL",
+            "Required URL is missing or invalid, please check the request URL.",
+        ),
     ],
     ids=["unknown-model", "style-level", "image-file-url", "audio-ftp-url", "image-empty"],
-)  # fmt: skip
+)
 def test_submit_value_errors(
     emu: EmulatorServer, media: dict, key: str, mutate: Callable, code: str, message: str
 ) -> None:
@@ -308,9 +308,7 @@ def test_submit_rate_limit_and_recovery(emu: EmulatorServer, media: dict, key: s
     assert statuses[:5] == [200] * 5
     assert statuses[5] == 429
     throttled = client.submit_raw(body)
-    assert_error(
-        throttled, 429, "Throttling.RateQuota", "Requests rate limit exceeded, please try again later."
-    )
+    assert_error(throttled, 429, "Throttling.RateQuota", "Requests rate limit exceeded, please try again later.")
     time.sleep(1.05)
     assert client.submit_raw(body).status_code == 200
     # Throttled submissions created nothing.
@@ -388,11 +386,17 @@ def test_emo_square_wav_succeeds_with_a_playable_512x512_video(
     assert forged.status_code == 403 and b"<Code>SignatureDoesNotMatch</Code>" in forged.content
 
     bill = [line for line in emu.billing() if line["task_id"] == task_id]
-    assert bill == [{
-        "task_id": task_id, "model": "emo-v1", "key_fingerprint": key_fingerprint(key),
-        "video_duration": usage["video_duration"], "video_ratio": "1:1",
-        "submit_time": output["submit_time"], "end_time": output["end_time"],
-    }]  # fmt: skip
+    assert bill == [
+        {
+            "task_id": task_id,
+            "model": "emo-v1",
+            "key_fingerprint": key_fingerprint(key),
+            "video_duration": usage["video_duration"],
+            "video_ratio": "1:1",
+            "submit_time": output["submit_time"],
+            "end_time": output["end_time"],
+        }
+    ]
     assert key not in json.dumps(emu.billing()) + json.dumps(emu.request_log()) + json.dumps(emu.tasks())
 
 
@@ -460,17 +464,22 @@ DOWNLOAD = "Unable to download the media resource during the data inspection pro
 @pytest.mark.parametrize(
     ("change", "code", "message"),
     [
-        ({"image": "tiny.png", "face_bbox": [95, 70, 205, 195], "ext_bbox": [40, 40, 260, 260]},
-         "InvalidFile.Resolution",
-         "The image resolution is invalid, please make sure that the largest length of image is smaller than "
-         "7000, and the smallest length of image is larger than 400."),
+        (
+            {"image": "tiny.png", "face_bbox": [95, 70, 205, 195], "ext_bbox": [40, 40, 260, 260]},
+            "InvalidFile.Resolution",
+            "The image resolution is invalid, please make sure that the largest length of image is smaller than "
+            "7000, and the smallest length of image is larger than 400.",
+        ),
         ({"audio": "long.wav"}, "InvalidURL", "The input audio is longer than 60s!"),
         ({"audio": "not_audio.ogg"}, "InvalidURL", AUDIO_TYPE),
         ({"audio": "samples.json"}, "InvalidURL", AUDIO_TYPE),
         ({"audio": "BIG"}, "InvalidURL", "File size is larger than 15MB."),
-        ({"image": "samples.json"}, "InvalidURL",
-         "The request URL is invalid, please check the request URL is available and the request image format "
-         "is one of the following types: JPEG, JPG, PNG, BMP, and WEBP."),
+        (
+            {"image": "samples.json"},
+            "InvalidURL",
+            "The request URL is invalid, please check the request URL is available and the request image format "
+            "is one of the following types: JPEG, JPG, PNG, BMP, and WEBP.",
+        ),
         ({"image": "no-such-file.png"}, "InvalidParameter.DataInspection", DOWNLOAD),
         ({"image_url": "http://127.0.0.1:9/portrait.png"}, "InvalidParameter.DataInspection", DOWNLOAD),
         ({"audio": "no-such-voice.wav"}, "InvalidParameter.DataInspection", DOWNLOAD),
@@ -478,9 +487,21 @@ DOWNLOAD = "Unable to download the media resource during the data inspection pro
         ({"ext_bbox": [100, 100, 900, 900]}, "InvalidParameter", None),
         ({"face_bbox": [50, 220, 550, 560]}, "InvalidParameter", None),
     ],
-    ids=["tiny-image", "long-audio", "ogg-audio", "text-audio", "audio-over-15MB", "text-image",
-         "image-404", "image-unreachable", "audio-404", "ratio-6:5", "ext-outside-image", "face-outside-ext"],
-)  # fmt: skip
+    ids=[
+        "tiny-image",
+        "long-audio",
+        "ogg-audio",
+        "text-audio",
+        "audio-over-15MB",
+        "text-image",
+        "image-404",
+        "image-unreachable",
+        "audio-404",
+        "ratio-6:5",
+        "ext-outside-image",
+        "face-outside-ext",
+    ],
+)
 def test_media_failures(
     emu: EmulatorServer, media: dict, key: str, change: dict, code: str, message: str | None
 ) -> None:
@@ -510,22 +531,21 @@ def test_media_failures(
 
 
 CONTENT_ERRORS = {
-    "InvalidFile.Content":
-        "The input image has no human body. Please upload other image with single person.",
-    "InvalidFile.Content.multi":
-        "The input image has multi human bodies. Please upload other image with single person.",
-    "InvalidFile.BodyProportion":
-        "The proportion of the detected person in the picture is too large or too small, "
-        "please upload other image.",
-    "InvalidFile.Value":
-        "The value of the image is invalid, please upload other clearer image.",
-    "InvalidFile.FrontBody":
-        "The pose of the detected person is invalid, please upload other image with the front view.",
-    "InvalidFile.FullFace":
-        "The pose of the detected face is invalid, please upload other image with whole face.",
-    "InvalidFile.FacePose":
-        "The pose of the detected face is invalid, please upload other image with the expected orientation.",
-}  # fmt: skip
+    "InvalidFile.Content": "The input image has no human body. Please upload other image with single person.",
+    "InvalidFile.Content.multi": (
+        "The input image has multi human bodies. Please upload other image with single person."
+    ),
+    "InvalidFile.BodyProportion": "The proportion of the detected person in the picture is too large or too small, "
+    "please upload other image.",
+    "InvalidFile.Value": "The value of the image is invalid, please upload other clearer image.",
+    "InvalidFile.FrontBody": (
+        "The pose of the detected person is invalid, please upload other image with the front view."
+    ),
+    "InvalidFile.FullFace": "The pose of the detected face is invalid, please upload other image with whole face.",
+    "InvalidFile.FacePose": (
+        "The pose of the detected face is invalid, please upload other image with the expected orientation."
+    ),
+}
 
 
 def test_emulator_error_triggers_every_content_check(emu: EmulatorServer, media: dict, key: str) -> None:
@@ -559,14 +579,10 @@ def test_queue_is_fifo_one_running_per_key_and_keys_run_in_parallel(cache_dir: P
         def status() -> dict[str, str]:
             return {t["task_id"]: t["status"] for t in server.tasks()}
 
-        wait_for(
-            lambda: status()[a_ids[0]] == "RUNNING" and status()[b_id] == "RUNNING", what="both keys running"
-        )
+        wait_for(lambda: status()[a_ids[0]] == "RUNNING" and status()[b_id] == "RUNNING", what="both keys running")
         assert [status()[t] for t in a_ids] == ["RUNNING", "PENDING", "PENDING", "PENDING"]
         pending = a.query(a_ids[1])["output"]
-        assert (
-            set(pending) == {"task_id", "task_status", "submit_time"} and pending["task_status"] == "PENDING"
-        )
+        assert set(pending) == {"task_id", "task_status", "submit_time"} and pending["task_status"] == "PENDING"
 
         # Cancel: only a PENDING task of one's own key.
         refused = "Failed to cancel the task, please confirm if the task is in PENDING status."
@@ -733,9 +749,7 @@ def test_admin_endpoints_over_http(cache_dir: Path, media: dict) -> None:
         assert [line["task_id"] for line in admin.get(base + "/billing").json()] == [task_id]
         assert [t["task_id"] for t in admin.get(base + "/tasks").json()] == [task_id]
         log = admin.get(base + "/requests").json()
-        assert {"time", "method", "path", "key_fingerprint", "status", "model", "task_id", "fault"} <= set(
-            log[0]
-        )
+        assert {"time", "method", "path", "key_fingerprint", "status", "model", "task_id", "fault"} <= set(log[0])
         assert any(r["fault"] == "submit_500" and r["status"] == 500 for r in log)
         assert admin.post(base + "/advance", json={"seconds": 90_000}).status_code == 200
         assert client.query(task_id)["output"]["task_status"] == "UNKNOWN"  # submitted > 24 h ago now
@@ -756,10 +770,28 @@ def test_default_key_is_sk_emulator(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_cli_prints_one_line_and_stops_on_sigterm() -> None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(INCLUDE_DIR), os.environ.get("PYTHONPATH", "")])}
     process = subprocess.Popen(
-        [sys.executable, "-m", "dashscope_emulator", "--port", "0", "--api-key", "sk-cli-a", "--api-key",
-         "sk-cli-b", "--speed", "60", "--fault-rate", "0", "--seed", "1"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "dashscope_emulator",
+            "--port",
+            "0",
+            "--api-key",
+            "sk-cli-a",
+            "--api-key",
+            "sk-cli-b",
+            "--speed",
+            "60",
+            "--fault-rate",
+            "0",
+            "--seed",
+            "1",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     try:
         timer = threading.Timer(20, process.kill)
         timer.start()
@@ -813,9 +845,7 @@ def test_serve_directory_supports_head_and_range(media: dict) -> None:
     assert head.status_code == 200 and int(head.headers["Content-Length"]) == len(data)
     part = requests.get(f"{media['url']}/voice.wav", headers={"Range": "bytes=-10"})
     assert part.status_code == 206 and part.content == data[-10:]
-    assert (
-        requests.get(f"{media['url']}/voice.wav", headers={"Range": f"bytes={len(data)}-"}).status_code == 416
-    )
+    assert requests.get(f"{media['url']}/voice.wav", headers={"Range": f"bytes={len(data)}-"}).status_code == 416
     # The emulator_error query string doesn't change which file is served.
     assert requests.get(f"{media['url']}/tiny.png?emulator_error=InvalidFile.Value").status_code == 200
 
@@ -836,8 +866,10 @@ def test_media_sniffing_and_durations(media: dict, tmp_path: Path) -> None:
     assert sniff_audio((folder / "not_audio.ogg").read_bytes()) is None
     # A 32-bit float WAV, which the wave module refuses: the RIFF fallback still finds its length.
     floats = tmp_path / "float.wav"
-    subprocess.run([ffmpeg_exe(), "-loglevel", "error", "-i", str(folder / "voice.wav"), "-c:a", "pcm_f32le",
-                    str(floats)], check=True)  # fmt: skip
+    subprocess.run(
+        [ffmpeg_exe(), "-loglevel", "error", "-i", str(folder / "voice.wav"), "-c:a", "pcm_f32le", str(floats)],
+        check=True,
+    )
     wav_seconds = audio_duration((folder / "voice.wav").read_bytes(), "wav")
     assert audio_duration(floats.read_bytes(), "wav") == pytest.approx(wav_seconds, abs=0.01)
     assert audio_duration((folder / "voice.mp3").read_bytes(), "mp3") == pytest.approx(wav_seconds, abs=0.15)

@@ -46,6 +46,7 @@ from tests.unit.conftest import (
 
 pytestmark = pytest.mark.usefixtures("no_key_in_logs")
 
+
 def _sha256(url: str) -> tuple[int, str]:
     body = requests.get(url, timeout=10).content
     return len(body), hashlib.sha256(body).hexdigest()
@@ -126,7 +127,10 @@ def test_submit_emoji_v1(dashscope_conn: str, make_hook: Any, emulator: Any, emo
     submitted = make_hook().submit_task("emoji-v1", emoji_input)
     [task] = emulator.tasks()
     assert (task["task_id"], task["model"], task["input"]["driven_id"]) == (
-        submitted.task_id, "emoji-v1", "mengwa_kaixin")  # fmt: skip
+        submitted.task_id,
+        "emoji-v1",
+        "mengwa_kaixin",
+    )
 
 
 MSG_FORMAT = (
@@ -139,13 +143,19 @@ MSG_FORMAT = (
     [
         pytest.param({"input": {"image_url": "x"}}, 400, "InvalidParameter", MSG_FORMAT, id="missing-fields"),
         pytest.param(
-            {"parameters": {"style_level": "wild"}}, 400, "InvalidParameter", "The style_level is invalid.",
+            {"parameters": {"style_level": "wild"}},
+            400,
+            "InvalidParameter",
+            "The style_level is invalid.",
             id="bad-style-level",
         ),
         pytest.param({"model": "emo-v9"}, 400, "InvalidParameter", "Model not exist.", id="unknown-model"),
         pytest.param(
-            {"image_url": "ftp://example.com/a.png"}, 400, "InvalidURL",
-            "Required URL is missing or invalid, please check the request URL.", id="bad-url",
+            {"image_url": "ftp://example.com/a.png"},
+            400,
+            "InvalidURL",
+            "Required URL is missing or invalid, please check the request URL.",
+            id="bad-url",
         ),
         pytest.param({"key": "sk-wrong-key"}, 401, "InvalidApiKey", "Invalid API-key provided.", id="bad-key"),
     ],
@@ -175,8 +185,9 @@ def test_submit_errors_map_to_api_error(
     assert "sk-wrong-key" not in str(error)
 
 
-@pytest.mark.parametrize(("fault", "status", "code"), [("submit_500", 500, "InternalError"),
-                                                        ("submit_503", 503, "ServiceUnavailable")])  # fmt: skip
+@pytest.mark.parametrize(
+    ("fault", "status", "code"), [("submit_500", 500, "InternalError"), ("submit_503", 503, "ServiceUnavailable")]
+)
 def test_submit_5xx_with_error_body_is_retried_until_attempts_run_out(
     fault: str, status: int, code: str, dashscope_conn: str, make_hook: Any, emulator: Any, emo_input: dict[str, Any]
 ) -> None:
@@ -352,12 +363,20 @@ def test_get_task_emoji_v1_shape(
 
 
 def test_parse_task_reference_examples() -> None:
-    emo = parse_task({"request_id": "r", "output": {"task_id": "t", "task_status": "SUCCEEDED",
-                      "results": {"video_url": "http://x/a.mp4"}}, "usage": {"video_duration": 13.93,
-                      "video_ratio": "1:1"}})  # fmt: skip
-    emoji = parse_task({"request_id": "r", "output": {"task_id": "t", "task_status": "SUCCEEDED",
-                        "video_url": "http://x/b.mp4"},
-                        "usage": {"video_duration": 2, "video_ratio": "standard"}})  # fmt: skip
+    emo = parse_task(
+        {
+            "request_id": "r",
+            "output": {"task_id": "t", "task_status": "SUCCEEDED", "results": {"video_url": "http://x/a.mp4"}},
+            "usage": {"video_duration": 13.93, "video_ratio": "1:1"},
+        }
+    )
+    emoji = parse_task(
+        {
+            "request_id": "r",
+            "output": {"task_id": "t", "task_status": "SUCCEEDED", "video_url": "http://x/b.mp4"},
+            "usage": {"video_duration": 2, "video_ratio": "standard"},
+        }
+    )
     failed = parse_task({"output": {"task_id": "t", "task_status": "FAILED", "code": "InvalidURL", "message": "m"}})
     assert (emo.video_url, emo.video_duration, emo.video_ratio) == ("http://x/a.mp4", 13.93, "1:1")
     assert (emoji.video_url, emoji.video_duration, emoji.video_ratio) == ("http://x/b.mp4", 2.0, "standard")
@@ -366,9 +385,7 @@ def test_parse_task_reference_examples() -> None:
         parse_task({"code": "InvalidApiKey"})
 
 
-def test_get_task_failed(
-    dashscope_conn: str, make_hook: Any, emo_input: dict[str, Any], wait_terminal: Any
-) -> None:
+def test_get_task_failed(dashscope_conn: str, make_hook: Any, emo_input: dict[str, Any], wait_terminal: Any) -> None:
     hook = make_hook()
     bad = {**emo_input, "image_url": emo_input["image_url"] + "?emulator_error=InvalidFile.FacePose"}
     task = wait_terminal(hook, hook.submit_task("emo-v1", bad).task_id)
@@ -387,9 +404,7 @@ def test_get_task_unknown_and_expired(
     assert hook.get_task(task_id).status == "UNKNOWN"
 
 
-def test_get_task_retries_5xx_and_dropped_connections(
-    dashscope_conn: str, make_hook: Any, emulator: Any
-) -> None:
+def test_get_task_retries_5xx_and_dropped_connections(dashscope_conn: str, make_hook: Any, emulator: Any) -> None:
     for fault in ("query_500", "drop_query", "query_503"):
         emulator.force_next(fault)
     task = make_hook(max_attempts=4).get_task("no-such-task")

@@ -36,9 +36,10 @@ def _task(status: str, **extra: Any) -> dict[str, Any]:
 @pytest.fixture
 def fast_trigger_hook(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(
-        DashScopeTaskTrigger, "_hook",
+        DashScopeTaskTrigger,
+        "_hook",
         lambda self: DashScopeAsyncHook(self.dashscope_conn_id, retry_initial=0.05, retry_max=0.2),
-    )  # fmt: skip
+    )
 
 
 # -- provider metadata --------------------------------------------------------------------------------
@@ -71,9 +72,12 @@ def test_provider_info_registers_the_connection_type() -> None:
 
 def test_synthesis_operator_returns_task_id(dashscope_conn: str, emulator: Any, emo_input: dict[str, Any]) -> None:
     op = DashScopeVideoSynthesisOperator(
-        task_id="submit", model="emo-v1", input=emo_input, parameters={"style_level": "calm"},
+        task_id="submit",
+        model="emo-v1",
+        input=emo_input,
+        parameters={"style_level": "calm"},
         dashscope_conn_id=dashscope_conn,
-    )  # fmt: skip
+    )
     task_id = op.execute({})  # type: ignore[arg-type]
     assert isinstance(task_id, str)
     [task] = emulator.tasks()
@@ -85,8 +89,9 @@ def test_synthesis_operator_uncertain_fails_without_retry(
     dashscope_conn: str, emulator: Any, emoji_input: dict[str, Any]
 ) -> None:
     emulator.force_next("drop_submit")
-    op = DashScopeVideoSynthesisOperator(task_id="submit", model="emoji-v1", input=emoji_input,
-                                         dashscope_conn_id=dashscope_conn, retries=3)  # fmt: skip
+    op = DashScopeVideoSynthesisOperator(
+        task_id="submit", model="emoji-v1", input=emoji_input, dashscope_conn_id=dashscope_conn, retries=3
+    )
     with pytest.raises(DashScopeSubmissionUncertain) as info:
         op.execute({})  # type: ignore[arg-type]
     assert isinstance(info.value, AirflowFailException)  # the Airflow task fails; its retries are not used
@@ -95,9 +100,11 @@ def test_synthesis_operator_uncertain_fails_without_retry(
 
 def test_synthesis_operator_templates_render() -> None:
     op = DashScopeVideoSynthesisOperator(
-        task_id="submit", model="{{ params.model }}", input={"image_url": "{{ params.url }}"},
+        task_id="submit",
+        model="{{ params.model }}",
+        input={"image_url": "{{ params.url }}"},
         dashscope_conn_id="{{ params.conn }}",
-    )  # fmt: skip
+    )
     op.render_template_fields({"params": {"model": "emoji-v1", "url": "http://x/a.png", "conn": "c1"}})  # type: ignore[arg-type]
     assert (op.model, op.input, op.dashscope_conn_id) == ("emoji-v1", {"image_url": "http://x/a.png"}, "c1")
 
@@ -110,8 +117,9 @@ def test_sensor_defers_then_completes_through_the_trigger(
     dashscope_conn: str, emo_input: dict[str, Any], make_hook: Any
 ) -> None:
     task_id = make_hook().submit_task("emo-v1", emo_input).task_id
-    sensor = DashScopeTaskSensor(task_id="wait", dashscope_task_id=task_id, dashscope_conn_id=dashscope_conn,
-                                 poll_interval=0.05, timeout=600)  # fmt: skip
+    sensor = DashScopeTaskSensor(
+        task_id="wait", dashscope_task_id=task_id, dashscope_conn_id=dashscope_conn, poll_interval=0.05, timeout=600
+    )
     with pytest.raises(TaskDeferred) as info:
         sensor.execute({})  # type: ignore[arg-type]
     deferred = info.value
@@ -119,9 +127,12 @@ def test_sensor_defers_then_completes_through_the_trigger(
     assert deferred.timeout is not None and deferred.timeout.total_seconds() == 600
     assert isinstance(deferred.trigger, DashScopeTaskTrigger)
     assert deferred.trigger.serialize()[1] == {
-        "dashscope_task_id": task_id, "dashscope_conn_id": dashscope_conn, "poll_interval": 0.05, "timeout": None,
+        "dashscope_task_id": task_id,
+        "dashscope_conn_id": dashscope_conn,
+        "poll_interval": 0.05,
+        "timeout": None,
         "unknown_confirmations": 3,
-    }  # fmt: skip
+    }
 
     async def first_event() -> Any:
         async for event in deferred.trigger.run():
@@ -147,8 +158,14 @@ def test_sensor_returns_at_once_when_already_terminal(
 
 def test_sensor_poke_mode(dashscope_conn: str, emo_input: dict[str, Any], make_hook: Any) -> None:
     task_id = make_hook().submit_task("emo-v1", emo_input).task_id
-    sensor = DashScopeTaskSensor(task_id="wait", dashscope_task_id=task_id, dashscope_conn_id=dashscope_conn,
-                                 poll_interval="0.05", deferrable=False, timeout=60)  # fmt: skip
+    sensor = DashScopeTaskSensor(
+        task_id="wait",
+        dashscope_task_id=task_id,
+        dashscope_conn_id=dashscope_conn,
+        poll_interval="0.05",
+        deferrable=False,
+        timeout=60,
+    )
     result = sensor.execute({})  # type: ignore[arg-type]
     assert result["status"] == "SUCCEEDED"
     assert sensor.poke_interval == 0.05  # the (rendered) string was applied
@@ -157,8 +174,14 @@ def test_sensor_poke_mode(dashscope_conn: str, emo_input: dict[str, Any], make_h
 def test_sensor_poke_mode_failed_task(dashscope_conn: str, emo_input: dict[str, Any], make_hook: Any) -> None:
     bad = {**emo_input, "image_url": emo_input["image_url"] + "?emulator_error=InvalidFile.FullFace"}
     task_id = make_hook().submit_task("emo-v1", bad).task_id
-    sensor = DashScopeTaskSensor(task_id="wait", dashscope_task_id=task_id, dashscope_conn_id=dashscope_conn,
-                                 poll_interval=0.05, deferrable=False, timeout=60)  # fmt: skip
+    sensor = DashScopeTaskSensor(
+        task_id="wait",
+        dashscope_task_id=task_id,
+        dashscope_conn_id=dashscope_conn,
+        poll_interval=0.05,
+        deferrable=False,
+        timeout=60,
+    )
     with pytest.raises(DashScopeTaskFailed) as info:
         sensor.execute({})  # type: ignore[arg-type]
     assert (info.value.task_id, info.value.status, info.value.code) == (task_id, "FAILED", "InvalidFile.FullFace")
@@ -168,8 +191,11 @@ def test_sensor_poke_mode_failed_task(dashscope_conn: str, emo_input: dict[str, 
 @pytest.mark.parametrize("status", ["FAILED", "CANCELED", "UNKNOWN"])
 def test_sensor_execute_complete_failures(status: str) -> None:
     sensor = DashScopeTaskSensor(task_id="wait", dashscope_task_id="t-1")
-    event = {"status": "failed", "task": _task(status, code="InvalidURL" if status == "FAILED" else None),
-             "message": "ended"}  # fmt: skip
+    event = {
+        "status": "failed",
+        "task": _task(status, code="InvalidURL" if status == "FAILED" else None),
+        "message": "ended",
+    }
     with pytest.raises(DashScopeTaskFailed, match=status):
         sensor.execute_complete({}, event)  # type: ignore[arg-type]
     lenient = DashScopeTaskSensor(task_id="wait2", dashscope_task_id="t-1", fail_on_task_failure=False)
@@ -178,8 +204,14 @@ def test_sensor_execute_complete_failures(status: str) -> None:
 
 def test_sensor_execute_complete_success_timeout_error() -> None:
     sensor = DashScopeTaskSensor(task_id="wait", dashscope_task_id="t-1")
-    ok = sensor.execute_complete({}, {"status": "success", "task": _task("SUCCEEDED", video_url="http://v"),  # type: ignore[arg-type]
-                                      "message": "ok"})  # fmt: skip
+    ok = sensor.execute_complete(
+        {},
+        {
+            "status": "success",
+            "task": _task("SUCCEEDED", video_url="http://v"),  # type: ignore[arg-type]
+            "message": "ok",
+        },
+    )
     assert ok["video_url"] == "http://v"
     with pytest.raises(AirflowSensorTimeout):
         sensor.execute_complete({}, {"status": "timeout", "task": _task("RUNNING"), "message": "late"})  # type: ignore[arg-type]
@@ -219,8 +251,9 @@ def test_download_operator_local(video_url: str, tmp_path: Path) -> None:
 
 
 def test_download_operator_s3(video_url: str, aws_conn: str, s3_client: Any) -> None:
-    op = DashScopeVideoDownloadOperator(task_id="download", video_url=video_url,
-                                        destination=f"s3://{BUCKET}/op/emoji.mp4", conn_id=aws_conn)  # fmt: skip
+    op = DashScopeVideoDownloadOperator(
+        task_id="download", video_url=video_url, destination=f"s3://{BUCKET}/op/emoji.mp4", conn_id=aws_conn
+    )
     result = op.execute({})  # type: ignore[arg-type]
     size, digest = _expected(video_url)
     assert result == {"uri": f"s3://{BUCKET}/op/emoji.mp4", "size_bytes": size, "sha256": digest}
@@ -257,8 +290,9 @@ def _submit_row_operator(conn_id: str, emoji_input: dict[str, Any], output_root:
     from talking_heads.validation import RowRequest
 
     request = RowRequest(row_id=row_id, model="emoji-v1", **emoji_input)
-    return SubmitRowOperator(task_id="submit", row={"request": request.model_dump()}, output_root=str(output_root),
-                             dashscope_conn_id=conn_id)  # fmt: skip
+    return SubmitRowOperator(
+        task_id="submit", row={"request": request.model_dump()}, output_root=str(output_root), dashscope_conn_id=conn_id
+    )
 
 
 def test_submit_row_transient_refusal_is_left_to_task_retries(
@@ -332,8 +366,12 @@ def test_rows_go_to_their_planned_key_and_keep_the_key_that_created_their_task(
         request = RowRequest(row_id="r-k", model="emoji-v1", **emoji_input).model_dump()
 
         def submit(planned_conn: str) -> dict[str, Any]:
-            op = SubmitRowOperator(task_id="submit", row={"request": request, "conn_id": planned_conn},
-                                   output_root=str(tmp_path), dashscope_conn_id="dashscope_one")  # fmt: skip
+            op = SubmitRowOperator(
+                task_id="submit",
+                row={"request": request, "conn_id": planned_conn},
+                output_root=str(tmp_path),
+                dashscope_conn_id="dashscope_one",
+            )
             return op.execute({"run_id": "run-1"})  # type: ignore[arg-type]
 
         submission = submit("dashscope_two")
@@ -347,9 +385,15 @@ def test_rows_go_to_their_planned_key_and_keep_the_key_that_created_their_task(
         assert again == submission
         assert len(emulator.tasks()) == 1
 
-        wait = WaitRowSensor(task_id="wait", submission=again, output_root=str(tmp_path),
-                             dashscope_conn_id="dashscope_one", poll_interval="0.05", deferrable=False,
-                             timeout=60)  # fmt: skip
+        wait = WaitRowSensor(
+            task_id="wait",
+            submission=again,
+            output_root=str(tmp_path),
+            dashscope_conn_id="dashscope_one",
+            poll_interval="0.05",
+            deferrable=False,
+            timeout=60,
+        )
         result = wait.execute({})  # type: ignore[arg-type]
         assert (result["task_id"], result["video_ratio"]) == (task["task_id"], "standard")
         queried = {r["key_fingerprint"] for r in emulator.request_log() if "/tasks/" in r["path"]}

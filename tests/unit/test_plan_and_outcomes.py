@@ -12,9 +12,13 @@ from talking_heads.outcomes import OUTCOME_COLUMNS, build_outcomes, write_outcom
 from talking_heads.plan import InputTableError, assign_connections, cap_generation, plan_run, read_input_table
 
 ROW = {
-    "model": "emo-v1", "image_url": "http://m/p.png", "audio_url": "http://m/v.wav",
-    "face_bbox": "[10, 10, 50, 50]", "ext_bbox": "[0, 0, 100, 100]", "note": "carried",
-}  # fmt: skip
+    "model": "emo-v1",
+    "image_url": "http://m/p.png",
+    "audio_url": "http://m/v.wav",
+    "face_bbox": "[10, 10, 50, 50]",
+    "ext_bbox": "[0, 0, 100, 100]",
+    "note": "carried",
+}
 
 
 def _frame(*ids: str) -> pd.DataFrame:
@@ -26,11 +30,18 @@ def test_plan_uses_the_ledger_so_no_row_is_paid_twice(tmp_path: Path) -> None:
     ledger.put(RowState("done", "succeeded", model="emo-v1", task_id="t1", video_uri="file:///v.mp4", run_id="r0"))
     ledger.put(RowState("lost", "uncertain", model="emo-v1"))
     ledger.put(RowState("flight", "submitted", model="emo-v1", task_id="t3"))
-    ledger.put(RowState("paid-expired", "failed", model="emo-v1", task_id="t4", billed=True, code="ResultExpired",
-                        message="gone"))
+    ledger.put(
+        RowState(
+            "paid-expired", "failed", model="emo-v1", task_id="t4", billed=True, code="ResultExpired", message="gone"
+        )
+    )
     ledger.put(RowState("refused", "failed", model="emo-v1", code="InvalidURL", message="bad", billed=False))
-    frame = pd.concat([_frame("done", "lost", "flight", "paid-expired", "refused", "new"),
-                       pd.DataFrame([{"row_id": "bad", **ROW, "model": "nope"}])])
+    frame = pd.concat(
+        [
+            _frame("done", "lost", "flight", "paid-expired", "refused", "new"),
+            pd.DataFrame([{"row_id": "bad", **ROW, "model": "nope"}]),
+        ]
+    )
     plan = plan_run(frame, ledger)
     by_id = {e["row_id"]: e for e in plan}
     assert len(plan) == 7
@@ -51,10 +62,29 @@ def test_dry_run_submits_nothing(tmp_path: Path) -> None:
 def test_outcomes_one_line_per_row_with_costs(tmp_path: Path) -> None:
     ledger = RowLedger(str(tmp_path))
     plan = plan_run(_frame("ok", "api-failed", "never-ran", "lost"), ledger)
-    ledger.put(RowState("ok", "succeeded", model="emo-v1", task_id="t1", video_uri="u", video_duration=10.0,
-                        video_ratio="3:4", run_id="run1", billed=True))
-    ledger.put(RowState("api-failed", "failed", model="emo-v1", task_id="t2", code="InvalidFile.Resolution",
-                        message="The image resolution is invalid"))
+    ledger.put(
+        RowState(
+            "ok",
+            "succeeded",
+            model="emo-v1",
+            task_id="t1",
+            video_uri="u",
+            video_duration=10.0,
+            video_ratio="3:4",
+            run_id="run1",
+            billed=True,
+        )
+    )
+    ledger.put(
+        RowState(
+            "api-failed",
+            "failed",
+            model="emo-v1",
+            task_id="t2",
+            code="InvalidFile.Resolution",
+            message="The image resolution is invalid",
+        )
+    )
     ledger.put(RowState("lost", "uncertain", model="emo-v1"))
     frame = build_outcomes(plan, ledger, "run1")
     assert list(frame.columns[: len(OUTCOME_COLUMNS)]) == OUTCOME_COLUMNS

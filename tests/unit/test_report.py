@@ -15,21 +15,59 @@ def _outcomes(root: Path, run: str, rows: list[dict]) -> None:
 
 
 def test_report_totals(tmp_path: Path) -> None:
-    _outcomes(tmp_path, "manual__2026-11-01T00:00:00", [
-        {"row_id": "a", "model": "emo-v1", "status": "succeeded", "task_id": "t1", "video_duration": 10.0,
-         "video_ratio": "1:1"},
-        {"row_id": "b", "model": "emo-v1", "status": "succeeded", "task_id": "t2", "video_duration": 4.5,
-         "video_ratio": "3:4"},
-        {"row_id": "c", "model": "emoji-v1", "status": "succeeded", "task_id": "t3", "video_duration": 3,
-         "video_ratio": "standard"},
-        {"row_id": "d", "model": "emo-v1", "status": "failed", "code": "InvalidURL"},
-    ])  # fmt: skip
-    _outcomes(tmp_path, "scheduled__2026-11-02T00:00:00", [
-        {"row_id": "a", "model": "emo-v1", "status": "skipped", "task_id": "t1", "video_duration": 10.0,
-         "video_ratio": "1:1"},
-        {"row_id": "e", "model": "emo-v1", "status": "succeeded", "task_id": "t4", "video_duration": 2.0,
-         "video_ratio": "1:1"},
-    ])  # fmt: skip
+    _outcomes(
+        tmp_path,
+        "manual__2026-11-01T00:00:00",
+        [
+            {
+                "row_id": "a",
+                "model": "emo-v1",
+                "status": "succeeded",
+                "task_id": "t1",
+                "video_duration": 10.0,
+                "video_ratio": "1:1",
+            },
+            {
+                "row_id": "b",
+                "model": "emo-v1",
+                "status": "succeeded",
+                "task_id": "t2",
+                "video_duration": 4.5,
+                "video_ratio": "3:4",
+            },
+            {
+                "row_id": "c",
+                "model": "emoji-v1",
+                "status": "succeeded",
+                "task_id": "t3",
+                "video_duration": 3,
+                "video_ratio": "standard",
+            },
+            {"row_id": "d", "model": "emo-v1", "status": "failed", "code": "InvalidURL"},
+        ],
+    )
+    _outcomes(
+        tmp_path,
+        "scheduled__2026-11-02T00:00:00",
+        [
+            {
+                "row_id": "a",
+                "model": "emo-v1",
+                "status": "skipped",
+                "task_id": "t1",
+                "video_duration": 10.0,
+                "video_ratio": "1:1",
+            },
+            {
+                "row_id": "e",
+                "model": "emo-v1",
+                "status": "succeeded",
+                "task_id": "t4",
+                "video_duration": 2.0,
+                "video_ratio": "1:1",
+            },
+        ],
+    )
     report = build_report(read_outcomes(str(tmp_path)))
     table = report.by_model_ratio.set_index(["model", "video_ratio"])
     assert table.loc[("emo-v1", "1:1"), "videos"] == 2

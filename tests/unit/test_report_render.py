@@ -27,8 +27,13 @@ BAR_COLOURS = {"emo-v1 1:1": (31, 119, 180), "emo-v1 3:4": (255, 127, 14)}
 
 
 def _render(page: Path, png: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, str(SCRIPT), str(page), str(png), "--dump-dom"],
-                          capture_output=True, text=True, timeout=180, check=True)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), str(page), str(png), "--dump-dom"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=True,
+    )
 
 
 def _pixels_of(png: Path, colour: tuple[int, int, int]) -> int:
@@ -40,13 +45,29 @@ def _pixels_of(png: Path, colour: tuple[int, int, int]) -> int:
 def report_page(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("report")
     for day in (1, 2, 3):
-        _outcomes(root, f"scheduled__2026-11-0{day}T00:00:00", [
-            {"row_id": f"sq{day}", "model": "emo-v1", "status": "succeeded", "task_id": f"s{day}",
-             "video_duration": 10.0 * day, "video_ratio": "1:1"},
-            {"row_id": f"hb{day}", "model": "emo-v1", "status": "succeeded", "task_id": f"h{day}",
-             "video_duration": 8.0, "video_ratio": "3:4"},
-            {"row_id": f"bad{day}", "model": "emo-v1", "status": "failed", "code": "InvalidURL"},
-        ])  # fmt: skip
+        _outcomes(
+            root,
+            f"scheduled__2026-11-0{day}T00:00:00",
+            [
+                {
+                    "row_id": f"sq{day}",
+                    "model": "emo-v1",
+                    "status": "succeeded",
+                    "task_id": f"s{day}",
+                    "video_duration": 10.0 * day,
+                    "video_ratio": "1:1",
+                },
+                {
+                    "row_id": f"hb{day}",
+                    "model": "emo-v1",
+                    "status": "succeeded",
+                    "task_id": f"h{day}",
+                    "video_duration": 8.0,
+                    "video_ratio": "3:4",
+                },
+                {"row_id": f"bad{day}", "model": "emo-v1", "status": "failed", "code": "InvalidURL"},
+            ],
+        )
     write_report(str(root))
     return root / "reports" / "cost_report.html"
 
@@ -70,7 +91,7 @@ def test_a_chart_that_does_not_decode_paints_no_bars(report_page: Path, tmp_path
     broken = tmp_path / "broken.html"
     page = report_page.read_text()
     start = page.index("base64,") + len("base64,")
-    broken.write_text(page[:start] + base64.b64encode(b"not a png").decode() + page[page.index('"', start):])
+    broken.write_text(page[:start] + base64.b64encode(b"not a png").decode() + page[page.index('"', start) :])
     png = tmp_path / "broken.png"
     _render(broken, png)
     assert all(_pixels_of(png, colour) < 50 for colour in BAR_COLOURS.values())

@@ -48,12 +48,18 @@ def run_trigger(trigger: DashScopeTaskTrigger, limit: float = 30.0) -> list[Trig
 
 
 def test_serialize_round_trip() -> None:
-    trigger = DashScopeTaskTrigger(dashscope_task_id="t-1", dashscope_conn_id="dashscope_x", poll_interval=2,
-                                   timeout=600)  # fmt: skip
+    trigger = DashScopeTaskTrigger(
+        dashscope_task_id="t-1", dashscope_conn_id="dashscope_x", poll_interval=2, timeout=600
+    )
     classpath, kwargs = trigger.serialize()
     assert classpath == CLASSPATH
-    assert kwargs == {"dashscope_task_id": "t-1", "dashscope_conn_id": "dashscope_x", "poll_interval": 2.0,
-                      "timeout": 600.0, "unknown_confirmations": 3}  # fmt: skip
+    assert kwargs == {
+        "dashscope_task_id": "t-1",
+        "dashscope_conn_id": "dashscope_x",
+        "poll_interval": 2.0,
+        "timeout": 600.0,
+        "unknown_confirmations": 3,
+    }
     json.dumps(kwargs)  # JSON-able as is
     from airflow.sdk.module_loading import import_string
 
@@ -63,9 +69,7 @@ def test_serialize_round_trip() -> None:
 
 
 @pytest.mark.usefixtures("quick_retries")
-def test_trigger_until_succeeded(
-    dashscope_conn: str, make_hook: Any, emo_input: dict[str, Any], emulator: Any
-) -> None:
+def test_trigger_until_succeeded(dashscope_conn: str, make_hook: Any, emo_input: dict[str, Any], emulator: Any) -> None:
     task_id = make_hook().submit_task("emo-v1", emo_input).task_id
     events = run_trigger(DashScopeTaskTrigger(task_id, dashscope_conn, poll_interval=0.05))
     assert len(events) == 1
@@ -114,8 +118,9 @@ def test_trigger_keeps_waiting_through_transient_errors(
 
 
 @pytest.mark.usefixtures("quick_retries")
-def test_trigger_timeout(slow_emulator: Any, make_hook: Any, emo_input: dict[str, Any],
-                         monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+def test_trigger_timeout(
+    slow_emulator: Any, make_hook: Any, emo_input: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv(f"AIRFLOW_CONN_{CONN_ID.upper()}", conn_json(slow_emulator.base_url))
     task_id = make_hook().submit_task("emo-v1", emo_input).task_id
     started = time.monotonic()

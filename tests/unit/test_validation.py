@@ -9,13 +9,22 @@ import pytest
 from talking_heads.validation import validate_frame, validate_records, video_ratio_of
 
 GOOD_EMO = {
-    "row_id": "r1", "model": "emo-v1", "image_url": "http://media/p.png", "audio_url": "https://media/v.mp3",
-    "face_bbox": "[302, 286, 610, 593]", "ext_bbox": "[71, 9, 840, 778]", "style_level": "normal",
-}  # fmt: skip
+    "row_id": "r1",
+    "model": "emo-v1",
+    "image_url": "http://media/p.png",
+    "audio_url": "https://media/v.mp3",
+    "face_bbox": "[302, 286, 610, 593]",
+    "ext_bbox": "[71, 9, 840, 778]",
+    "style_level": "normal",
+}
 GOOD_EMOJI = {
-    "row_id": "r2", "model": "emoji-v1", "image_url": "http://media/p.png", "driven_id": "mengwa_kaixin",
-    "face_bbox": [212, 194, 460, 441], "ext_bbox": [63, 30, 609, 575],
-}  # fmt: skip
+    "row_id": "r2",
+    "model": "emoji-v1",
+    "image_url": "http://media/p.png",
+    "driven_id": "mengwa_kaixin",
+    "face_bbox": [212, 194, 460, 441],
+    "ext_bbox": [63, 30, 609, 575],
+}
 
 
 def test_reference_examples_are_valid() -> None:
@@ -24,9 +33,11 @@ def test_reference_examples_are_valid() -> None:
     assert [r.row_id for _, r in valid] == ["r1", "r2"]
     emo = valid[0][1]
     assert emo.api_input() == {
-        "image_url": "http://media/p.png", "face_bbox": [302, 286, 610, 593],
-        "ext_bbox": [71, 9, 840, 778], "audio_url": "https://media/v.mp3",
-    }  # fmt: skip
+        "image_url": "http://media/p.png",
+        "face_bbox": [302, 286, 610, 593],
+        "ext_bbox": [71, 9, 840, 778],
+        "audio_url": "https://media/v.mp3",
+    }
     assert emo.api_parameters() == {"style_level": "normal"}
     assert valid[1][1].api_input()["driven_id"] == "mengwa_kaixin"
     assert valid[1][1].api_parameters() is None
@@ -63,8 +74,11 @@ def test_emo_rules(change: dict, field: str, fragment: str) -> None:
 
 @pytest.mark.parametrize(
     ("change", "field"),
-    [({"driven_id": None}, "driven_id"), ({"driven_id": "no_such_template"}, "driven_id"),
-     ({"audio_url": "http://media/v.mp3"}, "audio_url/style_level")],
+    [
+        ({"driven_id": None}, "driven_id"),
+        ({"driven_id": "no_such_template"}, "driven_id"),
+        ({"audio_url": "http://media/v.mp3"}, "audio_url/style_level"),
+    ],
 )
 def test_emoji_rules(change: dict, field: str) -> None:
     _, (rejection,) = validate_records([{**GOOD_EMOJI, **change}])
@@ -94,8 +108,16 @@ def test_frame_without_required_column_names_it() -> None:
 
 
 def test_parquet_lists_and_numeric_ids_are_accepted() -> None:
-    frame = pd.DataFrame([{**GOOD_EMO, "row_id": 7, "face_bbox": json.loads(GOOD_EMO["face_bbox"]),
-                           "ext_bbox": json.loads(GOOD_EMO["ext_bbox"])}])
+    frame = pd.DataFrame(
+        [
+            {
+                **GOOD_EMO,
+                "row_id": 7,
+                "face_bbox": json.loads(GOOD_EMO["face_bbox"]),
+                "ext_bbox": json.loads(GOOD_EMO["ext_bbox"]),
+            }
+        ]
+    )
     valid, rejected = validate_frame(frame)
     assert rejected == []
     assert valid[0][1].row_id == "7"

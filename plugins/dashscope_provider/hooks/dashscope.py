@@ -217,8 +217,9 @@ def api_error(status: int, body: str, content_type: str | None, operation: str) 
             operation,
         )
     kind = (content_type or "no content type").split(";")[0].strip()
-    return DashScopeAPIError(status, None, f"answer without a DashScope error body ({kind}, {len(body)} chars)",
-                             None, operation)  # fmt: skip
+    return DashScopeAPIError(
+        status, None, f"answer without a DashScope error body ({kind}, {len(body)} chars)", None, operation
+    )
 
 
 def base_url_from_connection(conn: Connection) -> str:
@@ -320,8 +321,9 @@ def _retry_policy(hook: Any, retry: Callable[[BaseException], bool], operation: 
     }
 
 
-def _set_retry_settings(hook: Any, max_attempts: int, retry_initial: float, retry_max: float,
-                          throttle_timeout: float) -> None:  # fmt: skip
+def _set_retry_settings(
+    hook: Any, max_attempts: int, retry_initial: float, retry_max: float, throttle_timeout: float
+) -> None:
     """Set the retry settings both hooks share (see their docstrings)."""
     if max_attempts < 1:
         raise ValueError("max_attempts must be >= 1")
@@ -336,8 +338,9 @@ def _retry_log(operation: str, logger: Any) -> Callable[[tenacity.RetryCallState
         error = state.outcome.exception() if state.outcome else None
         delay = state.next_action.sleep if state.next_action else 0.0
         # The errors' texts never contain the API key (see exceptions.py).
-        logger.warning("DashScope %s attempt %d failed (%s); retrying in %.1f s", operation,
-                       state.attempt_number, error, delay)  # fmt: skip
+        logger.warning(
+            "DashScope %s attempt %d failed (%s); retrying in %.1f s", operation, state.attempt_number, error, delay
+        )
 
     return before_sleep
 
@@ -512,8 +515,7 @@ class DashScopeHook(HttpHook):
             with self._submit_session() as session:
                 url = self.url_from_endpoint(SUBMIT_ENDPOINT)
                 try:
-                    response = session.post(url, json=body, timeout=self._request_timeout(),
-                                            allow_redirects=False)  # fmt: skip
+                    response = session.post(url, json=body, timeout=self._request_timeout(), allow_redirects=False)
                     text = response.text
                 except requests.RequestException as exc:
                     if _never_sent(exc):
@@ -546,8 +548,9 @@ class DashScopeHook(HttpHook):
             return isinstance(exc, DashScopeRequestNotSent)
 
         submitted = self._retrying(retryable, "submit")(attempt)
-        self.log.info("DashScope task %s submitted (model %s, request_id %s)", submitted.task_id, model,
-                      submitted.request_id)  # fmt: skip
+        self.log.info(
+            "DashScope task %s submitted (model %s, request_id %s)", submitted.task_id, model, submitted.request_id
+        )
         return submitted
 
     # -- query -------------------------------------------------------------------------------------
@@ -623,8 +626,9 @@ class DashScopeHook(HttpHook):
         if status == "CANCELED":
             self.log.info("DashScope task %s is canceled", task_id)
             return True
-        self.log.info("DashScope refused to cancel task %s: it is %s (only PENDING tasks can be canceled)",
-                      task_id, status)  # fmt: skip
+        self.log.info(
+            "DashScope refused to cancel task %s: it is %s (only PENDING tasks can be canceled)", task_id, status
+        )
         return False
 
     # -- download ----------------------------------------------------------------------------------
@@ -653,8 +657,10 @@ class DashScopeHook(HttpHook):
         :param conn_id: the connection of the destination store when ``destination`` is a string.
         :raises DashScopeResultExpired: the URL answers 403/404 (expired after 24 h, or invalid).
         """
-        dest = destination if isinstance(destination, ObjectStoragePath) else ObjectStoragePath(
-            str(destination), conn_id=conn_id
+        dest = (
+            destination
+            if isinstance(destination, ObjectStoragePath)
+            else ObjectStoragePath(str(destination), conn_id=conn_id)
         )
         safe_url = _safe_url(video_url)
         local_path = self._local_path(dest)
@@ -667,9 +673,9 @@ class DashScopeHook(HttpHook):
         os.close(fd)
         tmp = Path(tmp_name)
         try:
-            size, digest = self._retrying(
-                lambda exc: isinstance(exc, DashScopeConnectionError), "download"
-            )(self._fetch_to_file, video_url, safe_url, tmp, chunk_size)
+            size, digest = self._retrying(lambda exc: isinstance(exc, DashScopeConnectionError), "download")(
+                self._fetch_to_file, video_url, safe_url, tmp, chunk_size
+            )
             if local_path is not None:
                 os.replace(tmp, local_path)
             else:
@@ -708,8 +714,9 @@ class DashScopeHook(HttpHook):
         # A bare session on purpose: the DashScope Authorization header must not go to the storage host.
         with requests.Session() as session:
             try:
-                with session.get(video_url, stream=True, timeout=self.timeout,
-                                 headers={"Accept-Encoding": "identity"}) as response:  # fmt: skip
+                with session.get(
+                    video_url, stream=True, timeout=self.timeout, headers={"Accept-Encoding": "identity"}
+                ) as response:
                     status = response.status_code
                     if status in (403, 404):
                         raise DashScopeResultExpired(status, safe_url, _storage_error(response))
@@ -972,8 +979,9 @@ class DashScopeAsyncHook(BaseHook):
                 if 200 <= response.status < 300:
                     self.log.info("DashScope task %s canceled", task_id)
                     return True
-                error = api_error(response.status, await response.text(), response.headers.get("Content-Type"),
-                                  "cancel")  # fmt: skip
+                error = api_error(
+                    response.status, await response.text(), response.headers.get("Content-Type"), "cancel"
+                )
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise DashScopeConnectionError(_describe(exc)) from exc
         self.log.info("DashScope task %s not canceled: %s", task_id, error)

@@ -85,8 +85,9 @@ class DashScopeTaskSensor(BaseSensorOperator):
         # UNKNOWN is confirmed by the trigger over several polls before it is believed.
         if task.is_terminal and task.status != "UNKNOWN":
             return self._outcome(task)
-        self.log.info("DashScope task %s is %s; deferring (poll every %g s)", task.task_id, task.status,
-                      self.poke_interval)  # fmt: skip
+        self.log.info(
+            "DashScope task %s is %s; deferring (poll every %g s)", task.task_id, task.status, self.poke_interval
+        )
         self.defer(
             trigger=DashScopeTaskTrigger(
                 dashscope_task_id=self.dashscope_task_id,
@@ -110,11 +111,13 @@ class DashScopeTaskSensor(BaseSensorOperator):
 
     def _outcome(self, task: DashScopeTask) -> dict[str, Any]:
         if task.succeeded:
-            self.log.info("DashScope task %s succeeded (%s s, ratio %s)", task.task_id, task.video_duration,
-                          task.video_ratio)  # fmt: skip
+            self.log.info(
+                "DashScope task %s succeeded (%s s, ratio %s)", task.task_id, task.video_duration, task.video_ratio
+            )
             return task.to_dict()
         if self.fail_on_task_failure:
             raise DashScopeTaskFailed(task.task_id, task.status, task.code, task.message)
-        self.log.warning("DashScope task %s ended %s: %s %s", task.task_id, task.status, task.code or "",
-                         task.message or "")  # fmt: skip
+        self.log.warning(
+            "DashScope task %s ended %s: %s %s", task.task_id, task.status, task.code or "", task.message or ""
+        )
         return task.to_dict()

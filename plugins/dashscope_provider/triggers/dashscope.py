@@ -92,16 +92,14 @@ class DashScopeTaskTrigger(BaseTrigger):
                     if auth_failures >= AUTH_FAILURES_BEFORE_ERROR:
                         yield self._event("error", task, str(exc))
                         return
-                self.log.warning("Polling DashScope task %s failed (%s); will try again",
-                                 self.dashscope_task_id, exc)  # fmt: skip
+                self.log.warning("Polling DashScope task %s failed (%s); will try again", self.dashscope_task_id, exc)
             except DashScopeConfigError as exc:
                 yield self._event("error", task, str(exc))
                 return
             except DashScopeError as exc:
                 # Transport failures that outlasted the hook's own retries.
                 errors += 1
-                self.log.warning("Polling DashScope task %s failed (%s); will try again",
-                                 self.dashscope_task_id, exc)  # fmt: skip
+                self.log.warning("Polling DashScope task %s failed (%s); will try again", self.dashscope_task_id, exc)
             except AirflowNotFoundException as exc:  # the connection does not exist
                 yield self._event("error", task, f"{type(exc).__name__}: {exc}")
                 return
@@ -120,9 +118,11 @@ class DashScopeTaskTrigger(BaseTrigger):
                 left = deadline - loop.time()
                 if left <= 0:
                     status = task.status if task else "not read yet"
-                    yield self._event("timeout", task,
-                                      f"DashScope task {self.dashscope_task_id} still {status} after "
-                                      f"{self.timeout:g} s")  # fmt: skip
+                    yield self._event(
+                        "timeout",
+                        task,
+                        f"DashScope task {self.dashscope_task_id} still {status} after {self.timeout:g} s",
+                    )
                     return
                 pause = min(pause, left)
             await asyncio.sleep(pause)
