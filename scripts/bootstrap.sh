@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Creates .venv/ from requirements.txt (a fully pinned lock) if it is missing or stale. Sourced by
-# demo.sh and test.sh; safe to run again: it does nothing when the lock has not changed.
+# Creates .venv/ from requirements.txt (a fully pinned lock) if it is missing or stale, with this project
+# (the provider and the pipeline, pyproject.toml) and the emulator (its own distribution,
+# include/pyproject.toml) installed editable on top, without dependencies: the lock has them all.
+# Sourced by demo.sh and test.sh; safe to run again: it does nothing when none of the three has changed.
 set -euo pipefail
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$REPO_ROOT/.venv"
@@ -8,14 +10,15 @@ PYTHON_BIN="${PYTHON:-python3.11}"
 command -v "$PYTHON_BIN" >/dev/null 2>&1 || PYTHON_BIN=python3
 
 stamp="$VENV/.requirements.sha256"
-want="$(cat "$REPO_ROOT/requirements.txt" "$REPO_ROOT/pyproject.toml" | sha256sum | cut -d' ' -f1)"
+want="$(cat "$REPO_ROOT/requirements.txt" "$REPO_ROOT/pyproject.toml" "$REPO_ROOT/include/pyproject.toml" \
+  | sha256sum | cut -d' ' -f1)"
 if [[ ! -x "$VENV/bin/python" || ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
   echo "==> Setting up $VENV (first run takes a minute or two)" >&2
   [[ -x "$VENV/bin/python" ]] || "$PYTHON_BIN" -m venv "$VENV"
   # uv installs the ~300 pinned packages in seconds where pip takes minutes; both read the same lock.
   "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "uv==0.13.9"
   "$VENV/bin/uv" pip install --quiet --python "$VENV/bin/python" -r "$REPO_ROOT/requirements.txt"
-  "$VENV/bin/uv" pip install --quiet --python "$VENV/bin/python" --no-deps -e "$REPO_ROOT"
+  "$VENV/bin/uv" pip install --quiet --python "$VENV/bin/python" --no-deps -e "$REPO_ROOT" -e "$REPO_ROOT/include"
   echo "$want" > "$stamp"
 fi
 

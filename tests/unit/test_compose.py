@@ -1,8 +1,9 @@
-"""docker-compose.yaml (no Docker engine here): it parses and matches what the package needs."""
+"""docker-compose.yaml and the Dockerfile (no Docker engine here): they parse and match what the package needs."""
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import yaml
@@ -48,7 +49,7 @@ def test_airflow_environment_and_mounts() -> None:
     )
     assert conn["conn_type"] == "dashscope" and conn["password"] == "KEY"
     mounts = {m.split(":")[1] for m in worker["volumes"] if m.startswith("./")}
-    assert mounts == {"/opt/airflow/dags", "/opt/airflow/plugins", "/opt/airflow/include"}
+    assert mounts == {"/opt/airflow/dags", "/opt/airflow/plugins", "/opt/airflow/include/sample"}
 
 
 def test_no_secret_is_written_into_the_deployment() -> None:
@@ -75,3 +76,40 @@ def test_every_airflow_component_reads_one_shared_config() -> None:
     assert "airflow-config" in compose["volumes"]
     init = " ".join(compose["services"]["airflow-init"]["command"])
     assert "airflow db migrate" in init and "/opt/airflow/config" in init.split("chown", 1)[1]
+
+
+def _stages() -> dict[str, str]:
+    """The Dockerfile's build stages: name -> the stage's text (FROM line included)."""
+    text = (REPO_ROOT / "Dockerfile").read_text()
+    parts = re.split(r"^(?=FROM )", text, flags=re.MULTILINE)[1:]
+    return {re.match(r"FROM \S+ AS (\S+)", part).group(1): part for part in parts}
+
+
+def test_airflow_services_build_the_runtime_image() -> None:
+    """Every Airflow service runs the `airflow` target: the official image, the provider and the pipeline
+    with their runtime dependencies pinned by the lock; no test tools, no emulator."""
+    compose = _compose()
+    stages = _stages()
+    assert list(stages)[-1] == "airflow", "the default target (the last stage) must be the production image"
+    for name, service in compose["services"].items():
+        if name.startswith("airflow-"):
+            assert service["build"] == {"context": ".", "target": "airflow"}, name
+    airflow = stages["airflow"]
+    assert airflow.startswith("FROM apache/airflow:3.3.2-python3.11 ")
+    assert "-c /opt/talking-heads/requirements.txt" in airflow
+    install = " ".join(line for line in airflow.splitlines() if not line.startswith("#"))
+    for tool in ("pytest", "moto", "ruff", "include", "dashscope_emulator", "dashscope-emulator"):
+        assert tool not in install, tool
+    assert "-r " not in install, "the lock holds the test tools: only as constraints (-c), never installed (-r)"
+
+
+def test_the_emulator_service_builds_the_emulator_target() -> None:
+    """The optional emulator has its own image, built from include/ alone (its own distribution)."""
+    emulator = _compose()["services"]["dashscope-emulator"]
+    assert emulator["build"] == {"context": ".", "target": "emulator"}
+    assert emulator["image"] != _compose()["x-airflow-common"]["image"]
+    assert emulator["command"][:4] == ["--host", "0.0.0.0", "--port", "8000"]
+    stage = _stages()["emulator"]
+    assert "apache/airflow" not in stage and "plugins" not in stage
+    assert "/opt/talking-heads/include" in stage
+    assert 'ENTRYPOINT ["python", "-m", "dashscope_emulator"]' in stage
