@@ -5,12 +5,11 @@
       -> record_outcomes (one line per input row, whatever happened)
 
 Rows are the unit of money: each one's progress is kept under ``{output_root}/state/`` so retries,
-reruns, clears and backfills never pay twice for a row (see ``talking_heads.ledger``).
+reruns, clears and backfills never pay twice for a row (see ``talking_heads.lifecycle``).
 """
 
 from __future__ import annotations
 
-import json
 import os
 from datetime import timedelta
 from pathlib import Path
@@ -18,11 +17,8 @@ from typing import Any
 
 import pendulum
 from airflow.sdk import Param, TriggerRule, dag, get_current_context, task, task_group
-from airflow.sdk.exceptions import AirflowFailException
 from talking_heads.assets import INPUT_TABLE, OUTCOMES, VIDEOS
-from talking_heads.ledger import RowLedger
-from talking_heads.operators import DownloadRowOperator, SubmitRowOperator, WaitRowSensor
-from talking_heads.storage import plain_url
+from talking_heads.operators import DownloadRowOperator, SubmitRowOperator, WaitRowOperator
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_TABLE = str(REPO_ROOT / "include" / "sample" / "talking_heads_sample.csv")
@@ -130,46 +126,11 @@ STORAGE_CONN_ID = "{{ params.storage_conn_id or '' }}"
 )
 def talking_heads() -> None:
     @task(inlets=[INPUT_TABLE])
-    def plan(params: dict[str, Any], run_id: str) -> list[dict[str, Any]]:
+    def plan() -> list[dict[str, Any]]:
         """Read and validate the table; decide per row: generate, skip, or fail before any spend."""
-        from airflow.configuration import conf
-        from talking_heads.plan import (  # pandas: not at parse time
-            InputTableError,
-            assign_connections,
-            cap_generation,
-            plan_run,
-            read_input_table,
-        )
+        from talking_heads.tasks import plan_rows  # pandas: not at parse time
 
-        context = get_current_context()
-        table_url = context["task"].render_template(params["input_table"], context)
-        storage = params["storage_conn_id"]
-        ledger = RowLedger(params["output_root"], storage)
-        try:
-            frame = read_input_table(table_url, storage)
-        except InputTableError as error:
-            raise AirflowFailException(str(error)) from None  # the same table fails the same way on retry
-        entries = plan_run(
-            frame,
-            ledger,
-            dry_run=bool(params["dry_run"]),
-            resubmit_uncertain=bool(params["resubmit_uncertain"]),
-            preflight=bool(params["preflight_checks"]),
-            max_cost_usd=params["max_cost_usd"],
-        )
-        cap_generation(entries, conf.getint("core", "max_map_length"))
-        plan_path = ledger.layout.plan(run_id)
-        plan_path.parent.mkdir(parents=True, exist_ok=True)
-        plan_path.write_text(json.dumps({"input_table": table_url, "rows": entries}))
-        work = assign_connections(
-            [{"row_id": e["row_id"], "request": e["request"]} for e in entries if e["plan"] == "generate"],
-            [params["dashscope_conn_id"], *(params["extra_dashscope_conn_ids"] or [])],
-        )
-        print(
-            f"Planned {len(entries)} rows from {table_url}: {len(work)} to generate, "
-            f"{len(entries) - len(work)} settled before any spend"
-        )
-        return work
+        return plan_rows(get_current_context())
 
     @task_group(group_id="generate")
     def generate(row: dict[str, Any]) -> None:
@@ -182,7 +143,7 @@ def talking_heads() -> None:
             pool=DASHSCOPE_POOL,
             storage_conn_id=STORAGE_CONN_ID,
         )
-        wait = WaitRowSensor(
+        wait = WaitRowOperator(
             task_id="wait",
             submission=submit.output,
             output_root=OUTPUT_ROOT,
@@ -200,34 +161,11 @@ def talking_heads() -> None:
         )
 
     @task(trigger_rule=TriggerRule.ALL_DONE, outlets=[OUTCOMES, VIDEOS])
-    def record_outcomes(params: dict[str, Any], run_id: str, outlet_events: Any = None) -> dict[str, Any]:
+    def record_outcomes() -> dict[str, Any]:
         """Write one outcome line per input row, whatever happened to its tasks."""
-        from talking_heads.outcomes import build_outcomes, write_outcomes
+        from talking_heads.tasks import record_outcomes as record  # pandas: not at parse time
 
-        ledger = RowLedger(params["output_root"], params["storage_conn_id"])
-        layout = ledger.layout
-        plan_doc = json.loads(layout.plan(run_id).read_text())
-        frame = build_outcomes(plan_doc["rows"], ledger, run_id)
-        written = write_outcomes(frame, layout, run_id)
-        counts = frame["status"].value_counts().to_dict()
-        billed = frame[(frame["status"] != "skipped") & frame["video_duration"].notna()]
-        summary = {
-            "rows": len(frame),
-            **{s: int(counts.get(s, 0)) for s in ("succeeded", "failed", "skipped")},
-            "seconds": round(float(billed["video_duration"].astype(float).sum()), 2),
-            "cost_usd": round(float(billed["cost_usd"].astype(float).fillna(0).sum()), 6),
-            "cost_unknown_rows": int(billed["cost_usd"].isna().sum()),
-            "videos": plain_url(layout.root / "videos"),
-            "outcomes": written["csv"],
-        }
-        for asset in (OUTCOMES, VIDEOS):
-            outlet_events[asset].extra = {
-                "output_root": params["output_root"],
-                "run_id": run_id,
-                "storage_conn_id": params["storage_conn_id"],
-            }
-        print("OUTCOME SUMMARY " + json.dumps(summary))
-        return summary
+        return record(get_current_context(), assets=(OUTCOMES, VIDEOS))
 
     planned = plan()
     generated = generate.expand(row=planned)

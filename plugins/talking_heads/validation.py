@@ -6,6 +6,7 @@ that names the row and the field. Invalid rows never reach the service; the vali
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -53,8 +54,6 @@ RATIO_TOLERANCE = 0.02
 MAX_COORDINATE = 7000
 #: Columns every table must have (a table without one is refused as a whole).
 REQUIRED_COLUMNS = ("row_id", "model", "image_url", "face_bbox", "ext_bbox")
-
-VALIDATION_CODE = "InvalidInput"
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -207,6 +206,11 @@ class RowRequest(BaseModel):
         if self.model == "emo-v1" and self.style_level:
             return {"style_level": self.style_level}
         return None
+
+    def fingerprint(self) -> str:
+        """A stable hash of what would be sent, to notice a row whose content changed under its id."""
+        body = {"model": self.model, "input": self.api_input(), "parameters": self.api_parameters() or {}}
+        return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)

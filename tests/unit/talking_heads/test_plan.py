@@ -43,20 +43,20 @@ def test_plan_uses_the_ledger_so_no_row_is_paid_twice(tmp_path: Path) -> None:
         ]
     )
     plan = plan_run(frame, ledger)
-    by_id = {e["row_id"]: e for e in plan}
+    by_id = {e.row_id: e for e in plan}
     assert len(plan) == 7
-    assert by_id["done"]["outcome"]["status"] == "skipped"
-    assert by_id["lost"]["outcome"]["code"] == "SubmissionUncertain"
-    assert by_id["paid-expired"]["plan"] == "done"
-    assert by_id["bad"]["outcome"]["code"] == "InvalidInput"
-    assert {k for k, e in by_id.items() if e["plan"] == "generate"} == {"flight", "refused", "new"}
-    assert by_id["new"]["columns"] == {"note": "carried"}
-    assert plan_run(frame, ledger, resubmit_uncertain=True)[1]["plan"] == "generate"
+    assert by_id["done"].outcome["status"] == "skipped"
+    assert by_id["lost"].outcome["code"] == "SubmissionUncertain"
+    assert by_id["paid-expired"].plan == "done"
+    assert by_id["bad"].outcome["code"] == "InvalidInput"
+    assert {k for k, e in by_id.items() if e.plan == "generate"} == {"flight", "refused", "new"}
+    assert by_id["new"].columns == {"note": "carried"}
+    assert plan_run(frame, ledger, resubmit_uncertain=True)[1].plan == "generate"
 
 
 def test_dry_run_submits_nothing(tmp_path: Path) -> None:
     plan = plan_run(_frame("a", "b"), RowLedger(str(tmp_path)), dry_run=True)
-    assert [e["outcome"]["status"] for e in plan] == ["skipped", "skipped"]
+    assert [e.outcome["status"] for e in plan] == ["skipped", "skipped"]
 
 
 def test_outcomes_one_line_per_row_with_costs(tmp_path: Path) -> None:
@@ -122,15 +122,17 @@ def test_table_errors_name_the_table(tmp_path: Path) -> None:
 
 def test_rows_over_the_map_limit_wait_for_the_next_run(tmp_path: Path) -> None:
     plan = cap_generation(plan_run(_frame("a", "b", "c"), RowLedger(str(tmp_path))), limit=2)
-    assert [e["plan"] for e in plan] == ["generate", "generate", "done"]
-    assert plan[2]["outcome"]["status"] == "skipped" and "max_map_length" in plan[2]["outcome"]["message"]
+    assert [e.plan for e in plan] == ["generate", "generate", "done"]
+    assert plan[2].outcome["status"] == "skipped" and "max_map_length" in plan[2].outcome["message"]
 
 
-def test_rows_are_spread_round_robin_over_the_connections() -> None:
-    work = [{"row_id": f"r{i}", "request": {}} for i in range(5)]
-    spread = assign_connections(work, ["key_a", "key_b", " key_a ", ""])  # duplicates and blanks dropped
-    assert [w["conn_id"] for w in spread] == ["key_a", "key_b", "key_a", "key_b", "key_a"]
-    assert [w["row_id"] for w in spread] == [w["row_id"] for w in work]
-    assert all(w["conn_id"] == "only" for w in assign_connections(work, ["only"]))
+def test_rows_are_spread_round_robin_over_the_connections(tmp_path: Path) -> None:
+    ledger = RowLedger(str(tmp_path))
+    ledger.put(RowState("done", "succeeded", model="emo-v1", task_id="t1", video_uri="file:///v.mp4", run_id="r0"))
+    plan = plan_run(_frame("r0", "done", "r1", "r2", "r3", "r4"), ledger)
+    spread = assign_connections(plan, ["key_a", "key_b", " key_a ", ""])  # duplicates and blanks dropped
+    assert [w.conn_id for w in spread] == ["key_a", "key_b", "key_a", "key_b", "key_a"]
+    assert [w.row_id for w in spread] == ["r0", "r1", "r2", "r3", "r4"]  # only rows to generate, in order
+    assert all(w.conn_id == "only" for w in assign_connections(plan, ["only"]))
     with pytest.raises(ValueError, match="at least one"):
-        assign_connections(work, [" "])
+        assign_connections(plan, [" "])

@@ -1,0 +1,412 @@
+"""The life of one input row: its states, the moves between them, and what each step does in each state.
+
+This is the one place to read "what happens to a row in state X". Every step records what it learnt as
+soon as it knows it (write-ahead for submissions) in the row's ledger record, keyed by ``row_id``, so a
+task retry, a rerun, a cleared task or a backfill finds the row's real state instead of guessing, and
+no money is spent twice:
+
+==============  ==============================================  ===================================================
+state           meaning                                         plan / submit / wait / store do
+==============  ==============================================  ===================================================
+(none)          never submitted                                 plan: generate; submit: write ``submitting``, send
+``submitting``  a submit is being sent (written *before*)       plan + submit: refuse as uncertain, unless resubmit
+``uncertain``   the submit answer was lost: a task may exist    plan + submit: refuse, unless ``resubmit_uncertain``
+``submitted``   the service accepted it: ``task_id`` known      submit: return the task; wait: poll that task
+``generated``   the task SUCCEEDED; video not stored yet        submit, wait: reuse; store: copy the video
+``succeeded``   the video is stored under ``videos/``           plan: skip (``already generated``); all: reuse
+``failed``      refused or failed; ``billed`` says if paid      plan: final if billed or ``UNKNOWN``, else retry
+==============  ==============================================  ===================================================
+
+The outcome each state becomes at the end of a run is :func:`outcome_of`; every outcome code is an
+:class:`OutcomeCode`. :mod:`talking_heads.ledger` only stores and loads the records.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk.exceptions import AirflowFailException
+from dashscope_provider.exceptions import DashScopeAPIError, DashScopeResultExpired, DashScopeSubmissionUncertain
+
+from talking_heads.payloads import Submission, WaitResult, WorkItem
+
+if TYPE_CHECKING:
+    import logging
+
+    from dashscope_provider.hooks.dashscope import DashScopeHook
+
+    from talking_heads.ledger import RowLedger
+
+
+class RowStatus(StrEnum):
+    """The recorded state of a row (see the module's table)."""
+
+    SUBMITTING = "submitting"
+    UNCERTAIN = "uncertain"
+    SUBMITTED = "submitted"
+    GENERATED = "generated"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+S = RowStatus
+#: Every move a row may make. A submit starts from nothing, a refused or unbilled failure, or (on
+#: purpose) an uncertain one; the wait may see the end of a task whatever an overlapping writer left;
+#: a succeeded row never moves again.
+TRANSITIONS: dict[RowStatus, frozenset[RowStatus]] = {
+    S.SUBMITTING: frozenset({S.SUBMITTING, S.UNCERTAIN, S.SUBMITTED, S.FAILED}),
+    S.UNCERTAIN: frozenset({S.UNCERTAIN, S.SUBMITTING, S.GENERATED, S.FAILED}),
+    S.SUBMITTED: frozenset({S.SUBMITTING, S.GENERATED, S.FAILED}),
+    S.GENERATED: frozenset({S.GENERATED, S.SUCCEEDED, S.FAILED}),
+    S.SUCCEEDED: frozenset(),
+    S.FAILED: frozenset({S.SUBMITTING, S.GENERATED, S.FAILED}),
+}
+
+
+class OutcomeCode(StrEnum):
+    """Every ``code`` the pipeline itself writes into an outcome (the service's codes pass through as-is)."""
+
+    #: the row failed validation (the message names the row and the field)
+    INVALID_INPUT = "InvalidInput"
+    #: the row's media failed the pre-flight checks (format, size, duration) before any spend
+    PREFLIGHT = "PreflightCheck"
+    #: the submit answer was lost: a task may exist and be billed
+    SUBMISSION_UNCERTAIN = "SubmissionUncertain"
+    #: the run ended with the row still in flight
+    INCOMPLETE = "Incomplete"
+    #: the video was generated (billed) but could not be stored
+    STORE_FAILED = "StoreFailed"
+    #: the result URL died (24 h) before the video was stored
+    RESULT_EXPIRED = "ResultExpired"
+    #: the service no longer knows the task (task ids live 24 h); it may have run and been billed
+    UNKNOWN = "UNKNOWN"
+
+
+class RowTransitionError(ValueError):
+    """A step tried to move a row in a way :data:`TRANSITIONS` does not allow."""
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+@dataclass(frozen=True)
+class RowState:
+    """The recorded progress of one row (the ledger's record; JSON-serialisable)."""
+
+    row_id: str
+    state: RowStatus
+    model: str = ""
+    fingerprint: str = ""
+    #: The connection (API key) the task was submitted with: only that key can query it.
+    conn_id: str | None = None
+    task_id: str | None = None
+    code: str | None = None
+    message: str | None = None
+    billed: bool = False
+    video_url: str | None = None
+    video_uri: str | None = None
+    video_bytes: int | None = None
+    video_sha256: str | None = None
+    video_duration: float | None = None
+    video_ratio: str | None = None
+    run_id: str | None = None
+    updated_at: str = field(default_factory=_now)
+    history: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "state", RowStatus(self.state))
+
+    def advance(self, state: RowStatus, **changes: Any) -> RowState:
+        """A copy in a new state; the history keeps every state the row went through, with when."""
+        if state not in TRANSITIONS[self.state]:
+            raise RowTransitionError(f"row {self.row_id}: {self.state} -> {state} is not an allowed move")
+        entry = f"{_now()} {self.state}->{state}" + (f" task={self.task_id}" if self.task_id else "")
+        return replace(self, state=state, updated_at=_now(), history=(*self.history, entry), **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["state"] = str(self.state)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RowState:
+        data = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        data["history"] = tuple(data.get("history", ()))
+        return cls(**data)
+
+
+def lost_answer_message(detail: str | None = None) -> str:
+    """Why a row whose submit answer was lost is not sent again (one wording for plan, submit, outcome)."""
+    lead = f"{detail}: " if detail else "an earlier submission's answer was lost, so "
+    return (
+        f"{lead}a task may exist and be billed; it was not re-sent. Check the DashScope console, then rerun "
+        "with resubmit_uncertain=true to submit it again on purpose"
+    )
+
+
+# -- plan -------------------------------------------------------------------------------------------------
+
+
+def plan_row(state: RowState | None, *, resubmit_uncertain: bool) -> dict[str, Any] | None:
+    """What this run does with a valid row, given its record: ``None`` to generate it, else its final outcome."""
+    if state is None:
+        return None
+    if state.state == S.SUCCEEDED:
+        return {
+            "status": "skipped",
+            "task_id": state.task_id,
+            "video_uri": state.video_uri,
+            "video_duration": state.video_duration,
+            "video_ratio": state.video_ratio,
+            "message": f"already generated by run {state.run_id}; not paid for again",
+        }
+    if state.state in (S.SUBMITTING, S.UNCERTAIN) and not resubmit_uncertain:
+        return {
+            "status": "failed",
+            "code": OutcomeCode.SUBMISSION_UNCERTAIN,
+            "task_id": state.task_id,
+            "message": lost_answer_message(),
+        }
+    if state.state == S.FAILED and state.code == OutcomeCode.UNKNOWN and not resubmit_uncertain:
+        # The task id expired: it may have run and been billed. Generating again may pay twice.
+        return {
+            "status": "failed",
+            "code": OutcomeCode.UNKNOWN,
+            "task_id": state.task_id,
+            "message": f"{state.message}; it may have run and been billed, so it is not generated again unless "
+            "resubmit_uncertain=true",
+        }
+    if state.state == S.FAILED and state.billed:
+        return {
+            "status": "failed",
+            "code": state.code,
+            "task_id": state.task_id,
+            "message": f"{state.message} (already billed; not generated again)",
+        }
+    return None
+
+
+# -- submit -----------------------------------------------------------------------------------------------
+
+
+def submit_row(
+    ledger: RowLedger,
+    item: WorkItem,
+    *,
+    hook_for: Callable[[str], DashScopeHook],
+    default_conn_id: str,
+    run_id: str,
+    resubmit_uncertain: bool,
+    log: logging.Logger,
+) -> Submission:
+    """Submit one row at most once, writing the intent to the ledger *before* the request is sent.
+
+    A row with a task already in flight returns that task (and the key that created it, the only one
+    that can query it); a row whose earlier answer was lost is refused unless ``resubmit_uncertain``.
+    Only errors that prove no task was made leave the row ``failed`` and unbilled.
+    """
+    request = item.request
+    state = ledger.get(request.row_id)
+    if state is not None and state.state in (S.SUBMITTED, S.GENERATED, S.SUCCEEDED) and state.task_id:
+        log.info("Row %s already has task %s (%s); not resubmitting", request.row_id, state.task_id, state.state)
+        return Submission(request.row_id, state.task_id, state.conn_id or default_conn_id)
+    conn_id = item.conn_id or default_conn_id
+    if state is not None and state.state in (S.SUBMITTING, S.UNCERTAIN):
+        if not resubmit_uncertain:
+            ledger.put(state.advance(S.UNCERTAIN))
+            raise AirflowFailException(f"row {request.row_id}: {lost_answer_message()}")
+        log.warning("Row %s: resubmitting after an uncertain submission, as asked", request.row_id)
+    if state is None:
+        state = RowState(row_id=request.row_id, state=S.SUBMITTING, model=request.model)
+    state = ledger.put(
+        state.advance(
+            S.SUBMITTING,
+            model=request.model,
+            fingerprint=request.fingerprint(),
+            conn_id=conn_id,
+            run_id=run_id,
+            task_id=None,
+            code=None,
+            message=None,
+        )
+    )
+    try:
+        submitted = hook_for(conn_id).submit_task(request.model, request.api_input(), request.api_parameters())
+    except DashScopeSubmissionUncertain as error:
+        ledger.put(state.advance(S.UNCERTAIN, code=OutcomeCode.SUBMISSION_UNCERTAIN, message=str(error)))
+        raise AirflowFailException(f"row {request.row_id}: {error}; recorded as uncertain") from None
+    except DashScopeAPIError as error:
+        # The service answered with an error body: no task was created, nothing billed. Recorded as failed
+        # in case this is the last try; a transient refusal (429, 5xx) that outlasted the hook's retries is
+        # left to the Airflow task's own retries, which may submit again safely.
+        ledger.put(state.advance(S.FAILED, code=error.code, message=error.message, billed=False))
+        if error.retryable:
+            raise
+        raise AirflowFailException(f"row {request.row_id}: submit refused: {error}") from None
+    except Exception as error:
+        if getattr(error, "request_not_sent", False):
+            ledger.put(state.advance(S.FAILED, code=type(error).__name__, message=str(error), billed=False))
+        else:
+            ledger.put(state.advance(S.UNCERTAIN, code=OutcomeCode.SUBMISSION_UNCERTAIN, message=str(error)))
+        raise
+    ledger.put(state.advance(S.SUBMITTED, task_id=submitted.task_id))
+    log.info("Row %s submitted as task %s (connection %s)", request.row_id, submitted.task_id, conn_id)
+    return Submission(request.row_id, submitted.task_id, conn_id)
+
+
+# -- wait -------------------------------------------------------------------------------------------------
+
+
+def finished_result(ledger: RowLedger, submission: Submission) -> WaitResult | None:
+    """The recorded end of the submission's task, if an earlier try already saw it (then nothing is polled)."""
+    state = ledger.get(submission.row_id)
+    if state is not None and state.state in (S.GENERATED, S.SUCCEEDED) and state.task_id == submission.task_id:
+        return WaitResult.of(state)
+    return None
+
+
+def record_task_end(ledger: RowLedger, submission: Submission, task: Any) -> WaitResult:
+    """Record how the row's task ended (a ``DashScopeTask``): ``generated`` (billed), or ``failed`` (raises)."""
+    row_id = submission.row_id
+    state = ledger.get(row_id) or RowState(row_id=row_id, state=S.SUBMITTED, task_id=task.task_id)
+    if task.status == "SUCCEEDED":
+        state = ledger.put(
+            state.advance(
+                S.GENERATED,
+                task_id=task.task_id,
+                billed=True,
+                video_url=task.video_url,
+                video_duration=task.video_duration,
+                video_ratio=task.video_ratio,
+            )
+        )
+        return WaitResult.of(state)
+    code = task.code or task.status
+    message = task.message or {
+        "UNKNOWN": "the service no longer knows this task (task ids expire 24 h after creation)",
+        "CANCELED": "the task was canceled before it ran",
+    }.get(task.status, f"task ended {task.status}")
+    ledger.put(state.advance(S.FAILED, task_id=task.task_id, code=code, message=message, billed=False))
+    raise AirflowFailException(f"row {row_id}: task {task.task_id} ended {task.status}: {code}: {message}")
+
+
+def poll_until_done(hook: DashScopeHook, task_id: str, *, interval: float, timeout: float) -> Any:
+    """Poll from the worker (the non-deferrable wait) until the task is terminal; returns the ``DashScopeTask``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        task = hook.get_task(task_id)
+        if task.is_terminal:
+            return task
+        if time.monotonic() + interval > deadline:
+            raise AirflowFailException(f"DashScope task {task_id} still {task.status} after {timeout:g} s")
+        time.sleep(interval)
+
+
+# -- store ------------------------------------------------------------------------------------------------
+
+
+def store_row(
+    ledger: RowLedger,
+    result: WaitResult,
+    *,
+    run_id: str,
+    transfer: Callable[[str, Any], dict[str, Any]],
+    log: logging.Logger,
+) -> dict[str, Any]:
+    """Copy a generated row's video to ``videos/{row_id}.mp4`` (``transfer(video_url, destination)``).
+
+    The video URL is read from the ledger, never from XCom: it is a signed URL. A failed copy leaves the
+    row ``generated`` (a later try or rerun stores it without generating it again); an expired URL ends
+    it ``failed`` with :attr:`OutcomeCode.RESULT_EXPIRED`.
+    """
+    row_id = result.row_id
+    state = ledger.get(row_id)
+    if state is not None and state.state == S.SUCCEEDED:
+        log.info("Row %s already stored at %s", row_id, state.video_uri)
+        return {"uri": state.video_uri, "size_bytes": state.video_bytes, "sha256": state.video_sha256}
+    if state is None or state.state != S.GENERATED or not state.video_url or state.task_id != result.task_id:
+        found = "no record" if state is None else f"{state.state}, task {state.task_id}"
+        raise AirflowFailException(
+            f"row {row_id}: no generated video of task {result.task_id} is recorded to store ({found})"
+        )
+    try:
+        stored = transfer(state.video_url, ledger.layout.video(row_id))
+    except DashScopeResultExpired as error:
+        ledger.put(state.advance(S.FAILED, code=OutcomeCode.RESULT_EXPIRED, message=str(error)))
+        raise AirflowFailException(f"row {row_id}: {error}") from None
+    except Exception as error:
+        # Still "generated": said in the outcome if no try succeeds; nothing partial is left behind.
+        message = f"{type(error).__name__}: {error}"
+        ledger.put(state.advance(S.GENERATED, code=OutcomeCode.STORE_FAILED, message=message))
+        raise
+    ledger.put(
+        state.advance(
+            S.SUCCEEDED,
+            video_uri=stored["uri"],
+            video_bytes=stored["size_bytes"],
+            video_sha256=stored["sha256"],
+            run_id=run_id,
+            code=None,
+            message=None,
+        )
+    )
+    return stored
+
+
+# -- outcome ----------------------------------------------------------------------------------------------
+
+
+def outcome_of(state: RowState | None, run_id: str) -> dict[str, Any]:
+    """The outcome of a row that was handed to the generate steps in this run, from its final record."""
+    if state is None:
+        return {
+            "status": "failed",
+            "code": OutcomeCode.INCOMPLETE,
+            "message": "the row was never submitted: the submit step did not run (see the run's task states); "
+            "rerun to continue",
+        }
+    # The connection says whose key (whose console, whose bill) the task belongs to.
+    base: dict[str, Any] = {
+        "task_id": state.task_id,
+        "video_duration": state.video_duration,
+        "video_ratio": state.video_ratio,
+        "dashscope_conn_id": state.conn_id,
+    }
+    if state.state == S.SUCCEEDED:
+        fresh = state.run_id == run_id
+        return {
+            **base,
+            "status": "succeeded" if fresh else "skipped",
+            "video_uri": state.video_uri,
+            "video_bytes": state.video_bytes,
+            "video_sha256": state.video_sha256,
+            "message": None if fresh else f"already generated by run {state.run_id}",
+        }
+    if state.state == S.FAILED:
+        return {**base, "status": "failed", "code": state.code, "message": state.message}
+    if state.state in (S.SUBMITTING, S.UNCERTAIN):
+        message = state.message or lost_answer_message("the submit answer was lost")
+        return {**base, "status": "failed", "code": OutcomeCode.SUBMISSION_UNCERTAIN, "message": message}
+    if state.state == S.GENERATED and state.code:
+        return {
+            **base,
+            "status": "failed",
+            "code": state.code,
+            "message": f"the video of task {state.task_id} was generated (and billed) but not stored: "
+            f"{state.message}. Rerun to store it: the task is not generated again (its URL lives 24 h after "
+            "it succeeded)",
+        }
+    step = "wait" if state.state == S.SUBMITTED else "download"
+    return {
+        **base,
+        "status": "failed",
+        "code": OutcomeCode.INCOMPLETE,
+        "message": f"stopped in the {step} step with task {state.task_id} in flight ({state.state}); "
+        "rerun to continue: the task is waited on, not resubmitted",
+    }
