@@ -20,7 +20,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from tests.reliability.harness import (
+from tests.harness.reliability import (
     Media,
     bills_by_row,
     count_leaks,
@@ -167,7 +167,8 @@ def test_rerun_after_unknown_does_not_pay_again_unasked(
 
 
 def test_cost_report_counts_the_seconds_billed_for_an_expired_result(tmp_path: Path) -> None:
-    from talking_heads.ledger import RowLedger, RowState
+    from talking_heads.ledger import RowLedger
+    from talking_heads.lifecycle import RowState
     from talking_heads.outcomes import build_outcomes
     from talking_heads.report import build_report
 
