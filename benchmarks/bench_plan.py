@@ -57,7 +57,7 @@ def main() -> None:
         plan = plan_run(frame, RowLedger(str(Path(tmp) / "out")))
         total_s = time.perf_counter() - started
         peak = tracemalloc.get_traced_memory()[1]
-    generate = sum(1 for e in plan if e["plan"] == "generate")
+    generate = sum(1 for e in plan if e.plan == "generate")
     print(
         f"plan: rows={args.rows} to_generate={generate} rejected={args.rows - generate} "
         f"read={read_s:.2f}s validate+plan={total_s - read_s:.2f}s total={total_s:.2f}s "

@@ -170,6 +170,7 @@ def test_cost_report_counts_the_seconds_billed_for_an_expired_result(tmp_path: P
     from talking_heads.ledger import RowLedger
     from talking_heads.lifecycle import RowState
     from talking_heads.outcomes import build_outcomes
+    from talking_heads.payloads import PlanEntry
     from talking_heads.report import build_report
 
     run_id = "manual__2027-01-01T00:00:00+00:00"
@@ -196,7 +197,7 @@ def test_cost_report_counts_the_seconds_billed_for_an_expired_result(tmp_path: P
             **common,
         )
     )
-    plan = [{"row_id": r, "model": "emo-v1", "plan": "generate", "columns": {}} for r in ("stored", "expired")]
+    plan = [PlanEntry(r, "emo-v1", "generate") for r in ("stored", "expired")]
     outcomes = build_outcomes(plan, ledger, run_id)
     by_id = outcomes.set_index("row_id")
     assert by_id.loc["expired", "cost_usd"] == pytest.approx(4.0 * 0.011469)  # the outcome line has it

@@ -22,7 +22,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from tests.reliability.harness import Media, count_leaks, row_of, run_dag, submits, write_table
+from tests.harness.reliability import Media, count_leaks, row_of, run_dag, submits, write_table
 
 SEED = 20261123
 NAN = float("nan")
@@ -283,11 +283,11 @@ def test_fuzzed_rows_are_each_refused_naming_row_and_field(media: Media, tmp_pat
     assert len(entries) == len(rows)
     for index, (row, field, entry) in enumerate(zip(rows, fields, entries, strict=True)):
         if field is None:
-            assert entry["plan"] == "generate", (row, entry)
-            assert entry["row_id"] == row["row_id"]
+            assert entry.plan == "generate", (row, entry)
+            assert entry.row_id == row["row_id"]
         else:
-            assert entry["plan"] == "done", (row, entry)
-            _check_rejection(index, row["row_id"], field, entry["outcome"])
+            assert entry.plan == "done", (row, entry)
+            _check_rejection(index, row["row_id"], field, entry.outcome)
     assert not (tmp_path / "ledger").exists()  # planning writes nothing
 
     # 2. The text-only cases through a CSV file and read_input_table, as users hand them in.
@@ -299,10 +299,10 @@ def test_fuzzed_rows_are_each_refused_naming_row_and_field(media: Media, tmp_pat
     assert len(entries_csv) == len(text_rows)
     for index, (row, field, entry) in enumerate(zip(text_rows, text_fields, entries_csv, strict=True)):
         if field is None:
-            assert entry["plan"] == "generate", (row, entry)
+            assert entry.plan == "generate", (row, entry)
         else:
-            _check_rejection(index, row["row_id"], field, entry["outcome"])
-    codes = Counter(e.get("outcome", {}).get("code", "generate") for e in entries + entries_csv)
+            _check_rejection(index, row["row_id"], field, entry.outcome)
+    codes = Counter(str((e.outcome or {}).get("code", "generate")) for e in entries + entries_csv)
     malformed = invalid + sum(f is not None for f in text_fields)
     print(
         f"\nFUZZ-ROWS rows={len(rows) + len(text_rows)} malformed={malformed} "
@@ -398,7 +398,7 @@ def test_unusable_tables_raise_input_table_error_naming_the_table(tmp_path: Path
         b"\xef\xbb\xbfrow_id,model,image_url,audio_url,face_bbox,ext_bbox\n"
         b'r1,emo-v1,http://h/x.png,http://h/a.wav,"[250, 220, 550, 560]","[100, 100, 700, 700]"\n'
     )
-    assert [e["plan"] for e in _plan(read_input_table(str(bom)), tmp_path)] == ["generate"]
+    assert [e.plan for e in _plan(read_input_table(str(bom)), tmp_path)] == ["generate"]
     print(
         f"\nFUZZ-TABLES tables={len(paths) + 2} refused={len(paths)} accepted=2 wall={time.monotonic() - started:.1f}s"
     )
