@@ -2,11 +2,16 @@
 
 Modules, one per role, as in Airflow's own providers:
 
-* :mod:`dashscope_provider.hooks.dashscope`: ``DashScopeHook`` (submit, query, cancel, download) and
-  ``DashScopeAsyncHook`` (queries from triggers, rate limited per key);
-* :mod:`dashscope_provider.operators.dashscope`: submit a task; store its video;
+* :mod:`dashscope_provider.hooks.dashscope`: ``DashScopeHook`` (submit, query, cancel: HTTP to DashScope);
+* :mod:`dashscope_provider.hooks.dashscope_async`: ``DashScopeAsyncHook`` (queries from triggers, rate
+  limited per key);
+* :mod:`dashscope_provider.operators.dashscope`: submit a task;
 * :mod:`dashscope_provider.sensors.dashscope`: wait for a task (deferrable);
 * :mod:`dashscope_provider.triggers.dashscope`: the trigger behind the sensor;
+* :mod:`dashscope_provider.transfers.dashscope_to_object_storage`: copy a result video to any storage;
+* :mod:`dashscope_provider.models`: endpoints, task statuses, the parsed answers;
+* :mod:`dashscope_provider.retry`: the one retry policy (what may be sent again, and why);
+* :mod:`dashscope_provider.rate_limit`: client-side pacing shared within a process;
 * :mod:`dashscope_provider.exceptions`: what can go wrong, sorted by "could a task (and a bill) exist?".
 """
 
@@ -52,7 +57,10 @@ def get_provider_info() -> dict[str, Any]:
             }
         ],
         "hooks": [
-            {"integration-name": "DashScope", "python-modules": ["dashscope_provider.hooks.dashscope"]},
+            {
+                "integration-name": "DashScope",
+                "python-modules": ["dashscope_provider.hooks.dashscope", "dashscope_provider.hooks.dashscope_async"],
+            },
         ],
         "operators": [
             {"integration-name": "DashScope", "python-modules": ["dashscope_provider.operators.dashscope"]},
@@ -62,5 +70,13 @@ def get_provider_info() -> dict[str, Any]:
         ],
         "triggers": [
             {"integration-name": "DashScope", "python-modules": ["dashscope_provider.triggers.dashscope"]},
+        ],
+        "transfers": [
+            {
+                # "Common IO" is the integration of apache-airflow-providers-common-io (ObjectStoragePath).
+                "source-integration-name": "DashScope",
+                "target-integration-name": "Common IO",
+                "python-module": "dashscope_provider.transfers.dashscope_to_object_storage",
+            }
         ],
     }

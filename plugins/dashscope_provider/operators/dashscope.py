@@ -1,20 +1,31 @@
-"""Operators for DashScope video synthesis: submit a task, and store its result video."""
+"""Operators for DashScope video synthesis: submit a task.
+
+The result video is stored by
+:class:`~dashscope_provider.transfers.dashscope_to_object_storage.DashScopeVideoToObjectStorageOperator`
+(importable from here under its old name, ``DashScopeVideoDownloadOperator``).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import cached_property
 from typing import Any
 
-from airflow.sdk import BaseOperator, Context, ObjectStoragePath
+from airflow.sdk import BaseOperator, Context
 
-from dashscope_provider.hooks.dashscope import DEFAULT_CHUNK_SIZE, DashScopeHook
+from dashscope_provider.hooks.dashscope import DashScopeHook
+from dashscope_provider.transfers.dashscope_to_object_storage import DashScopeVideoToObjectStorageOperator
+
+#: The old name of the transfer operator, kept importable from here.
+DashScopeVideoDownloadOperator = DashScopeVideoToObjectStorageOperator
 
 
 class DashScopeVideoSynthesisOperator(BaseOperator):
     """Submit one DashScope video-synthesis task (``emo-v1`` or ``emoji-v1``); return its task id (XCom).
 
     It only submits: wait with :class:`~dashscope_provider.sensors.dashscope.DashScopeTaskSensor`, then
-    store the result with :class:`DashScopeVideoDownloadOperator` (the video URL lives 24 h).
+    store the result (its URL lives 24 h) with
+    :class:`~dashscope_provider.transfers.dashscope_to_object_storage.DashScopeVideoToObjectStorageOperator`.
 
     Submitting is paid and not idempotent. The hook retries only failures that prove no task was
     created; when the answer is lost after the request was sent it raises
@@ -46,49 +57,15 @@ class DashScopeVideoSynthesisOperator(BaseOperator):
         self.parameters = parameters
         self.dashscope_conn_id = dashscope_conn_id
 
+    @cached_property
+    def hook(self) -> DashScopeHook:
+        """The DashScope hook of ``dashscope_conn_id`` (built on first use, after templates are rendered)."""
+        return DashScopeHook(dashscope_conn_id=self.dashscope_conn_id)
+
     def execute(self, context: Context) -> str:
-        hook = DashScopeHook(dashscope_conn_id=self.dashscope_conn_id)
-        submitted = hook.submit_task(self.model, self.input, self.parameters)
+        submitted = self.hook.submit_task(self.model, self.input, self.parameters)
         self.log.info("Submitted DashScope %s task %s", self.model, submitted.task_id)
         return submitted.task_id
 
 
-class DashScopeVideoDownloadOperator(BaseOperator):
-    """Copy a result video from its pre-signed URL to any storage; return ``{"uri", "size_bytes", "sha256"}``.
-
-    Streams (never holds the video in memory), checks the size against ``Content-Length``, and never
-    leaves a partial file under ``destination`` (see :meth:`DashScopeHook.download_video`). Needs no
-    DashScope connection: the URL is pre-signed. An expired URL (403/404) raises
-    :class:`~dashscope_provider.exceptions.DashScopeResultExpired`.
-
-    :param video_url: the task's ``video_url`` (templated).
-    :param destination: where to write the video (templated): a local path or any fsspec URL
-        (``file://``, ``s3://``, ``gs://``, ``oss://``...).
-    :param conn_id: the Airflow connection of the destination store (templated), passed to
-        :class:`~airflow.sdk.ObjectStoragePath`; None for local paths or ambient credentials.
-    :param chunk_size: bytes per read while streaming.
-    """
-
-    template_fields: Sequence[str] = ("video_url", "destination", "conn_id")
-    ui_color = "#ff6a00"
-
-    def __init__(
-        self,
-        *,
-        video_url: str,
-        destination: str,
-        conn_id: str | None = None,
-        chunk_size: int = DEFAULT_CHUNK_SIZE,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(**kwargs)
-        self.video_url = video_url
-        self.destination = destination
-        self.conn_id = conn_id
-        self.chunk_size = chunk_size
-
-    def execute(self, context: Context) -> dict[str, Any]:
-        destination = ObjectStoragePath(str(self.destination), conn_id=self.conn_id or None)
-        # The hook's DashScope connection is never read for a download, so the default id is harmless.
-        stored = DashScopeHook().download_video(self.video_url, destination, chunk_size=self.chunk_size)
-        return stored.to_dict()
+__all__ = ["DashScopeVideoDownloadOperator", "DashScopeVideoSynthesisOperator", "DashScopeVideoToObjectStorageOperator"]

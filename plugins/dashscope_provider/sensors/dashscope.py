@@ -4,20 +4,24 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import timedelta
+from functools import cached_property
 from typing import Any
 
+from airflow.providers.common.compat.sdk import conf
 from airflow.sdk import BaseSensorOperator, Context, PokeReturnValue
 from airflow.sdk.exceptions import AirflowSensorTimeout
 
 from dashscope_provider.exceptions import DashScopeError, DashScopeTaskFailed
-from dashscope_provider.hooks.dashscope import DashScopeHook, DashScopeTask
+from dashscope_provider.hooks.dashscope import DashScopeHook
+from dashscope_provider.models import DashScopeTask, TaskStatus
 from dashscope_provider.triggers.dashscope import DashScopeTaskTrigger
 
 
 class DashScopeTaskSensor(BaseSensorOperator):
     """Wait until a DashScope task ends; return its final state (``DashScopeTask.to_dict()``) via XCom.
 
-    Deferrable by default: after one check the wait moves to the triggerer
+    With ``deferrable=True`` (the default when ``[operators] default_deferrable`` is set, as for Airflow's
+    own deferrable operators), after one check the wait moves to the triggerer
     (:class:`~dashscope_provider.triggers.dashscope.DashScopeTaskTrigger`) and holds no worker slot.
     With ``deferrable=False`` it pokes from the worker like any sensor (``mode="poke"`` or
     ``"reschedule"``).
@@ -32,7 +36,8 @@ class DashScopeTaskSensor(BaseSensorOperator):
     :param dashscope_conn_id: the DashScope connection (templated).
     :param poll_interval: seconds between status queries, 15 by default as the reference suggests
         (templated; a rendered string such as ``"15"`` is accepted). It sets ``poke_interval``.
-    :param deferrable: wait in the triggerer (default) instead of the worker.
+    :param deferrable: wait in the triggerer instead of the worker (default: the ``[operators]
+        default_deferrable`` setting, False when unset).
     :param fail_on_task_failure: raise ``DashScopeTaskFailed`` when the task ends without a video.
     """
 
@@ -45,7 +50,7 @@ class DashScopeTaskSensor(BaseSensorOperator):
         dashscope_task_id: str,
         dashscope_conn_id: str = DashScopeHook.default_conn_name,
         poll_interval: float | str = 15.0,
-        deferrable: bool = True,
+        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         fail_on_task_failure: bool = True,
         **kwargs: Any,
     ) -> None:
@@ -59,7 +64,9 @@ class DashScopeTaskSensor(BaseSensorOperator):
         self.deferrable = deferrable
         self.fail_on_task_failure = fail_on_task_failure
 
-    def _hook(self) -> DashScopeHook:
+    @cached_property
+    def hook(self) -> DashScopeHook:
+        """The DashScope hook of ``dashscope_conn_id`` (built on first use, after templates are rendered)."""
         return DashScopeHook(dashscope_conn_id=self.dashscope_conn_id)
 
     def _apply_poll_interval(self) -> None:
@@ -70,7 +77,7 @@ class DashScopeTaskSensor(BaseSensorOperator):
 
     def poke(self, context: Context) -> bool | PokeReturnValue:
         """One status query; done when the task is terminal (raises on failure, see the class doc)."""
-        task = self._hook().get_task(self.dashscope_task_id)
+        task = self.hook.get_task(self.dashscope_task_id)
         if not task.is_terminal:
             self.log.info("DashScope task %s is %s", task.task_id, task.status)
             return False
@@ -81,9 +88,9 @@ class DashScopeTaskSensor(BaseSensorOperator):
         self._apply_poll_interval()
         if not self.deferrable:
             return super().execute(context)
-        task = self._hook().get_task(self.dashscope_task_id)
+        task = self.hook.get_task(self.dashscope_task_id)
         # UNKNOWN is confirmed by the trigger over several polls before it is believed.
-        if task.is_terminal and task.status != "UNKNOWN":
+        if task.is_terminal and task.status != TaskStatus.UNKNOWN:
             return self._outcome(task)
         self.log.info(
             "DashScope task %s is %s; deferring (poll every %g s)", task.task_id, task.status, self.poke_interval

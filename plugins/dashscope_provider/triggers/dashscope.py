@@ -10,7 +10,8 @@ from airflow.sdk.exceptions import AirflowNotFoundException
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from dashscope_provider.exceptions import DashScopeAPIError, DashScopeConfigError, DashScopeError
-from dashscope_provider.hooks.dashscope import DashScopeAsyncHook, DashScopeTask
+from dashscope_provider.hooks.dashscope_async import DashScopeAsyncHook
+from dashscope_provider.models import DashScopeTask, TaskStatus
 
 #: Consecutive 401 answers after which the key is taken to be wrong (not a blip during a key rotation).
 AUTH_FAILURES_BEFORE_ERROR = 3
@@ -34,6 +35,8 @@ class DashScopeTaskTrigger(BaseTrigger):
     :param dashscope_conn_id: the DashScope connection.
     :param poll_interval: seconds between polls (the reference suggests 15).
     :param timeout: seconds after which to give up waiting (None: wait until the task ends).
+    :param unknown_confirmations: consecutive ``UNKNOWN`` answers needed before the task is taken to be
+        unknown (expired) rather than not yet visible right after its submission.
     """
 
     def __init__(
@@ -104,8 +107,9 @@ class DashScopeTaskTrigger(BaseTrigger):
                 yield self._event("error", task, f"{type(exc).__name__}: {exc}")
                 return
             else:
-                unknown_seen = unknown_seen + 1 if task.status == "UNKNOWN" else 0
-                if task.is_terminal and (task.status != "UNKNOWN" or unknown_seen >= self.unknown_confirmations):
+                unknown = task.status == TaskStatus.UNKNOWN
+                unknown_seen = unknown_seen + 1 if unknown else 0
+                if task.is_terminal and (not unknown or unknown_seen >= self.unknown_confirmations):
                     yield self._terminal_event(task)
                     return
                 self.log.info("DashScope task %s is %s", task.task_id, task.status)

@@ -1,4 +1,4 @@
-"""DashScopeTaskTrigger and DashScopeAsyncHook against the emulator, run in a real event loop."""
+"""DashScopeTaskTrigger against the emulator, run in a real event loop."""
 
 from __future__ import annotations
 
@@ -9,33 +9,16 @@ from typing import Any
 
 import pytest
 from airflow.triggers.base import TriggerEvent
-from dashscope_provider.exceptions import DashScopeAPIError
-from dashscope_provider.hooks.dashscope import (
-    AsyncRateLimiter,
-    DashScopeAsyncHook,
-    DashScopeTask,
-    get_rate_limiter,
-)
+from dashscope_provider.hooks.dashscope import DashScopeHook
+from dashscope_provider.models import DashScopeTask
 from dashscope_provider.triggers.dashscope import DashScopeTaskTrigger
 
-from tests.unit.conftest import CONN_ID, KEY, conn_json, is_query, logged_requests
+from tests.unit.conftest import CONN_ID, conn_json, is_query, logged_requests
 
 pytestmark = pytest.mark.usefixtures("no_key_in_logs")
 
+
 CLASSPATH = "dashscope_provider.triggers.dashscope.DashScopeTaskTrigger"
-
-
-def fast_hook(conn_id: str = CONN_ID, **kwargs: Any) -> DashScopeAsyncHook:
-    kwargs.setdefault("retry_initial", 0.05)
-    kwargs.setdefault("retry_max", 0.2)
-    kwargs.setdefault("timeout", 5.0)
-    return DashScopeAsyncHook(dashscope_conn_id=conn_id, **kwargs)
-
-
-@pytest.fixture
-def quick_retries(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Triggers build their hook with production back-offs (seconds); shorten them for the tests."""
-    monkeypatch.setattr(DashScopeTaskTrigger, "_hook", lambda self: fast_hook(self.dashscope_conn_id))
 
 
 def run_trigger(trigger: DashScopeTaskTrigger, limit: float = 30.0) -> list[TriggerEvent]:
@@ -148,57 +131,10 @@ def test_trigger_error_when_connection_missing(monkeypatch: pytest.MonkeyPatch) 
     assert "dashscope_missing" in event.payload["message"]
 
 
-def test_async_hook_get_task_shapes(
-    dashscope_conn: str, make_hook: Any, emoji_input: dict[str, Any], wait_terminal: Any
-) -> None:
-    sync_hook = make_hook()
-    task_id = sync_hook.submit_task("emoji-v1", emoji_input).task_id
-    expected = wait_terminal(sync_hook, task_id)
-    task = asyncio.run(fast_hook().get_task(task_id))
-    # The same parsing as the sync hook (request ids differ per request).
-    assert task.to_dict() | {"request_id": None} == expected.to_dict() | {"request_id": None}
-    assert task.video_ratio == "standard" and isinstance(task.video_duration, float)
-
-
-def test_async_hook_does_not_retry_401(emulator: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(f"AIRFLOW_CONN_{CONN_ID.upper()}", conn_json(emulator.base_url, "sk-wrong-key"))
-    with pytest.raises(DashScopeAPIError) as info:
-        asyncio.run(fast_hook().get_task("t"))
-    assert (info.value.status_code, info.value.code) == (401, "InvalidApiKey")
-    assert len(logged_requests(emulator, is_query)) == 1
-    assert KEY not in str(info.value) and "sk-wrong-key" not in str(info.value)
-
-
-def test_many_pollers_share_one_rate_limit(dashscope_conn: str, emulator: Any) -> None:
-    # 40 triggers' worth of queries at once with one key: the service allows 20/s, the shared limiter 15/s.
-    async def burst() -> list[DashScopeTask]:
-        hooks = [fast_hook() for _ in range(40)]
-        return await asyncio.gather(*(hook.get_task(f"task-{i}") for i, hook in enumerate(hooks)))
-
-    started = time.monotonic()
-    tasks = asyncio.run(burst())
-    elapsed = time.monotonic() - started
-    assert [t.status for t in tasks] == ["UNKNOWN"] * 40
-    statuses = [r["status"] for r in logged_requests(emulator, is_query, 40)]
-    assert statuses == [200] * 40  # not one 429
-    assert elapsed >= 39 / 15 - 0.2  # paced at 15 per second
-
-
-def test_rate_limiter_is_shared_per_key_and_backs_off() -> None:
-    assert get_rate_limiter("http://a", "k1") is get_rate_limiter("http://a", "k1")
-    assert get_rate_limiter("http://a", "k1") is not get_rate_limiter("http://a", "k2")
-    limiter = AsyncRateLimiter(qps=1000)
-    limiter.penalize(0.3)  # after a 429
-    started = time.monotonic()
-    asyncio.run(limiter.acquire())
-    assert time.monotonic() - started >= 0.25
-
-
 def test_on_kill_cancels_a_queued_task_and_leaves_a_running_one(
     slow_emulator: Any, emoji_input: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Mark-failed or clear of a deferred wait: Airflow calls the trigger's on_kill in the triggerer."""
-    from dashscope_provider.hooks.dashscope import DashScopeHook
 
     monkeypatch.setenv(f"AIRFLOW_CONN_{CONN_ID.upper()}", conn_json(slow_emulator.base_url))
     hook = DashScopeHook(dashscope_conn_id=CONN_ID)

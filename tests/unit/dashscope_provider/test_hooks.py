@@ -1,45 +1,31 @@
-"""DashScopeHook against the emulator over real HTTP: submit, query, cancel, download, and what is retried."""
+"""DashScopeHook against the emulator over real HTTP: connection, submit, query, cancel, and what is retried."""
 
 from __future__ import annotations
 
-import hashlib
 import json
-import pickle
 import socket
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 from airflow.sdk.exceptions import AirflowFailException
 from dashscope_provider.exceptions import (
     DashScopeAPIError,
     DashScopeConfigError,
     DashScopeRequestNotSent,
-    DashScopeResultExpired,
     DashScopeSubmissionUncertain,
-    DashScopeTaskFailed,
 )
-from dashscope_provider.hooks.dashscope import (
-    DEFAULT_BASE_URL,
-    DashScopeHook,
-    DashScopeTask,
-    SubmittedTask,
-    base_url_from_connection,
-    parse_task,
-)
+from dashscope_provider.hooks.dashscope import DashScopeHook
+from dashscope_provider.models import DEFAULT_BASE_URL, DashScopeTask, SubmittedTask
 
 from tests.unit.conftest import (
-    BUCKET,
     CONN_ID,
     KEY,
     assert_no_key,
     conn_json,
     is_query,
-    is_result,
     is_submit,
     logged_requests,
 )
@@ -47,33 +33,7 @@ from tests.unit.conftest import (
 pytestmark = pytest.mark.usefixtures("no_key_in_logs")
 
 
-def _sha256(url: str) -> tuple[int, str]:
-    body = requests.get(url, timeout=10).content
-    return len(body), hashlib.sha256(body).hexdigest()
-
-
 # -- connection ---------------------------------------------------------------------------------------
-
-
-class _Conn:
-    def __init__(self, host: str | None, port: int | None = None, schema: str | None = None) -> None:
-        self.host, self.port, self.schema, self.conn_id, self.password = host, port, schema, "x", KEY
-
-
-@pytest.mark.parametrize(
-    ("host", "port", "expected"),
-    [
-        (None, None, DEFAULT_BASE_URL),
-        ("", None, DEFAULT_BASE_URL),
-        ("dashscope.aliyuncs.com", None, "https://dashscope.aliyuncs.com"),
-        ("https://ws-1.cn-beijing.maas.aliyuncs.com/", None, "https://ws-1.cn-beijing.maas.aliyuncs.com"),
-        ("https://dashscope.aliyuncs.com/api/v1", None, "https://dashscope.aliyuncs.com"),
-        ("http://127.0.0.1:8000", None, "http://127.0.0.1:8000"),
-        ("127.0.0.1", 8000, "https://127.0.0.1:8000"),
-    ],
-)
-def test_base_url_from_connection(host: str | None, port: int | None, expected: str) -> None:
-    assert base_url_from_connection(_Conn(host, port)) == expected  # type: ignore[arg-type]
 
 
 def test_ui_field_behaviour_relabels_host_and_password() -> None:
@@ -362,29 +322,6 @@ def test_get_task_emoji_v1_shape(
     assert task.video_ratio == "standard"
 
 
-def test_parse_task_reference_examples() -> None:
-    emo = parse_task(
-        {
-            "request_id": "r",
-            "output": {"task_id": "t", "task_status": "SUCCEEDED", "results": {"video_url": "http://x/a.mp4"}},
-            "usage": {"video_duration": 13.93, "video_ratio": "1:1"},
-        }
-    )
-    emoji = parse_task(
-        {
-            "request_id": "r",
-            "output": {"task_id": "t", "task_status": "SUCCEEDED", "video_url": "http://x/b.mp4"},
-            "usage": {"video_duration": 2, "video_ratio": "standard"},
-        }
-    )
-    failed = parse_task({"output": {"task_id": "t", "task_status": "FAILED", "code": "InvalidURL", "message": "m"}})
-    assert (emo.video_url, emo.video_duration, emo.video_ratio) == ("http://x/a.mp4", 13.93, "1:1")
-    assert (emoji.video_url, emoji.video_duration, emoji.video_ratio) == ("http://x/b.mp4", 2.0, "standard")
-    assert (failed.status, failed.code, failed.message, failed.is_terminal) == ("FAILED", "InvalidURL", "m", True)
-    with pytest.raises(ValueError):
-        parse_task({"code": "InvalidApiKey"})
-
-
 def test_get_task_failed(dashscope_conn: str, make_hook: Any, emo_input: dict[str, Any], wait_terminal: Any) -> None:
     hook = make_hook()
     bad = {**emo_input, "image_url": emo_input["image_url"] + "?emulator_error=InvalidFile.FacePose"}
@@ -440,141 +377,88 @@ def test_cancel_pending_task_only(
     assert hook.get_task(running).status == "RUNNING"
 
 
-# -- download -----------------------------------------------------------------------------------------
+# -- HttpHook's surface --------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def video_url(dashscope_conn: str, make_hook: Any, emo_input: dict[str, Any], wait_terminal: Any) -> str:
-    hook = make_hook()
-    task = wait_terminal(hook, hook.submit_task("emo-v1", emo_input).task_id)
-    assert task.video_url
-    return task.video_url
+class _Recorder(BaseHTTPRequestHandler):
+    """Answers every request with an UNKNOWN task and records what it received."""
 
-
-def test_download_video_to_local_path(video_url: str, tmp_path: Path, emulator: Any, make_hook: Any) -> None:
-    destination = tmp_path / "videos" / "row-1.mp4"
-    stored = make_hook().download_video(video_url, str(destination), chunk_size=64 * 1024)
-    size, digest = _sha256(video_url)
-    assert (stored.size_bytes, stored.sha256) == (size, digest)
-    assert stored.uri == str(destination)
-    assert destination.read_bytes()[4:8] == b"ftyp"  # an MP4
-    assert hashlib.sha256(destination.read_bytes()).hexdigest() == digest
-    assert sorted(p.name for p in destination.parent.iterdir()) == ["row-1.mp4"]  # no temporary left
-    # The pre-signed URL got no DashScope credentials.
-    result_requests = logged_requests(emulator, is_result, 2)
-    assert result_requests and all(r["key_fingerprint"] is None for r in result_requests)
-
-
-def test_download_video_to_s3(video_url: str, aws_conn: str, s3_client: Any, make_hook: Any) -> None:
-    from airflow.sdk import ObjectStoragePath
-
-    destination = ObjectStoragePath(f"s3://{BUCKET}/videos/x.mp4", conn_id=aws_conn)
-    stored = make_hook().download_video(video_url, destination)
-    size, digest = _sha256(video_url)
-    assert (stored.uri, stored.size_bytes, stored.sha256) == (f"s3://{BUCKET}/videos/x.mp4", size, digest)
-    body = s3_client.get_object(Bucket=BUCKET, Key="videos/x.mp4")["Body"].read()
-    assert (len(body), hashlib.sha256(body).hexdigest()) == (size, digest)
-    keys = [o["Key"] for o in s3_client.list_objects_v2(Bucket=BUCKET, Prefix="videos/").get("Contents", [])]
-    assert "videos/x.mp4" in keys and not any(k.endswith(".part") for k in keys)
-
-
-def test_large_video_goes_to_s3_as_a_multipart_upload(
-    aws_conn: str, s3_client: Any, make_hook: Any, tmp_path: Path
-) -> None:
-    """Past two parts' size the upload is multipart (small parts, bounded memory); the object is whole."""
-    from airflow.sdk import ObjectStoragePath
-    from dashscope_emulator import serve_directory
-    from dashscope_provider.hooks.dashscope import UPLOAD_PART_SIZE
-
-    served = tmp_path / "served"
-    served.mkdir()
-    payload = hashlib.sha256(b"seed").digest() * (UPLOAD_PART_SIZE * 5 // 2 // 32 + 7)  # 2.5 parts and a bit
-    (served / "big.mp4").write_bytes(payload)
-    with serve_directory(served) as base_url:
-        destination = ObjectStoragePath(f"s3://{BUCKET}/videos/big.mp4", conn_id=aws_conn)
-        stored = make_hook().download_video(f"{base_url}/big.mp4", destination)
-    head = s3_client.head_object(Bucket=BUCKET, Key="videos/big.mp4")
-    assert head["ETag"].strip('"').endswith("-3")  # three parts: S3's multipart ETag is <md5>-<parts>
-    body = s3_client.get_object(Bucket=BUCKET, Key="videos/big.mp4")["Body"].read()
-    assert body == payload
-    assert (stored.size_bytes, stored.sha256) == (len(payload), hashlib.sha256(payload).hexdigest())
-
-
-def test_download_expired_url(video_url: str, emulator: Any, tmp_path: Path, make_hook: Any) -> None:
-    emulator.advance(25 * 3600)  # result URLs live 24 h
-    destination = tmp_path / "late.mp4"
-    with pytest.raises(DashScopeResultExpired) as info:
-        make_hook().download_video(video_url, str(destination))
-    assert info.value.status_code == 403
-    assert "Request has expired" in str(info.value)
-    assert "Signature=" not in str(info.value)  # the signed query string is left out
-    assert list(tmp_path.iterdir()) == []  # nothing, not even a partial file
-
-
-def test_download_tampered_url_is_not_retried(video_url: str, emulator: Any, tmp_path: Path, make_hook: Any) -> None:
-    with pytest.raises(DashScopeResultExpired):
-        make_hook().download_video(video_url.replace("Signature=", "Signature=x"), str(tmp_path / "v.mp4"))
-    assert len(logged_requests(emulator, is_result)) == 1
-
-
-class _FlakyStorage(BaseHTTPRequestHandler):
-    """Serves one 1000-byte file: first a 503, then a body cut short, then the whole file."""
-
-    protocol_version = "HTTP/1.1"
-    body = bytes(range(256)) * 3 + bytes(232)
-    answers: list[str] = []
+    seen: list[dict[str, Any]] = []
 
     def do_GET(self) -> None:
-        turn = ("503", "truncated", "ok")[min(len(self.answers), 2)]
-        self.answers.append(turn)
-        if turn == "503":
-            self.send_response(503)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-            return
+        self.seen.append({"path": self.path, "headers": dict(self.headers)})
+        body = json.dumps({"request_id": "r", "output": {"task_id": "t", "task_status": "UNKNOWN"}}).encode()
         self.send_response(200)
-        self.send_header("Content-Type", "video/mp4")
-        self.send_header("Content-Length", str(len(self.body)))
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        self.wfile.write(self.body if turn == "ok" else self.body[:500])
-        self.close_connection = True
+        self.wfile.write(body)
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
 
 
-def test_download_retries_5xx_and_truncated_bodies(tmp_path: Path, make_hook: Any) -> None:
-    _FlakyStorage.answers = []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _FlakyStorage)
+@pytest.fixture
+def recorder() -> Iterator[str]:
+    _Recorder.seen = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/v.mp4?Expires=1&Signature=abc"
-        stored = make_hook(max_attempts=4).download_video(url, str(tmp_path / "v.mp4"), chunk_size=128)
+        yield f"http://127.0.0.1:{server.server_address[1]}"
     finally:
         server.shutdown()
         server.server_close()
-    assert _FlakyStorage.answers == ["503", "truncated", "ok"]
-    assert (stored.size_bytes, stored.sha256) == (1000, hashlib.sha256(_FlakyStorage.body).hexdigest())
-    assert (tmp_path / "v.mp4").read_bytes() == _FlakyStorage.body
-    assert [p.name for p in tmp_path.iterdir()] == ["v.mp4"]
 
 
-# -- exceptions ---------------------------------------------------------------------------------------
+def test_session_is_httphooks_with_a_bearer_token(
+    recorder: str, make_hook: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # login is ignored (no basic auth); extras are HttpHook's: unknown keys become headers, timeout is read.
+    conn = {
+        "conn_type": "dashscope",
+        "host": f"{recorder}/api/v1/",
+        "login": "someone",
+        "password": KEY,
+        "extra": {"X-Team": "video", "timeout": 7},
+    }
+    monkeypatch.setenv(f"AIRFLOW_CONN_{CONN_ID.upper()}", json.dumps(conn))
+    hook = make_hook()
+    assert hook.url_from_endpoint("api/v1/tasks/t") == f"{recorder}/api/v1/tasks/t"  # /api/v1 not doubled
+    assert hook.get_task("t").status == "UNKNOWN"
+    [request] = _Recorder.seen
+    assert request["path"] == "/api/v1/tasks/t"
+    assert request["headers"]["Authorization"] == f"Bearer {KEY}"
+    assert request["headers"]["X-Team"] == "video"
+    assert hook.base_url == recorder
+    assert hook._request_timeout() == 7
+    assert hook.keep_alive_adapter is not None  # HttpHook's TCP keep-alive, on by default
 
 
-def test_exceptions_survive_pickling_and_carry_no_key() -> None:
-    errors = [
-        DashScopeAPIError(429, "Throttling.RateQuota", "slow down", "req-1", "submit"),
-        DashScopeSubmissionUncertain("connection dropped", "fp-1", 502),
-        DashScopeTaskFailed("t-1", "FAILED", "InvalidURL", "bad"),
-        DashScopeResultExpired(403, "http://x/a.mp4", "AccessDenied: Request has expired."),
-        DashScopeRequestNotSent("refused"),
-    ]
-    for error in errors:
-        clone = pickle.loads(pickle.dumps(error))
-        assert type(clone) is type(error) and str(clone) == str(error)
-        assert_no_key(error)
-    assert errors[0].retryable
-    assert not DashScopeAPIError(502, None, "gateway").retryable
-    assert DashScopeAPIError(500, "InternalError", "x").retryable
-    assert isinstance(errors[2], AirflowFailException)
+def test_hook_reads_its_connection_once(recorder: str, make_hook: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(f"AIRFLOW_CONN_{CONN_ID.upper()}", conn_json(recorder))
+    hook = make_hook()
+    for _ in range(3):
+        hook.get_task("t")
+    assert hook.dashscope_connection is hook.dashscope_connection
+    assert len(_Recorder.seen) == 3
+
+
+def test_moved_names_still_import_from_the_hook_module_with_a_warning() -> None:
+    import dashscope_provider.hooks.dashscope as old
+    from airflow.exceptions import AirflowProviderDeprecationWarning
+    from dashscope_provider import rate_limit
+    from dashscope_provider.hooks.dashscope_async import DashScopeAsyncHook
+    from dashscope_provider.transfers import dashscope_to_object_storage as transfers
+
+    with pytest.warns(AirflowProviderDeprecationWarning, match="dashscope_provider.hooks.dashscope_async"):
+        assert old.DashScopeAsyncHook is DashScopeAsyncHook
+    with pytest.warns(AirflowProviderDeprecationWarning):
+        assert old.get_rate_limiter is rate_limit.get_rate_limiter
+    with pytest.warns(AirflowProviderDeprecationWarning):
+        assert old.StoredVideo is transfers.StoredVideo
+    # What the hook itself uses stays importable as it was, without a warning.
+    from dashscope_provider.hooks.dashscope import DashScopeTask as Task  # noqa: F401
+    from dashscope_provider.hooks.dashscope import base_url_from_connection, parse_task  # noqa: F401
+
+    with pytest.raises(AttributeError):
+        _ = old.NoSuchName

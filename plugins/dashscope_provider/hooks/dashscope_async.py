@@ -1,0 +1,132 @@
+"""The async hook for DashScope: task queries and cancels from the triggerer's event loop."""
+
+from __future__ import annotations
+
+import json
+from urllib.parse import quote
+
+import aiohttp
+from airflow.sdk import BaseHook
+
+from dashscope_provider.connection import api_key_from_connection, base_url_from_connection, key_fingerprint
+from dashscope_provider.exceptions import DashScopeConnectionError
+from dashscope_provider.models import CANCEL_ENDPOINT, TASK_ENDPOINT, DashScopeTask, api_error, parse_task
+from dashscope_provider.rate_limit import DEFAULT_QUERY_QPS, AsyncRateLimiter, get_rate_limiter
+from dashscope_provider.retry import DEFAULT_THROTTLE_TIMEOUT, RetryPolicy, describe, transport_error
+
+
+class DashScopeAsyncHook(BaseHook):
+    """Query DashScope tasks from async code (triggers), with the sync hook's parsing and retry rules.
+
+    Built directly on aiohttp rather than on ``HttpAsyncHook``: that one retries 5xx only, at a fixed
+    delay, and authenticates with basic auth, while this API needs a bearer token, 429 handling and a
+    shared rate limit. The connection is read the Airflow 3 way for async code
+    (``get_async_connection``), once per hook.
+
+    Every query first waits for a slot of the rate limiter shared by all hooks of this process that use
+    the same base URL and key (:func:`~dashscope_provider.rate_limit.get_rate_limiter`), so that any number
+    of triggers polling with one key stays within the service's 20 queries per second.
+
+    :param dashscope_conn_id: the connection id.
+    :param max_attempts: attempts per query (429 answers not counted, see
+        :class:`~dashscope_provider.retry.RetryPolicy`).
+    :param retry_initial: first back-off in seconds (doubles per attempt, with jitter).
+    :param retry_max: longest back-off in seconds.
+    :param throttle_timeout: seconds one query keeps retrying while it is throttled (429).
+    :param timeout: total seconds per request.
+    :param max_qps: the shared query rate of this key in this process (default 15).
+    """
+
+    conn_name_attr = "dashscope_conn_id"
+    default_conn_name = "dashscope_default"
+    conn_type = "dashscope"
+    hook_name = "DashScope"
+
+    def __init__(
+        self,
+        dashscope_conn_id: str = default_conn_name,
+        *,
+        max_attempts: int = 5,
+        retry_initial: float = 1.0,
+        retry_max: float = 30.0,
+        throttle_timeout: float = DEFAULT_THROTTLE_TIMEOUT,
+        timeout: float = 60.0,
+        max_qps: float = DEFAULT_QUERY_QPS,
+    ) -> None:
+        super().__init__()
+        self.dashscope_conn_id = dashscope_conn_id
+        self.retry_policy = RetryPolicy(max_attempts, retry_initial, retry_max, throttle_timeout)
+        self.timeout = timeout
+        self.max_qps = max_qps
+        self._base_url: str | None = None
+        self._headers: dict[str, str] | None = None
+        self._limiter: AsyncRateLimiter | None = None
+
+    async def _configure(self) -> tuple[str, dict[str, str], AsyncRateLimiter]:
+        if self._base_url is None or self._headers is None or self._limiter is None:
+            from airflow.providers.common.compat.connection import get_async_connection
+
+            conn = await get_async_connection(conn_id=self.dashscope_conn_id, hook=self)
+            key = api_key_from_connection(conn)
+            self._base_url = base_url_from_connection(conn)
+            self._headers = {"Authorization": f"Bearer {key}"}
+            self._limiter = get_rate_limiter(self._base_url, key_fingerprint(key), self.max_qps)
+        return self._base_url, self._headers, self._limiter
+
+    async def get_task(self, task_id: str) -> DashScopeTask:
+        """The task's current status (see :meth:`DashScopeHook.get_task`); retries 429, 5xx, transport errors.
+
+        :raises DashScopeAPIError: on a non-retryable error (401...) or after the retries.
+        :raises DashScopeConnectionError: if the service stayed unreachable.
+        """
+        base_url, headers, limiter = await self._configure()
+        url = f"{base_url}/{TASK_ENDPOINT.format(task_id=quote(task_id, safe=''))}"
+        timeout = aiohttp.ClientTimeout(total=self.timeout)
+
+        async def attempt() -> DashScopeTask:
+            await limiter.acquire()
+            try:
+                async with (
+                    aiohttp.ClientSession(timeout=timeout) as session,
+                    session.get(url, headers=headers) as response,
+                ):
+                    status = response.status
+                    content_type = response.headers.get("Content-Type")
+                    text = await response.text()
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                raise transport_error(exc, idempotent=True) from exc
+            if status == 200:
+                try:
+                    return parse_task(json.loads(text))
+                except ValueError as exc:
+                    raise DashScopeConnectionError(f"unreadable query answer ({exc})") from None
+            error = api_error(status, text, content_type, "query")
+            if status == 429:
+                # Throttled: hold back every poller of this key, not just this one.
+                limiter.penalize(1.0)
+            raise error
+
+        return await self.retry_policy.async_retrying("query", self.log, idempotent=True)(attempt)
+
+    async def cancel_task(self, task_id: str) -> bool:
+        """Cancel a task that is still ``PENDING``; True if the service canceled it (one attempt).
+
+        A refusal (the task already runs or ended) is an answer, not an error: False, with a log line.
+        """
+        base_url, headers, _ = await self._configure()
+        url = f"{base_url}/{CANCEL_ENDPOINT.format(task_id=quote(task_id, safe=''))}"
+        try:
+            async with (
+                aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout)) as session,
+                session.post(url, headers=headers) as response,
+            ):
+                if 200 <= response.status < 300:
+                    self.log.info("DashScope task %s canceled", task_id)
+                    return True
+                error = api_error(
+                    response.status, await response.text(), response.headers.get("Content-Type"), "cancel"
+                )
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise DashScopeConnectionError(describe(exc)) from exc
+        self.log.info("DashScope task %s not canceled: %s", task_id, error)
+        return False

@@ -1,0 +1,34 @@
+"""The provider's exceptions: picklable, and never carrying the key."""
+
+from __future__ import annotations
+
+import pickle
+
+from airflow.sdk.exceptions import AirflowFailException
+from dashscope_provider.exceptions import (
+    DashScopeAPIError,
+    DashScopeRequestNotSent,
+    DashScopeResultExpired,
+    DashScopeSubmissionUncertain,
+    DashScopeTaskFailed,
+)
+
+from tests.unit.conftest import assert_no_key
+
+
+def test_exceptions_survive_pickling_and_carry_no_key() -> None:
+    errors = [
+        DashScopeAPIError(429, "Throttling.RateQuota", "slow down", "req-1", "submit"),
+        DashScopeSubmissionUncertain("connection dropped", "fp-1", 502),
+        DashScopeTaskFailed("t-1", "FAILED", "InvalidURL", "bad"),
+        DashScopeResultExpired(403, "http://x/a.mp4", "AccessDenied: Request has expired."),
+        DashScopeRequestNotSent("refused"),
+    ]
+    for error in errors:
+        clone = pickle.loads(pickle.dumps(error))
+        assert type(clone) is type(error) and str(clone) == str(error)
+        assert_no_key(error)
+    assert errors[0].retryable
+    assert not DashScopeAPIError(502, None, "gateway").retryable
+    assert DashScopeAPIError(500, "InternalError", "x").retryable
+    assert isinstance(errors[2], AirflowFailException)

@@ -1,0 +1,86 @@
+"""Parsing DashScope's answers, and the task status enum."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from dashscope_provider.models import (
+    TASK_STATUSES,
+    TERMINAL_STATUSES,
+    DashScopeTask,
+    SubmittedTask,
+    TaskStatus,
+    api_error,
+    parse_submission,
+    parse_task,
+)
+
+
+def test_parse_task_reference_examples() -> None:
+    emo = parse_task(
+        {
+            "request_id": "r",
+            "output": {"task_id": "t", "task_status": "SUCCEEDED", "results": {"video_url": "http://x/a.mp4"}},
+            "usage": {"video_duration": 13.93, "video_ratio": "1:1"},
+        }
+    )
+    emoji = parse_task(
+        {
+            "request_id": "r",
+            "output": {"task_id": "t", "task_status": "SUCCEEDED", "video_url": "http://x/b.mp4"},
+            "usage": {"video_duration": 2, "video_ratio": "standard"},
+        }
+    )
+    failed = parse_task({"output": {"task_id": "t", "task_status": "FAILED", "code": "InvalidURL", "message": "m"}})
+    assert (emo.video_url, emo.video_duration, emo.video_ratio) == ("http://x/a.mp4", 13.93, "1:1")
+    assert (emoji.video_url, emoji.video_duration, emoji.video_ratio) == ("http://x/b.mp4", 2.0, "standard")
+    assert (failed.status, failed.code, failed.message, failed.is_terminal) == ("FAILED", "InvalidURL", "m", True)
+    with pytest.raises(ValueError):
+        parse_task({"code": "InvalidApiKey"})
+
+
+def test_task_status_is_a_str_enum_with_terminal_statuses() -> None:
+    assert TaskStatus.SUCCEEDED == "SUCCEEDED" and isinstance(TaskStatus.SUCCEEDED, str)
+    assert json.dumps({"s": TaskStatus.RUNNING}) == '{"s": "RUNNING"}'
+    assert TASK_STATUSES == ("PENDING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELED", "UNKNOWN")
+    assert (
+        {s for s in TaskStatus if s.is_terminal} == TERMINAL_STATUSES == {"SUCCEEDED", "FAILED", "CANCELED", "UNKNOWN"}
+    )
+
+
+def test_task_status_is_parsed_into_the_enum_and_dumped_as_plain_strings() -> None:
+    task = parse_task({"output": {"task_id": "t", "task_status": "running"}})
+    assert task.status is TaskStatus.RUNNING and not task.is_terminal
+    dumped = task.to_dict()
+    assert type(dumped["status"]) is str and dumped["status"] == "RUNNING"
+    assert DashScopeTask.from_dict(dumped) == task
+    assert DashScopeTask.from_dict({**dumped, "status": "SUCCEEDED", "extra": 1}).succeeded
+    # A status this code does not know is kept, not a parse failure; it is not terminal.
+    odd = parse_task({"output": {"task_id": "t", "task_status": "SUSPENDED"}})
+    assert (odd.status, odd.is_terminal) == ("SUSPENDED", False)
+
+
+def test_parse_submission() -> None:
+    submitted = parse_submission({"request_id": "r", "output": {"task_id": "t", "task_status": "PENDING"}})
+    assert submitted == SubmittedTask(task_id="t", task_status="PENDING", request_id="r")
+    assert parse_submission({"output": {"task_id": "t"}}).task_status == "PENDING"
+    for bad in ({"output": {}}, {"code": "x"}, None, []):
+        with pytest.raises(ValueError):
+            parse_submission(bad)
+
+
+def test_api_error_with_and_without_a_dashscope_body() -> None:
+    body = json.dumps({"request_id": "r-1", "code": "Throttling.RateQuota", "message": "slow"})
+    error = api_error(429, body, "application/json", "submit")
+    assert (error.status_code, error.code, error.message, error.request_id, error.operation) == (
+        429,
+        "Throttling.RateQuota",
+        "slow",
+        "r-1",
+        "submit",
+    )
+    assert error.has_error_body
+    gateway = api_error(502, "<html>Bad Gateway</html>", "text/html; charset=utf-8", "query")
+    assert (gateway.code, gateway.has_error_body) == (None, False)
+    assert "text/html" in str(gateway) and "Bad Gateway" not in str(gateway)
