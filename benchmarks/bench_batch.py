@@ -33,7 +33,7 @@ import psutil
 from dashscope_emulator import EmulatorServer, make_samples, serve_directory
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.integration.airflow_cluster import AirflowCluster
+from tests.harness.cluster import AirflowCluster
 
 KEY = "sk-bench-batch-0123456789"  # key i > 0 is f"{KEY}-{i}"
 WORKLOAD = re.compile(r"Workload finished\s.*?duration=(?P<duration>[\d.]+).*?workload_id=(?P<id>[0-9a-f-]{36})")

@@ -34,7 +34,7 @@ from bench_batch import WORKLOAD, _rows, _ts
 from dashscope_emulator import EmulatorServer, make_samples, serve_directory
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.integration.airflow_cluster import REPO_ROOT, AirflowCluster
+from tests.harness.cluster import REPO_ROOT, AirflowCluster
 
 KEY = "sk-bench-sdk-0123456789"
 #: The benchmark's DAGs folder: the project's main DAG and the baseline (the cost report DAG stays out).

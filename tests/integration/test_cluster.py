@@ -17,8 +17,8 @@ import pandas as pd
 import pytest
 from dashscope_emulator import EmulatorServer, make_samples, serve_directory
 
-from tests.integration.airflow_cluster import AirflowCluster
-from tests.integration.services import PostgresServer
+from tests.harness.cluster import AirflowCluster
+from tests.harness.services import PostgresServer
 
 pytestmark = pytest.mark.integration
 KEY = "sk-cluster-test-secret-42"

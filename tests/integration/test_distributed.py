@@ -34,8 +34,8 @@ import pytest
 import requests
 from dashscope_emulator import EmulatorServer, make_samples, serve_directory
 
-from tests.integration.airflow_cluster import CeleryAirflowCluster
-from tests.integration.services import PostgresServer, RedisServer, S3Server, Service, wait_until
+from tests.harness.cluster import CeleryAirflowCluster
+from tests.harness.services import PostgresServer, RedisServer, S3Server, Service, wait_until
 
 pytestmark = pytest.mark.integration
 KEY = "sk-distributed-test-secret-7"

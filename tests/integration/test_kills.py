@@ -32,7 +32,7 @@ import pytest
 import requests
 from dashscope_emulator import EmulatorServer, make_samples, serve_directory
 
-from tests.integration.airflow_cluster import AirflowCluster
+from tests.harness.cluster import AirflowCluster
 
 pytestmark = pytest.mark.integration
 KEY = "sk-kills-test-secret-0042"

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.reliability.harness import KEY, Media, row_of
+from tests.harness.reliability import KEY, Media, row_of
 
 # A failed task is tried again after 1 s (not the DAG's 30 s default): same retry rules, less waiting.
 # Set before the DAG is first parsed; dag.test() parses the DAG files again on every run anyway.

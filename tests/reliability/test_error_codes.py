@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from tests.reliability.harness import Media, count_leaks, run_dag, submits, write_table
+from tests.harness.reliability import Media, count_leaks, run_dag, submits, write_table
 
 # Messages as the reference pages give them (pages 000/001, error codes).
 IMAGE_FORMAT = (

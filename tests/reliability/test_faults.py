@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.reliability.harness import (
+from tests.harness.reliability import (
     Media,
     bills_by_row,
     count_leaks,

@@ -20,8 +20,8 @@ import pandas as pd
 import pytest
 import requests
 
-from tests.reliability.harness import Media, count_leaks, run_dag, submits, write_table
-from tests.reliability.s3_proxy import FaultyS3Proxy
+from tests.harness.reliability import Media, count_leaks, run_dag, submits, write_table
+from tests.harness.s3_proxy import FaultyS3Proxy
 
 ROWS = ("r-square", "r-halfbody", "r-emoji")
 KINDS = ("emo-square", "emo-halfbody", "emoji")

@@ -4,7 +4,7 @@
 metadata DB (SQLite in a temporary AIRFLOW_HOME unless ``extra_env`` names another) and this repo's
 dags/ and plugins/.
 :class:`CeleryAirflowCluster`: docker-compose.yaml's topology: the same components plus Celery workers,
-CeleryExecutor, a Postgres metadata DB and a Redis broker (``tests/integration/services.py``), each
+CeleryExecutor, a Postgres metadata DB and a Redis broker (``tests/harness/services.py``), each
 component with its own AIRFLOW_HOME and one shared config file, as compose's containers have.
 Tests drive either through the REST API.
 """
@@ -23,7 +23,7 @@ from typing import Any
 
 import requests
 
-from tests.integration.services import (
+from tests.harness.services import (
     PostgresServer,
     RedisServer,
     dies_with_parent,
