@@ -7,7 +7,7 @@ Use it where the real service can't be reached (tests, demos, CI)::
     with EmulatorServer(api_keys=["sk-test"], speed=1000) as emu:
         ...  # point a DashScope client at emu.base_url
 
-See :mod:`dashscope_emulator.server` for what is emulated and how, and ``python -m dashscope_emulator
+See :mod:`dashscope_emulator.server` for what is emulated and which module does what, and ``python -m dashscope_emulator
 --help`` for the command line.
 """
 
@@ -15,15 +15,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from dashscope_emulator.server import (
-    DEFAULT_API_KEY,
-    EMOJI_TEMPLATES,
-    EmulatorServer,
-    emoji_template_seconds,
-    key_fingerprint,
-    run_seconds,
-    serve_directory,
-)
+from dashscope_emulator.contract import DEFAULT_API_KEY, EMOJI_TEMPLATES, emoji_template_seconds, key_fingerprint
+from dashscope_emulator.fileserver import serve_directory
+from dashscope_emulator.server import EmulatorServer
+from dashscope_emulator.service import run_seconds
 
 if TYPE_CHECKING:
     from dashscope_emulator.samples import make_samples

@@ -1,0 +1,420 @@
+"""The in-process service behind the emulator's HTTP API: keys, rate limits, task store, queue, billing.
+
+:class:`EmulatorService` is what the HTTP handler talks to, through public methods only
+(:meth:`~EmulatorService.authenticate`, :meth:`~EmulatorService.admit`, :meth:`~EmulatorService.submit`,
+:meth:`~EmulatorService.query`, :meth:`~EmulatorService.cancel`, ...). It knows nothing of HTTP.
+
+* **Simulated time** (:class:`~.clock.SimClock`): ``sim_now = t0 + wall_elapsed * speed + advanced``.
+* **Queue.** Per API key: FIFO, exactly one task RUNNING, the rest PENDING (the reference's "concurrent
+  tasks: 1, excess tasks are queued"). A RUNNING task lasts :func:`run_seconds` simulated seconds, or
+  longer if rendering takes longer in wall time; a task whose media fail the checks ends
+  :data:`FAIL_SECONDS` after it started. Worker threads download, check and render (:mod:`.validation`,
+  :mod:`.media`) while the task is RUNNING.
+* **Limits.** Per key, on the wall clock: more than 5 submits or 20 queries within any 1 s window get
+  429 ``Throttling.RateQuota`` (throttled requests don't count).
+* **Results** are served at signed URLs (HMAC of task id and expiry) that expire 24 h (simulated) after
+  success; task ids answer ``UNKNOWN`` 24 h after submission.
+* **Billing**: one line per SUCCEEDED task; a **request log** of every HTTP request; **faults**
+  (:mod:`.faults`) that the handler draws per request.
+
+Choices the reference leaves open: cancelling an unknown task (or another key's) is refused like
+cancelling a non-PENDING one; cancel is not rate limited.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import logging
+import queue
+import secrets
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from dashscope_emulator import media
+from dashscope_emulator.accounts import Caller, KeyStore, RateLimiter
+from dashscope_emulator.clock import SimClock, format_time
+from dashscope_emulator.contract import MSG_INTERNAL, QUERY_QPS, SUBMIT_QPS, TASK_TTL, URL_TTL
+from dashscope_emulator.faults import FaultInjector
+from dashscope_emulator.validation import MediaFailure, check_task_media
+
+log = logging.getLogger("dashscope_emulator")
+
+#: A task whose media fail the checks ends this many simulated seconds after it started RUNNING.
+FAIL_SECONDS = 2.0
+
+Kind = Literal["submit", "query"]
+
+
+def run_seconds(video_duration: float) -> float:
+    """Simulated seconds a task stays RUNNING before it can succeed: ``8 + 2.5 * video_duration``."""
+    return 8.0 + 2.5 * float(video_duration)
+
+
+@dataclass
+class Outcome:
+    """What processing a RUNNING task produced: a video, or a failure code and message."""
+
+    code: str | None = None
+    message: str | None = None
+    video_path: Path | None = None
+    video_duration: float | int | None = None
+    video_ratio: str | None = None
+
+    @property
+    def succeeded(self) -> bool:
+        return self.code is None
+
+    def busy_seconds(self) -> float:
+        """How long (simulated) the task occupies its queue from RUNNING to the end."""
+        return run_seconds(self.video_duration or 0) if self.succeeded else FAIL_SECONDS
+
+
+@dataclass
+class Task:
+    """One submitted task. Times are simulated epoch seconds; ``owner`` is the key's fingerprint."""
+
+    task_id: str
+    owner: str
+    model: str
+    input: dict[str, Any]
+    parameters: dict[str, Any]
+    submit_time: float
+    status: str = "PENDING"
+    scheduled_time: float | None = None
+    end_time: float | None = None
+    outcome: Outcome | None = None
+    expires: int | None = None
+
+    def public(self) -> dict[str, Any]:
+        """The task as the admin API shows it (no key, no file paths)."""
+        outcome = self.outcome if self.status in ("SUCCEEDED", "FAILED") else None
+        return {
+            "task_id": self.task_id,
+            "status": self.status,
+            "model": self.model,
+            "input": dict(self.input),
+            "parameters": dict(self.parameters),
+            "key_fingerprint": self.owner,
+            "submit_time": format_time(self.submit_time),
+            "scheduled_time": format_time(self.scheduled_time) if self.scheduled_time is not None else None,
+            "end_time": format_time(self.end_time) if self.end_time is not None else None,
+            "code": outcome.code if outcome else None,
+            "message": outcome.message if outcome else None,
+            "video_duration": outcome.video_duration if outcome else None,
+            "video_ratio": outcome.video_ratio if outcome else None,
+        }
+
+
+@dataclass
+class _Lane:
+    """One queue: FIFO of PENDING task ids and the one RUNNING task."""
+
+    pending: deque[str] = field(default_factory=deque)
+    running: str | None = None
+
+
+class UrlSigner:
+    """Signs result URLs like OSS does (``Expires``, ``OSSAccessKeyId``, ``Signature``), with a random secret."""
+
+    def __init__(self) -> None:
+        self._secret = secrets.token_bytes(32)
+
+    def _signature(self, task_id: str, expires: str) -> str:
+        digest = hmac.new(self._secret, f"{task_id}\n{expires}".encode(), hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(digest).decode().rstrip("=")
+
+    def url(self, base_url: str, task_id: str, expires: int) -> str:
+        """``{base_url}/results/{task_id}.mp4?Expires=..&OSSAccessKeyId=emulator&Signature=..``."""
+        query = f"Expires={expires}&OSSAccessKeyId=emulator&Signature={self._signature(task_id, str(expires))}"
+        return f"{base_url}/results/{task_id}.mp4?{query}"
+
+    def verify(self, task_id: str, expires: str, signature: str | None) -> bool:
+        """Whether ``signature`` is the one this signer made for ``task_id`` and ``expires``."""
+        return bool(signature) and hmac.compare_digest(self._signature(task_id, expires), signature or "")
+
+
+class EmulatorService:
+    """Keys, limits, tasks, queue, billing and logs of one emulator; thread-safe.
+
+    ``api_keys``: the accepted keys (kept only as hashes). ``speed``: simulated seconds per wall second.
+    ``seed``: for probabilistic faults. ``submit_qps``/``query_qps``: the per-key limits. ``workers``:
+    threads that download, check and render. :meth:`start` needs a :class:`~.media.Renderer`.
+    """
+
+    def __init__(
+        self,
+        api_keys: Iterable[str],
+        speed: float = 1.0,
+        seed: int | None = None,
+        *,
+        log_requests: bool = False,
+        submit_qps: int = SUBMIT_QPS,
+        query_qps: int = QUERY_QPS,
+        workers: int = 8,
+    ) -> None:
+        self._keys = KeyStore(api_keys)
+        self.key_count = self._keys.key_count
+        self.clock = SimClock(speed)
+        self.faults = FaultInjector(seed)
+        self.log_requests = log_requests
+        self.renderer: media.Renderer | None = None
+        self._limiter = RateLimiter({"submit": submit_qps, "query": query_qps})
+        self._signer = UrlSigner()
+
+        self._cond = threading.Condition()
+        self._tasks: dict[str, Task] = {}
+        self._lanes: dict[str, _Lane] = {}
+        self._billing: list[dict[str, Any]] = []
+        self._requests: deque[dict[str, Any]] = deque(maxlen=200_000)  # bounded: long demos poll a lot
+        self._stopping = False
+        self._work: queue.Queue[str | None] = queue.Queue()
+        self._n_workers = workers
+        self._threads: list[threading.Thread] = []
+
+    # -- life cycle --------------------------------------------------------------------------------
+
+    def start(self, renderer: media.Renderer) -> None:
+        """Start the scheduler and the worker threads; ``renderer`` makes the result videos."""
+        self.renderer = renderer
+        self._stopping = False
+        self._threads = [threading.Thread(target=self._schedule_loop, name="emulator-scheduler", daemon=True)] + [
+            threading.Thread(target=self._work_loop, name=f"emulator-worker-{i}", daemon=True)
+            for i in range(self._n_workers)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def stop(self, deadline: float) -> None:
+        """End the threads, waiting until the ``time.monotonic()`` ``deadline`` at most.
+
+        Workers may be in a download or an ffmpeg run; they are daemons, so they are not waited for
+        past the deadline.
+        """
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        for _ in range(self._n_workers):
+            self._work.put(None)
+        for thread in self._threads:
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
+
+    # -- the DashScope API -------------------------------------------------------------------------
+
+    def authenticate(self, authorization: str | None) -> Caller:
+        """The caller of an ``Authorization`` header, or the 401 the service answers."""
+        return self._keys.authenticate(authorization)
+
+    def admit(self, caller: Caller, kind: Kind) -> None:
+        """Count a ``submit`` or ``query`` against the caller's limit, or raise the 429."""
+        self._limiter.admit(caller.key_fingerprint, kind)
+
+    def submit(self, caller: Caller, model: str, task_input: dict[str, Any], parameters: dict[str, Any]) -> str:
+        """Create a PENDING task at the end of the caller's queue (the body is already valid); its id."""
+        task = Task(str(uuid.uuid4()), caller.key_fingerprint, model, task_input, parameters, self.clock.now())
+        with self._cond:
+            self._tasks[task.task_id] = task
+            self._lanes.setdefault(task.owner, _Lane()).pending.append(task.task_id)
+            self._cond.notify_all()
+        return task.task_id
+
+    def query(self, caller: Caller, task_id: str, base_url: str) -> dict[str, Any]:
+        """The ``output`` (and ``usage``) of a query, shaped per model as the reference shows.
+
+        ``base_url`` is where the client reached the emulator: result URLs use it, so they work behind
+        port mappings and container names.
+        """
+        now = self.clock.now()
+        with self._cond:
+            task = self._visible(task_id, caller, now)
+            if task is None:
+                return {"output": {"task_id": task_id, "task_status": "UNKNOWN"}}
+            output: dict[str, Any] = {
+                "task_id": task.task_id,
+                "task_status": task.status,
+                "submit_time": format_time(task.submit_time),
+            }
+            if task.scheduled_time is not None:
+                output["scheduled_time"] = format_time(task.scheduled_time)
+            if task.end_time is not None:
+                output["end_time"] = format_time(task.end_time)
+            view: dict[str, Any] = {"output": output}
+            outcome = task.outcome
+            if task.status == "FAILED" and outcome is not None:
+                output["code"], output["message"] = outcome.code, outcome.message
+            elif task.status == "SUCCEEDED" and outcome is not None and task.expires is not None:
+                url = self._signer.url(base_url, task.task_id, task.expires)
+                if task.model == "emo-v1":
+                    output["results"] = {"video_url": url}
+                else:
+                    output["video_url"] = url
+                view["usage"] = {"video_duration": outcome.video_duration, "video_ratio": outcome.video_ratio}
+            return view
+
+    def cancel(self, caller: Caller, task_id: str) -> bool:
+        """Cancel one of the caller's PENDING tasks; False if there is no such task (or it isn't PENDING)."""
+        now = self.clock.now()
+        with self._cond:
+            task = self._visible(task_id, caller, now)
+            if task is None or task.status != "PENDING":
+                return False
+            self._lanes[task.owner].pending.remove(task_id)
+            task.status, task.end_time = "CANCELED", now
+            return True
+
+    def signature_ok(self, task_id: str, expires: str, signature: str | None) -> bool:
+        """Whether a result URL's ``Signature`` is the one the emulator issued."""
+        return self._signer.verify(task_id, expires, signature)
+
+    def video_path(self, task_id: str) -> Path | None:
+        """The rendered video of a SUCCEEDED task, or None."""
+        with self._cond:
+            task = self._tasks.get(task_id)
+            return task.outcome.video_path if task and task.outcome and task.status == "SUCCEEDED" else None
+
+    def _visible(self, task_id: str, caller: Caller, now: float) -> Task | None:
+        task = self._tasks.get(task_id)
+        if task is None or task.owner != caller.key_fingerprint or now - task.submit_time > TASK_TTL:
+            return None
+        return task
+
+    # -- observation and control (the admin API) ---------------------------------------------------
+
+    def log_request(self, record: dict[str, Any]) -> None:
+        """Add one HTTP request to the request log (see :meth:`request_log`)."""
+        with self._cond:
+            self._requests.append(record)
+        if self.log_requests:
+            log.info("%s %s %s", record["method"], record["path"], record["status"] or "dropped")
+
+    def billing(self) -> list[dict[str, Any]]:
+        """One line per SUCCEEDED task (what the real service would charge for), in order of success."""
+        with self._cond:
+            return [dict(line) for line in self._billing]
+
+    def request_log(self) -> list[dict[str, Any]]:
+        """Every HTTP request, oldest first (copies)."""
+        with self._cond:
+            return [dict(entry) for entry in self._requests]
+
+    def tasks(self) -> list[dict[str, Any]]:
+        """Every task ever submitted, with its status, model, input and key fingerprint."""
+        with self._cond:
+            return [task.public() for task in self._tasks.values()]
+
+    def advance(self, seconds: float) -> float:
+        """Move simulated time forward; returns the new simulated time."""
+        now = self.clock.advance(seconds)
+        with self._cond:
+            self._cond.notify_all()
+        return now
+
+    def set_faults(
+        self,
+        submit_5xx: float = 0.0,
+        query_5xx: float = 0.0,
+        drop_submit: float = 0.0,
+        seed: int | None = None,
+        drop_query: float = 0.0,
+    ) -> dict[str, Any]:
+        """Probabilistic faults per request (see :mod:`.faults`); all 0 turns them off. Returns the settings."""
+        self.faults.configure(submit_5xx, query_5xx, drop_submit, drop_query, seed)
+        return self.faults.settings()
+
+    def force_next(self, fault: str) -> dict[str, Any]:
+        """A one-shot fault on the next matching request (see :mod:`.faults`). Returns the settings."""
+        self.faults.force_next(fault)
+        return self.faults.settings()
+
+    def health(self) -> dict[str, Any]:
+        """``status``, ``speed`` and the simulated time."""
+        return {"status": "ok", "speed": self.clock.speed, "sim_time": format_time(self.clock.now())}
+
+    # -- the queue ---------------------------------------------------------------------------------
+
+    def _schedule_loop(self) -> None:
+        """Moves tasks along: starts the next PENDING task of idle queues, ends RUNNING tasks that are due."""
+        with self._cond:
+            while not self._stopping:
+                now = self.clock.now()
+                next_due = self._step(now)
+                # Sleep until the next task is due (in wall time), or until a submit/outcome/advance
+                # notifies; wake at least every second anyway.
+                timeout = 1.0 if next_due is None else min(1.0, self.clock.wall_seconds(next_due - now))
+                self._cond.wait(timeout=max(timeout, 0.001))
+
+    def _step(self, now: float) -> float | None:
+        next_due: float | None = None
+        for lane in self._lanes.values():
+            if lane.running is not None:
+                task = self._tasks[lane.running]
+                if task.outcome is None:
+                    continue  # still being processed by a worker
+                due = (task.scheduled_time or now) + task.outcome.busy_seconds()
+                if now < due:
+                    next_due = due if next_due is None else min(next_due, due)
+                    continue
+                self._finish(task, now)
+                lane.running = None
+            if lane.pending:
+                task = self._tasks[lane.pending.popleft()]
+                task.status, task.scheduled_time = "RUNNING", now
+                lane.running = task.task_id
+                self._work.put(task.task_id)
+        return next_due
+
+    def _finish(self, task: Task, now: float) -> None:
+        outcome = task.outcome
+        assert outcome is not None
+        task.end_time = now
+        if not outcome.succeeded:
+            task.status = "FAILED"
+            return
+        task.status = "SUCCEEDED"
+        task.expires = int(now + URL_TTL)
+        self._billing.append(
+            {
+                "task_id": task.task_id,
+                "model": task.model,
+                "key_fingerprint": task.owner,
+                "video_duration": outcome.video_duration,
+                "video_ratio": outcome.video_ratio,
+                "submit_time": format_time(task.submit_time),
+                "end_time": format_time(now),
+            }
+        )
+
+    def _work_loop(self) -> None:
+        while True:
+            task_id = self._work.get()
+            if task_id is None:
+                return
+            with self._cond:
+                task = self._tasks[task_id]
+            try:
+                outcome = self._process(task)
+            except Exception:
+                log.exception("emulator failed to process task %s", task_id)
+                outcome = Outcome("InternalError", MSG_INTERNAL)
+            with self._cond:
+                task.outcome = outcome
+                self._cond.notify_all()
+
+    def _process(self, task: Task) -> Outcome:
+        """Download and check the media the way the service does, then render the video."""
+        try:
+            job = check_task_media(task.model, task.input, task.parameters)
+        except MediaFailure as failure:
+            return Outcome(failure.code, failure.message)
+        # emoji-v1 reports an integer duration (the template's), emo-v1 the audio's to 0.01 s.
+        seconds: float | int = int(job.duration) if task.model == "emoji-v1" else job.duration
+        assert self.renderer is not None
+        path = self.renderer.render(job)
+        return Outcome(video_path=path, video_duration=seconds, video_ratio=job.ratio)
