@@ -18,6 +18,7 @@ from typing import Any
 import pendulum
 from airflow.sdk import Param, TriggerRule, dag, get_current_context, task, task_group
 from talking_heads.assets import INPUT_TABLE, OUTCOMES, VIDEOS
+from talking_heads.media import DEFAULT_MEDIA_URL_TTL_SECONDS
 from talking_heads.operators import DownloadRowOperator, SubmitRowOperator, WaitRowOperator
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -113,6 +114,16 @@ STORAGE_CONN_ID = "{{ params.storage_conn_id or '' }}"
             "service would refuse (format, 400..7000 px, WAV/MP3 <= 15 MB and 60 s). Turn off "
             "for stores that refuse range requests.",
         ),
+        "media_url_ttl_seconds": Param(
+            DEFAULT_MEDIA_URL_TTL_SECONDS,
+            type="integer",
+            minimum=60,
+            maximum=7 * 24 * 3600,
+            title="Presigned media URL lifetime (s)",
+            description="How long the presigned URLs of s3://, oss:// and local media stay valid. They are made "
+            "just before each call; the service fetches the media when the task leaves the account's queue, "
+            "so the default (24 h) covers a long queue. S3 allows at most 7 days.",
+        ),
         "poll_interval_seconds": Param(
             15,
             type="number",
@@ -140,6 +151,7 @@ def talking_heads() -> None:
             output_root=OUTPUT_ROOT,
             dashscope_conn_id=CONN_ID,
             resubmit_uncertain="{{ params.resubmit_uncertain }}",
+            media_url_ttl="{{ params.media_url_ttl_seconds }}",
             pool=DASHSCOPE_POOL,
             storage_conn_id=STORAGE_CONN_ID,
         )

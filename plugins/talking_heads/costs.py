@@ -11,14 +11,21 @@ import json
 import os
 from dataclasses import dataclass
 
-#: (model, video_ratio) -> (USD per second, CNY per second), from reference pages 000 and 001.
-REFERENCE_PRICES: dict[tuple[str, str], tuple[float, float]] = {
+#: (model, video_ratio) -> (USD per second, CNY per second), from reference pages 000 and 001; face
+#: detection is priced per image, as (model, "image"): only emo-detect-v1's CNY price is published.
+#: (model, ratio or "image") -> (USD, CNY) per unit; None where no price is known.
+Prices = dict[tuple[str, str], tuple[float | None, float | None]]
+
+REFERENCE_PRICES: Prices = {
     ("emo-v1", "1:1"): (0.011469, 0.08),
     ("emo-v1", "3:4"): (0.022937, 0.16),
+    ("emo-detect-v1", "image"): (None, 0.004),
 }
 
 #: Free quota in seconds of output video, per model (reference page 001).
 FREE_QUOTA_SECONDS: dict[str, float] = {"emo-v1": 1800.0}
+#: Free quota in detected images, per detection model (detection-and-limits.md).
+FREE_QUOTA_IMAGES: dict[str, int] = {"emo-detect-v1": 200, "emoji-detect-v1": 200}
 
 #: Users may add or override prices, e.g. for emoji-v1, with a JSON object {"emoji-v1/standard": [usd, cny]}
 #: given in this environment variable, or else in the Airflow Variable ``PRICE_VARIABLE``; either may
@@ -52,7 +59,7 @@ class Cost:
     cny: float | None
 
 
-def load_prices(overrides_json: str | None = None) -> dict[tuple[str, str], tuple[float, float]]:
+def load_prices(overrides_json: str | None = None) -> Prices:
     """Reference prices, updated with user overrides (``"model/ratio": [usd, cny]``; see :func:`user_prices`)."""
     prices = dict(REFERENCE_PRICES)
     raw = overrides_json if overrides_json is not None else user_prices()
@@ -67,7 +74,7 @@ def cost_of(
     model: str,
     video_ratio: str | None,
     video_duration: float | None,
-    prices: dict[tuple[str, str], tuple[float, float]] | None = None,
+    prices: Prices | None = None,
 ) -> Cost:
     """Billed cost = ``usage.video_duration`` x the unit price of ``(model, usage.video_ratio)``."""
     table = REFERENCE_PRICES if prices is None else prices
@@ -75,4 +82,6 @@ def cost_of(
     if unit is None or video_duration is None:
         return Cost(None, None)
     usd, cny = unit
-    return Cost(round(video_duration * usd, 6), round(video_duration * cny, 6))
+    return Cost(
+        None if usd is None else round(video_duration * usd, 6), None if cny is None else round(video_duration * cny, 6)
+    )

@@ -1,5 +1,7 @@
 """The per-row ledger: each row's record (:class:`~talking_heads.lifecycle.RowState`) stored under
-``output_root/state/{row_id}.json``.
+``output_root/state/{row_id}.json``, and each paid face detection under
+``output_root/state/detections/{key}.json`` (keyed by model, ratio and image, not by row, so two rows
+or two runs with the same image and ratio share one detection).
 
 It only stores and loads. What the states mean, and which step moves a row from one to another, is
 :mod:`talking_heads.lifecycle`.
@@ -10,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
+from typing import Any
 
 from airflow.sdk import ObjectStoragePath
 
@@ -46,6 +49,19 @@ class RowLedger:
     def put(self, record: RowState) -> RowState:
         _write_atomically(self.layout.state(record.row_id), json.dumps(record.to_dict(), sort_keys=True))
         return record
+
+    def get_detection(self, key: str) -> dict[str, Any] | None:
+        try:
+            return json.loads(self._detection_path(key).read_text())
+        except FileNotFoundError:
+            return None
+
+    def put_detection(self, key: str, record: dict[str, Any]) -> dict[str, Any]:
+        _write_atomically(self._detection_path(key), json.dumps(record, sort_keys=True))
+        return record
+
+    def _detection_path(self, key: str) -> ObjectStoragePath:
+        return self.layout.root / "state" / "detections" / f"{key}.json"
 
 
 def _write_atomically(path: ObjectStoragePath, text: str) -> None:

@@ -23,6 +23,7 @@ The outcome each state becomes at the end of a run is :func:`outcome_of`; every 
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -32,7 +33,9 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk.exceptions import AirflowFailException
 from dashscope_provider.exceptions import DashScopeAPIError, DashScopeResultExpired, DashScopeSubmissionUncertain
+from dashscope_provider.models import DashScopeTask, TaskStatus
 
+from talking_heads.media import MediaSigner, redact
 from talking_heads.payloads import Submission, WaitResult, WorkItem
 
 if TYPE_CHECKING:
@@ -41,6 +44,7 @@ if TYPE_CHECKING:
     from dashscope_provider.hooks.dashscope import DashScopeHook
 
     from talking_heads.ledger import RowLedger
+    from talking_heads.validation import RowRequest
 
 
 class RowStatus(StrEnum):
@@ -116,6 +120,9 @@ class RowState:
     video_duration: float | None = None
     video_ratio: str | None = None
     run_id: str | None = None
+    #: The face detection that gave this row its boxes: ``key``, ``model``, ``ratio``, ``passed`` and who
+    #: paid for it (``run_id``, ``row_id``); a detection is billed once per image and ratio, not per row.
+    detection: dict[str, Any] | None = None
     updated_at: str = field(default_factory=_now)
     history: tuple[str, ...] = ()
 
@@ -182,6 +189,14 @@ def plan_row(state: RowState | None, *, resubmit_uncertain: bool) -> dict[str, A
             "message": f"{state.message}; it may have run and been billed, so it is not generated again unless "
             "resubmit_uncertain=true",
         }
+    if state.state == S.FAILED and state.detection and not state.detection.get("passed"):
+        return {
+            "status": "failed",
+            "code": state.code,
+            "message": f"{state.message} (face detection did not pass; it was billed once and is not repeated: "
+            "change the image or its ratio to try again)",
+            "detection_model": state.detection.get("model"),
+        }
     if state.state == S.FAILED and state.billed:
         return {
             "status": "failed",
@@ -203,13 +218,16 @@ def submit_row(
     default_conn_id: str,
     run_id: str,
     resubmit_uncertain: bool,
+    signer: MediaSigner,
     log: logging.Logger,
 ) -> Submission:
     """Submit one row at most once, writing the intent to the ledger *before* the request is sent.
 
     A row with a task already in flight returns that task (and the key that created it, the only one
     that can query it); a row whose earlier answer was lost is refused unless ``resubmit_uncertain``.
-    Only errors that prove no task was made leave the row ``failed`` and unbilled.
+    A row without boxes is detected first (:func:`detect_image`); one whose detection does not pass
+    ends ``failed`` with the service's code and is never submitted. Media are presigned just before
+    the call. Only errors that prove no task was made leave the row ``failed`` and unbilled.
     """
     request = item.request
     state = ledger.get(request.row_id)
@@ -222,6 +240,22 @@ def submit_row(
             ledger.put(state.advance(S.UNCERTAIN))
             raise AirflowFailException(f"row {request.row_id}: {lost_answer_message()}")
         log.warning("Row %s: resubmitting after an uncertain submission, as asked", request.row_id)
+    boxes, detection = None, None
+    if request.needs_detection:
+        detection = detect_image(ledger, request, hook=hook_for(conn_id), signer=signer, run_id=run_id, log=log)
+        summary = {k: detection[k] for k in ("key", "model", "ratio", "passed", "run_id", "row_id")}
+        if not detection["passed"]:
+            failed = {"code": detection["code"], "message": detection["message"], "billed": False}
+            record = dict(model=request.model, fingerprint=request.fingerprint(), detection=summary, **failed)
+            ledger.put(
+                state.advance(S.FAILED, **record)
+                if state is not None
+                else RowState(row_id=request.row_id, state=S.FAILED, **record)
+            )
+            raise AirflowFailException(
+                f"row {request.row_id}: face detection did not pass: {detection['code']}: {detection['message']}"
+            )
+        boxes, detection = (detection["face_bbox"], detection["ext_bbox"]), summary
     if state is None:
         state = RowState(row_id=request.row_id, state=S.SUBMITTING, model=request.model)
     state = ledger.put(
@@ -234,30 +268,79 @@ def submit_row(
             task_id=None,
             code=None,
             message=None,
+            detection=detection,
         )
     )
     try:
-        submitted = hook_for(conn_id).submit_task(request.model, request.api_input(), request.api_parameters())
+        # Presigned just before the call: the URLs are credentials, used here and never recorded.
+        api_input = request.api_input(boxes=boxes, urls=signer.urls_for(request))
+        submitted = hook_for(conn_id).submit_task(request.model, api_input, request.api_parameters())
     except DashScopeSubmissionUncertain as error:
-        ledger.put(state.advance(S.UNCERTAIN, code=OutcomeCode.SUBMISSION_UNCERTAIN, message=str(error)))
-        raise AirflowFailException(f"row {request.row_id}: {error}; recorded as uncertain") from None
+        message = redact(str(error))
+        ledger.put(state.advance(S.UNCERTAIN, code=OutcomeCode.SUBMISSION_UNCERTAIN, message=message))
+        raise AirflowFailException(f"row {request.row_id}: {message}; recorded as uncertain") from None
     except DashScopeAPIError as error:
         # The service answered with an error body: no task was created, nothing billed. Recorded as failed
         # in case this is the last try; a transient refusal (429, 5xx) that outlasted the hook's retries is
         # left to the Airflow task's own retries, which may submit again safely.
-        ledger.put(state.advance(S.FAILED, code=error.code, message=error.message, billed=False))
+        ledger.put(state.advance(S.FAILED, code=error.code, message=redact(error.message or ""), billed=False))
         if error.retryable:
             raise
-        raise AirflowFailException(f"row {request.row_id}: submit refused: {error}") from None
+        raise AirflowFailException(f"row {request.row_id}: submit refused: {redact(str(error))}") from None
     except Exception as error:
+        message = redact(str(error))
         if getattr(error, "request_not_sent", False):
-            ledger.put(state.advance(S.FAILED, code=type(error).__name__, message=str(error), billed=False))
+            ledger.put(state.advance(S.FAILED, code=type(error).__name__, message=message, billed=False))
         else:
-            ledger.put(state.advance(S.UNCERTAIN, code=OutcomeCode.SUBMISSION_UNCERTAIN, message=str(error)))
+            ledger.put(state.advance(S.UNCERTAIN, code=OutcomeCode.SUBMISSION_UNCERTAIN, message=message))
         raise
     ledger.put(state.advance(S.SUBMITTED, task_id=submitted.task_id))
     log.info("Row %s submitted as task %s (connection %s)", request.row_id, submitted.task_id, conn_id)
     return Submission(request.row_id, submitted.task_id, conn_id)
+
+
+DETECT_MODELS = {"emo-v1": "emo-detect-v1", "emoji-v1": "emoji-detect-v1"}
+
+
+def detect_image(
+    ledger: RowLedger,
+    request: RowRequest,
+    *,
+    hook: DashScopeHook,
+    signer: MediaSigner,
+    run_id: str,
+    log: logging.Logger,
+) -> dict[str, Any]:
+    """The face detection of the row's image at its ratio: recorded, or called once and recorded at once.
+
+    An answered detection is billed whether or not it passes, so its record is keyed by model, ratio and
+    image (the URL as given, or a local file's content), not by row: a retry, rerun, clear, backfill or
+    another row with the same image and ratio reuses it instead of paying again.
+    """
+    model, ratio = DETECT_MODELS[request.model], request.detect_ratio
+    image = signer.identity(request.image_url)
+    key = hashlib.sha256(f"{model}|{ratio}|{image}".encode()).hexdigest()[:32]
+    if (recorded := ledger.get_detection(key)) is not None:
+        log.info("Row %s: %s at %s already detected (paid by row %s)", request.row_id, model, ratio, recorded["row_id"])
+        return recorded
+    detected = hook.detect_face(model, signer.url_for(request.image_url), ratio=ratio)
+    record = {
+        "key": key,
+        "model": model,
+        "ratio": ratio,
+        "image": redact(image),
+        "passed": detected.passed,
+        "face_bbox": detected.face_bbox,
+        "ext_bbox": detected.ext_bbox,
+        "code": detected.code,
+        "message": redact(detected.message or "") or None,
+        "request_id": detected.request_id,
+        "row_id": request.row_id,
+        "run_id": run_id,
+        "detected_at": _now(),
+    }
+    log.info("Row %s: %s at %s %s", request.row_id, model, ratio, "passed" if detected.passed else detected.code)
+    return ledger.put_detection(key, record)
 
 
 # -- wait -------------------------------------------------------------------------------------------------
@@ -271,11 +354,11 @@ def finished_result(ledger: RowLedger, submission: Submission) -> WaitResult | N
     return None
 
 
-def record_task_end(ledger: RowLedger, submission: Submission, task: Any) -> WaitResult:
-    """Record how the row's task ended (a ``DashScopeTask``): ``generated`` (billed), or ``failed`` (raises)."""
+def record_task_end(ledger: RowLedger, submission: Submission, task: DashScopeTask) -> WaitResult:
+    """Record how the row's task ended: ``generated`` (billed), or ``failed`` (raises)."""
     row_id = submission.row_id
     state = ledger.get(row_id) or RowState(row_id=row_id, state=S.SUBMITTED, task_id=task.task_id)
-    if task.status == "SUCCEEDED":
+    if task.status == TaskStatus.SUCCEEDED:
         state = ledger.put(
             state.advance(
                 S.GENERATED,
@@ -289,15 +372,15 @@ def record_task_end(ledger: RowLedger, submission: Submission, task: Any) -> Wai
         return WaitResult.of(state)
     code = task.code or task.status
     message = task.message or {
-        "UNKNOWN": "the service no longer knows this task (task ids expire 24 h after creation)",
-        "CANCELED": "the task was canceled before it ran",
+        TaskStatus.UNKNOWN: "the service no longer knows this task (task ids expire 24 h after creation)",
+        TaskStatus.CANCELED: "the task was canceled before it ran",
     }.get(task.status, f"task ended {task.status}")
     ledger.put(state.advance(S.FAILED, task_id=task.task_id, code=code, message=message, billed=False))
     raise AirflowFailException(f"row {row_id}: task {task.task_id} ended {task.status}: {code}: {message}")
 
 
-def poll_until_done(hook: DashScopeHook, task_id: str, *, interval: float, timeout: float) -> Any:
-    """Poll from the worker (the non-deferrable wait) until the task is terminal; returns the ``DashScopeTask``."""
+def poll_until_done(hook: DashScopeHook, task_id: str, *, interval: float, timeout: float) -> DashScopeTask:
+    """Poll from the worker (the non-deferrable wait) until the task is terminal."""
     deadline = time.monotonic() + timeout
     while True:
         task = hook.get_task(task_id)
@@ -362,6 +445,15 @@ def store_row(
 # -- outcome ----------------------------------------------------------------------------------------------
 
 
+def detection_usage(state: RowState, run_id: str) -> dict[str, Any]:
+    """The row's detection in the outcome: its model, and the image billed to this row in this run (0 when
+    the detection was paid earlier, or by another row with the same image and ratio)."""
+    if not state.detection:
+        return {}
+    paid_here = state.detection.get("run_id") == run_id and state.detection.get("row_id") == state.row_id
+    return {"detection_model": state.detection.get("model"), "detection_images": int(paid_here)}
+
+
 def outcome_of(state: RowState | None, run_id: str) -> dict[str, Any]:
     """The outcome of a row that was handed to the generate steps in this run, from its final record."""
     if state is None:
@@ -377,6 +469,7 @@ def outcome_of(state: RowState | None, run_id: str) -> dict[str, Any]:
         "video_duration": state.video_duration,
         "video_ratio": state.video_ratio,
         "dashscope_conn_id": state.conn_id,
+        **detection_usage(state, run_id),
     }
     if state.state == S.SUCCEEDED:
         fresh = state.run_id == run_id

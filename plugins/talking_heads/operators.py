@@ -13,11 +13,14 @@ from typing import Any
 from airflow.sdk import BaseOperator, Context, ObjectStoragePath
 from airflow.sdk.exceptions import AirflowSensorTimeout
 from dashscope_provider.exceptions import DashScopeError
-from dashscope_provider.hooks.dashscope import DashScopeHook, DashScopeTask
+from dashscope_provider.hooks.dashscope import DashScopeHook
+from dashscope_provider.models import DashScopeTask, TaskStatus
+from dashscope_provider.transfers.dashscope_to_object_storage import download_video
 from dashscope_provider.triggers.dashscope import DashScopeTaskTrigger
 
 from talking_heads import lifecycle
 from talking_heads.ledger import RowLedger
+from talking_heads.media import DEFAULT_MEDIA_URL_TTL_SECONDS, MediaSigner
 from talking_heads.payloads import Submission, WaitResult, WorkItem
 
 
@@ -62,19 +65,31 @@ class SubmitRowOperator(_RowStep):
     :param row: the row's :class:`~talking_heads.payloads.WorkItem` as a dict (its validated request and
         the ``conn_id`` the plan chose for it, which wins over ``dashscope_conn_id``).
     :param resubmit_uncertain: submit rows whose earlier answer was lost (may pay twice: on purpose).
+    :param media_url_ttl: seconds the presigned URLs of store and local media stay valid (templated): long
+        enough for the service to fetch them when the task leaves the account's queue.
     """
 
-    template_fields: Sequence[str] = (*_RowStep.template_fields, "row", "resubmit_uncertain")
+    template_fields: Sequence[str] = (*_RowStep.template_fields, "row", "resubmit_uncertain", "media_url_ttl")
 
-    def __init__(self, *, row: Any, resubmit_uncertain: Any = False, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        row: Any,
+        resubmit_uncertain: Any = False,
+        media_url_ttl: int | str = DEFAULT_MEDIA_URL_TTL_SECONDS,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.row = row
         self.resubmit_uncertain = resubmit_uncertain
+        self.media_url_ttl = media_url_ttl
 
     def execute(self, context: Context) -> dict[str, Any]:
+        ledger = self.ledger()
         submission = lifecycle.submit_row(
-            self.ledger(),
+            ledger,
             WorkItem.from_dict(self.row),
+            signer=MediaSigner(ledger.layout, self.storage_conn_id or None, int(float(self.media_url_ttl))),
             hook_for=self.hook_for,
             default_conn_id=self.dashscope_conn_id,
             run_id=context["run_id"],
@@ -134,7 +149,7 @@ class WaitRowOperator(_RowStep):
             return lifecycle.record_task_end(ledger, submission, task).to_dict()
         task = hook.get_task(submission.task_id)
         # UNKNOWN is confirmed by the trigger over several polls before it is believed.
-        if task.is_terminal and task.status != "UNKNOWN":
+        if task.is_terminal and task.status != TaskStatus.UNKNOWN:
             return lifecycle.record_task_end(ledger, submission, task).to_dict()
         self.log.info("DashScope task %s is %s; deferring (poll every %g s)", task.task_id, task.status, interval)
         self.defer(
@@ -180,10 +195,9 @@ class DownloadRowOperator(_RowStep):
         super().__init__(**kwargs)
         self.result = result
 
-    @staticmethod
-    def _transfer(video_url: str, destination: ObjectStoragePath) -> dict[str, Any]:
-        # A pre-signed URL: the hook's DashScope connection is never read for a download.
-        return DashScopeHook().download_video(video_url, destination).to_dict()
+    def _transfer(self, video_url: str, destination: ObjectStoragePath) -> dict[str, Any]:
+        # A pre-signed URL: no DashScope credential is read for a download.
+        return download_video(video_url, destination, logger=self.log).to_dict()
 
     def execute(self, context: Context) -> dict[str, Any]:
         return lifecycle.store_row(

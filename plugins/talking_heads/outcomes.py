@@ -34,6 +34,9 @@ OUTCOME_COLUMNS = [
     "video_sha256",
     "run_id",
     "dashscope_conn_id",
+    "detection_model",
+    "detection_images",
+    "detection_cost_cny",
 ]
 
 
@@ -61,6 +64,8 @@ def build_outcomes(plan: list[PlanEntry], ledger: RowLedger, run_id: str) -> pd.
         if line.get("status") != "skipped" and line.get("video_duration") is not None:
             cost = cost_of(line["model"], line.get("video_ratio"), line["video_duration"], prices)
             line["cost_usd"], line["cost_cny"] = cost.usd, cost.cny
+        if line.get("detection_images"):
+            line["detection_cost_cny"] = cost_of(line["detection_model"], "image", line["detection_images"], prices).cny
         extras = {k: v for k, v in entry.columns.items() if k not in line}
         lines.append({**line, **extras})
     frame = pd.DataFrame(lines)

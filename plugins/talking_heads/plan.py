@@ -17,6 +17,7 @@ import pandas as pd
 from talking_heads.costs import cost_of, load_prices
 from talking_heads.ledger import RowLedger
 from talking_heads.lifecycle import OutcomeCode, plan_row
+from talking_heads.media import MediaSigner, local_media_problem, private_address_problem
 from talking_heads.payloads import PlanEntry, WorkItem
 from talking_heads.preflight import MediaCheck, check_media, media_problem
 from talking_heads.storage import as_storage_path
@@ -72,11 +73,14 @@ def plan_run(
     resubmit_uncertain: bool = False,
     preflight: bool = False,
     max_cost_usd: float | None = None,
+    public_service: bool = False,
+    storage_conn_id: str | None = None,
 ) -> list[PlanEntry]:
     """One :class:`PlanEntry` per input row, in table order.
 
     With ``preflight``, the media of rows to generate are checked first (see :mod:`preflight`); with
-    ``max_cost_usd``, rows are admitted in table order while the estimated total stays within it.
+    ``max_cost_usd``, rows are admitted in table order while the estimated total stays within it. With
+    ``public_service`` (the connection is the real service), media on private addresses are refused.
     """
     try:
         valid, rejected = validate_frame(frame)
@@ -91,12 +95,21 @@ def plan_run(
         entries[rejection.index] = PlanEntry(rejection.row_id, model, "done", outcome=outcome)
     states = ledger.get_many([request.row_id for _, request in valid])
     for index, request in valid:
+        problem = local_media_problem(request, ledger.layout.root) or (
+            private_address_problem(request) if public_service else None
+        )
+        if problem:
+            message = f"row {index} (row_id {request.row_id!r}): {problem}"
+            outcome = {"status": "failed", "code": OutcomeCode.INVALID_INPUT, "message": message}
+            entries[index] = PlanEntry(request.row_id, request.model, "done", outcome=outcome)
+            continue
         outcome = plan_row(states.get(request.row_id), resubmit_uncertain=resubmit_uncertain)
         if outcome is None:
             entries[index] = PlanEntry(request.row_id, request.model, "generate", request=request)
         else:
             entries[index] = PlanEntry(request.row_id, request.model, "done", outcome=outcome)
-    _admit(entries, preflight=preflight, max_cost_usd=max_cost_usd, dry_run=dry_run)
+    signer = MediaSigner(ledger.layout, storage_conn_id)
+    _admit(entries, preflight=preflight, max_cost_usd=max_cost_usd, dry_run=dry_run, signer=signer)
     return [replace(entries[i], columns=extras[i]) for i in range(len(records))]
 
 
@@ -127,13 +140,19 @@ def assign_connections(entries: list[PlanEntry], conn_ids: list[str]) -> list[Wo
     return [WorkItem(request, unique[i % len(unique)]) for i, request in enumerate(requests_)]
 
 
-def _admit(entries: dict[int, PlanEntry], *, preflight: bool, max_cost_usd: float | None, dry_run: bool) -> None:
+def _admit(
+    entries: dict[int, PlanEntry], *, preflight: bool, max_cost_usd: float | None, dry_run: bool, signer: MediaSigner
+) -> None:
     """Pre-flight checks, cost estimates, the budget cap and dry runs, over the rows to generate."""
     to_generate = [i for i in sorted(entries) if entries[i].request is not None]
     needs_audio = preflight or max_cost_usd is not None or dry_run
     checks: dict[str, MediaCheck] = {}
     if needs_audio and to_generate:
-        checks = check_media([entries[i].request for i in to_generate], images=preflight)  # type: ignore[misc]
+        checks = check_media(
+            [entries[i].request for i in to_generate],  # type: ignore[misc]
+            images=preflight,
+            signer=signer,
+        )
     prices = load_prices()
     committed = 0.0
     for i in to_generate:

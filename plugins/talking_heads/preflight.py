@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import requests
 from PIL import Image, UnidentifiedImageError
 
+from talking_heads.media import MediaSigner, kind_of
 from talking_heads.validation import RowRequest
 
 IMAGE_FORMATS = {"JPEG", "PNG", "BMP", "WEBP"}
@@ -35,7 +36,18 @@ class MediaCheck:
     seconds: float | None = None
 
 
-def _fetch(session: requests.Session, url: str, limit: int, timeout: float) -> tuple[bytes, int | None]:
+def _fetch(
+    session: requests.Session, url: str, limit: int, timeout: float, signer: MediaSigner | None = None
+) -> tuple[bytes, int | None]:
+    """The first ``limit`` bytes of the medium and its total size if known: http(s) with a range request,
+    store URLs and local files through fsspec."""
+    if kind_of(url) != "http":
+        if signer is None:
+            raise ValueError("a store URL or local file needs the run's storage settings")
+        path = signer.open(url)
+        with path.open("rb") as handle:
+            data = handle.read(limit)
+        return data, path.stat().get("size")
     headers = {"Range": f"bytes=0-{limit - 1}"}
     with session.get(url, headers=headers, stream=True, timeout=timeout) as response:
         if response.status_code not in (200, 206):
@@ -49,10 +61,12 @@ def _fetch(session: requests.Session, url: str, limit: int, timeout: float) -> t
         return data[:limit], int(total) if total and total.isdigit() else None
 
 
-def check_image(session: requests.Session, url: str, timeout: float = 10.0) -> MediaCheck:
+def check_image(
+    session: requests.Session, url: str, timeout: float = 10.0, signer: MediaSigner | None = None
+) -> MediaCheck:
     try:
-        head, _ = _fetch(session, url, IMAGE_HEAD_BYTES, timeout)
-    except (requests.RequestException, ValueError) as error:
+        head, _ = _fetch(session, url, IMAGE_HEAD_BYTES, timeout, signer)
+    except (requests.RequestException, ValueError, OSError) as error:
         return MediaCheck(url, f"cannot be fetched ({error})")
     try:
         with Image.open(io.BytesIO(head)) as image:
@@ -83,10 +97,12 @@ def audio_seconds(data: bytes) -> float | None:
         return None
 
 
-def check_audio(session: requests.Session, url: str, timeout: float = 20.0) -> MediaCheck:
+def check_audio(
+    session: requests.Session, url: str, timeout: float = 20.0, signer: MediaSigner | None = None
+) -> MediaCheck:
     try:
-        data, total = _fetch(session, url, MAX_AUDIO_BYTES + 1, timeout)
-    except (requests.RequestException, ValueError) as error:
+        data, total = _fetch(session, url, MAX_AUDIO_BYTES + 1, timeout, signer)
+    except (requests.RequestException, ValueError, OSError) as error:
         return MediaCheck(url, f"cannot be fetched ({error})")
     if (total or len(data)) > MAX_AUDIO_BYTES:
         return MediaCheck(url, f"is {(total or len(data)) / 1048576:.1f} MB; the limit is 15 MB")
@@ -98,14 +114,19 @@ def check_audio(session: requests.Session, url: str, timeout: float = 20.0) -> M
     return MediaCheck(url, seconds=seconds)
 
 
-def check_media(requests_: Iterable[RowRequest], *, images: bool = True, workers: int = 8) -> dict[str, MediaCheck]:
-    """Check every distinct audio URL, and image URL unless ``images`` is False, once; keyed by URL."""
+def check_media(
+    requests_: Iterable[RowRequest], *, images: bool = True, workers: int = 8, signer: MediaSigner | None = None
+) -> dict[str, MediaCheck]:
+    """Check every distinct audio URL, and image URL unless ``images`` is False, once; keyed by URL.
+
+    Store URLs and local files are read through fsspec with ``signer``'s storage settings.
+    """
     rows = list(requests_)
     image_urls = {r.image_url for r in rows} if images else set()
     audio = {r.audio_url for r in rows if r.audio_url}
     with requests.Session() as session, ThreadPoolExecutor(max_workers=workers) as pool:
-        jobs = [pool.submit(check_image, session, u) for u in image_urls]
-        jobs += [pool.submit(check_audio, session, u) for u in audio]
+        jobs = [pool.submit(check_image, session, u, signer=signer) for u in image_urls]
+        jobs += [pool.submit(check_audio, session, u, signer=signer) for u in audio]
         results = [job.result() for job in jobs]
     return {check.url: check for check in results}
 

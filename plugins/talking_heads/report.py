@@ -9,12 +9,12 @@ from __future__ import annotations
 import base64
 import html
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
 
-from talking_heads.costs import FREE_QUOTA_SECONDS, cost_of, load_prices
+from talking_heads.costs import FREE_QUOTA_IMAGES, FREE_QUOTA_SECONDS, Prices, cost_of, load_prices
 from talking_heads.storage import as_storage_path, plain_url
 
 
@@ -27,6 +27,8 @@ class CostReport:
     free_quota: pd.DataFrame
     failures: pd.DataFrame
     billed: pd.DataFrame
+    #: Face detections, on a line of their own per model: images billed, CNY, the free quota.
+    detections: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 def read_outcomes(output_root: str, conn_id: str | None = None) -> pd.DataFrame:
@@ -101,7 +103,32 @@ def build_report(outcomes: pd.DataFrame, prices_json: str | None = None) -> Cost
         pd.DataFrame(quota),
         failures,
         billed,
+        _detections(outcomes, prices),
     )
+
+
+DETECTION_COLUMNS = ["detection_model", "images", "cost_cny", "free_images", "left_free_images"]
+
+
+def _detections(outcomes: pd.DataFrame, prices: Prices) -> pd.DataFrame:
+    """Images billed per detection model (each counted once: in the run and row that paid it)."""
+    if "detection_images" not in outcomes:
+        return pd.DataFrame(columns=DETECTION_COLUMNS)
+    paid = outcomes[pd.to_numeric(outcomes["detection_images"], errors="coerce").fillna(0) > 0]
+    lines = []
+    for model, images in paid.groupby("detection_model")["detection_images"].sum().items():
+        count = int(images)
+        free = FREE_QUOTA_IMAGES.get(str(model))
+        lines.append(
+            {
+                "detection_model": model,
+                "images": count,
+                "cost_cny": cost_of(str(model), "image", count, prices).cny,
+                "free_images": free,
+                "left_free_images": None if free is None else max(free - count, 0),
+            }
+        )
+    return pd.DataFrame(lines, columns=DETECTION_COLUMNS)
 
 
 def _chart_png(report: CostReport) -> bytes:
@@ -155,6 +182,7 @@ td,th{{padding:.25em .8em;border-bottom:1px solid #ddd;text-align:right}}th{{bac
 <img alt="cost per day by ratio" src="data:image/png;base64,{chart}">
 <h2>By model and video ratio</h2>{table(report.by_model_ratio)}
 <h2>Free quota</h2>{table(report.free_quota)}
+<h2>Face detections (billed per image)</h2>{table(report.detections)}
 <h2>By day</h2>{table(report.by_day)}
 <h2>Failures by API code</h2>{table(report.failures)}
 <p>Seconds are the service's <code>usage.video_duration</code>, counted once per task; prices are the
@@ -166,7 +194,7 @@ def write_report(output_root: str, prices_json: str | None = None, conn_id: str 
     report = build_report(read_outcomes(output_root, conn_id), prices_json)
     folder = as_storage_path(output_root, conn_id) / "reports"
     folder.mkdir(parents=True, exist_ok=True)
-    for name in ("by_model_ratio", "by_day", "free_quota", "failures"):
+    for name in ("by_model_ratio", "by_day", "free_quota", "failures", "detections"):
         (folder / f"{name}.csv").write_text(getattr(report, name).to_csv(index=False))
     (folder / "cost_report.html").write_text(render_html(report, "DashScope cost report"))
     return {
@@ -174,4 +202,5 @@ def write_report(output_root: str, prices_json: str | None = None, conn_id: str 
         "videos": len(report.billed),
         "seconds": float(report.by_model_ratio["seconds"].sum()),
         "cost_usd": float(report.by_model_ratio["cost_usd"].sum(min_count=1) or 0),
+        "detections": int(report.detections["images"].sum()) if not report.detections.empty else 0,
     }

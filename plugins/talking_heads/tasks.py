@@ -11,10 +11,12 @@ from collections.abc import Iterable
 from typing import Any
 
 from airflow.configuration import conf
-from airflow.sdk import Asset, Context
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk import Asset, BaseHook, Context
+from airflow.sdk.exceptions import AirflowFailException, AirflowNotFoundException
+from dashscope_provider.connection import base_url_from_connection
 
 from talking_heads.ledger import RowLedger
+from talking_heads.media import service_is_public
 from talking_heads.outcomes import build_outcomes, summarize, write_outcomes
 from talking_heads.payloads import PlanEntry
 from talking_heads.plan import InputTableError, assign_connections, cap_generation, plan_run, read_input_table
@@ -36,6 +38,7 @@ def plan_rows(context: Context) -> list[dict[str, Any]]:
         frame = read_input_table(table_url, storage)
     except InputTableError as error:
         raise AirflowFailException(str(error)) from None  # the same table fails the same way on retry
+    conn_ids = [params["dashscope_conn_id"], *(params["extra_dashscope_conn_ids"] or [])]
     entries = plan_run(
         frame,
         ledger,
@@ -43,17 +46,28 @@ def plan_rows(context: Context) -> list[dict[str, Any]]:
         resubmit_uncertain=bool(params["resubmit_uncertain"]),
         preflight=bool(params["preflight_checks"]),
         max_cost_usd=params["max_cost_usd"],
+        public_service=any(_is_public(conn_id) for conn_id in conn_ids if conn_id),
+        storage_conn_id=storage,
     )
     cap_generation(entries, conf.getint("core", "max_map_length"))
     plan_path = ledger.layout.plan(run_id)
     plan_path.parent.mkdir(parents=True, exist_ok=True)
     plan_path.write_text(json.dumps({"input_table": table_url, "rows": [e.to_dict() for e in entries]}))
-    work = assign_connections(entries, [params["dashscope_conn_id"], *(params["extra_dashscope_conn_ids"] or [])])
+    work = assign_connections(entries, conn_ids)
     print(
         f"Planned {len(entries)} rows from {table_url}: {len(work)} to generate, "
         f"{len(entries) - len(work)} settled before any spend"
     )
     return [item.to_dict() for item in work]
+
+
+def _is_public(conn_id: str) -> bool:
+    """Whether the connection points at the real service, which fetches media from the internet."""
+    try:
+        connection = BaseHook.get_connection(conn_id)
+    except AirflowNotFoundException:
+        return False  # the submit step reports the missing connection, naming it
+    return service_is_public(base_url_from_connection(connection))
 
 
 def record_outcomes(context: Context, assets: Iterable[Asset] = ()) -> dict[str, Any]:

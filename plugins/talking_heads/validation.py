@@ -45,7 +45,17 @@ EMOJI_DRIVEN_IDS = frozenset(
     }
 )
 #: Columns the pipeline reads; any other column is carried through to the outcome table untouched.
-KNOWN_COLUMNS = ("row_id", "model", "image_url", "audio_url", "face_bbox", "ext_bbox", "style_level", "driven_id")
+KNOWN_COLUMNS = (
+    "row_id",
+    "model",
+    "image_url",
+    "audio_url",
+    "face_bbox",
+    "ext_bbox",
+    "ratio",
+    "style_level",
+    "driven_id",
+)
 #: ``row_id`` names files (``videos/{row_id}.mp4``), so it must be a safe file name.
 ROW_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 #: Integer bboxes rarely hit an aspect ratio exactly; the service accepts detector output.
@@ -53,7 +63,9 @@ RATIO_TOLERANCE = 0.02
 #: No box can reach past the largest image the service takes (7000 px a side).
 MAX_COORDINATE = 7000
 #: Columns every table must have (a table without one is refused as a whole).
-REQUIRED_COLUMNS = ("row_id", "model", "image_url", "face_bbox", "ext_bbox")
+REQUIRED_COLUMNS = ("row_id", "model", "image_url")
+#: The detection ratios: emo-detect-v1 takes both (it sets emo-v1's output size and price), emoji only 1:1.
+DETECT_RATIOS = {"emo-v1": ("1:1", "3:4"), "emoji-v1": ("1:1",)}
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -65,6 +77,38 @@ def _is_missing(value: Any) -> bool:
     if isinstance(value, float) and math.isnan(value):
         return True
     return isinstance(value, str) and not value.strip()
+
+
+def media_location_problem(text: str) -> str | None:
+    """Why ``text`` cannot locate a row's media, or None: an http(s) URL, a store URL whose filesystem can
+    sign URLs (``s3://``, ``oss://``, ``gs://``, ...), or an absolute local path (``/...``, ``file://``)."""
+    if re.match(r"^https?://[^\s/]+", text, re.IGNORECASE):
+        return None
+    if re.match(r"^(/[^/]|file:///[^/])", text):
+        return None
+    scheme = re.match(r"^([a-z][a-z0-9+.-]*)://[^\s/]+/\S", text)
+    if scheme is None:
+        return (
+            f"must be an http(s) URL, a store URL (s3://, oss://, gs://, ...) or an absolute local path, "
+            f"got {text[:80]!r}"
+        )
+    return signing_problem(scheme.group(1))
+
+
+def signing_problem(protocol: str) -> str | None:
+    """Why URLs of the store ``protocol`` cannot be presigned for the service, or None."""
+    import fsspec
+    from fsspec import AbstractFileSystem
+
+    if protocol in ("http", "https", "file", "local"):
+        return None
+    try:
+        implementation = fsspec.get_filesystem_class(protocol)
+    except (ValueError, ImportError) as error:
+        return f"the {protocol}:// store is not available here ({error})"
+    if implementation.sign is AbstractFileSystem.sign:
+        return f"the {protocol}:// store cannot presign URLs, which the service needs to fetch the file"
+    return None
 
 
 def video_ratio_of(ext_bbox: list[int]) -> str | None:
@@ -85,8 +129,9 @@ class RowRequest(BaseModel):
     row_id: str
     model: Literal["emo-v1", "emoji-v1"]
     image_url: str
-    face_bbox: list[int] = Field(min_length=4, max_length=4)
-    ext_bbox: list[int] = Field(min_length=4, max_length=4)
+    face_bbox: list[int] | None = Field(default=None, min_length=4, max_length=4)
+    ext_bbox: list[int] | None = Field(default=None, min_length=4, max_length=4)
+    ratio: Literal["1:1", "3:4"] | None = None
     audio_url: str | None = None
     style_level: Literal["normal", "calm", "active"] | None = None
     driven_id: str | None = None
@@ -117,13 +162,16 @@ class RowRequest(BaseModel):
         if value is None:
             return None
         text = str(value).strip()
-        if not re.match(r"^https?://[^\s/]+", text, re.IGNORECASE):
-            raise ValueError(f"must be an http(s) URL the service can fetch, got {text[:80]!r}")
+        problem = media_location_problem(text)
+        if problem:
+            raise ValueError(problem)
         return text
 
     @field_validator("face_bbox", "ext_bbox", mode="before")
     @classmethod
-    def _bbox(cls, value: Any) -> list[int]:
+    def _bbox(cls, value: Any) -> list[int] | None:
+        if value is None:
+            return None
         if isinstance(value, str):
             # Four coordinates never need more text; a bound also keeps hostile input out of the parser.
             if len(value) > 100:
@@ -152,6 +200,13 @@ class RowRequest(BaseModel):
             raise ValueError(f"needs x1 < x2 and y1 < y2, got {coords}")
         return coords
 
+    @field_validator("ratio", mode="before")
+    @classmethod
+    def _ratio(cls, value: Any) -> Any:
+        if value is not None and value not in ("1:1", "3:4"):
+            raise ValueError(f"must be 1:1 or 3:4, got {str(value)[:20]!r}")
+        return value
+
     @field_validator("style_level", mode="before")
     @classmethod
     def _style(cls, value: Any) -> Any:
@@ -161,20 +216,30 @@ class RowRequest(BaseModel):
 
     @model_validator(mode="after")
     def _per_model(self) -> RowRequest:
-        fx1, fy1, fx2, fy2 = self.face_bbox
-        ex1, ey1, ex2, ey2 = self.ext_bbox
-        if not (ex1 <= fx1 and ey1 <= fy1 and fx2 <= ex2 and fy2 <= ey2):
-            raise ValueError("face_bbox: the face box must lie inside ext_bbox (the dynamic area)")
+        if (self.face_bbox is None) != (self.ext_bbox is None):
+            missing = "face_bbox" if self.face_bbox is None else "ext_bbox"
+            raise ValueError(f"{missing}: give both face_bbox and ext_bbox, or neither (then the image is detected)")
+        if self.ratio is not None and self.ratio not in DETECT_RATIOS[self.model]:
+            raise ValueError(f"ratio: {self.model} takes {' or '.join(DETECT_RATIOS[self.model])}")
+        if self.face_bbox is not None and self.ext_bbox is not None:
+            fx1, fy1, fx2, fy2 = self.face_bbox
+            ex1, ey1, ex2, ey2 = self.ext_bbox
+            if not (ex1 <= fx1 and ey1 <= fy1 and fx2 <= ex2 and fy2 <= ey2):
+                raise ValueError("face_bbox: the face box must lie inside ext_bbox (the dynamic area)")
+            if self.model == "emo-v1" and video_ratio_of(self.ext_bbox) is None:
+                raise ValueError(
+                    "ext_bbox: its aspect ratio must be 1:1 or 3:4 for emo-v1 (it decides the output "
+                    f"size and the price), got {ex2 - ex1}x{ey2 - ey1}"
+                )
+            if self.model == "emo-v1" and self.ratio is not None and video_ratio_of(self.ext_bbox) != self.ratio:
+                raise ValueError(
+                    f"ratio: {self.ratio} disagrees with ext_bbox, which is {video_ratio_of(self.ext_bbox)}"
+                )
         if self.model == "emo-v1":
             if self.audio_url is None:
                 raise ValueError("audio_url: required for emo-v1 (a WAV/MP3 voice clip URL)")
             if self.driven_id is not None:
                 raise ValueError("driven_id: only used by emoji-v1; leave it empty for emo-v1")
-            if video_ratio_of(self.ext_bbox) is None:
-                raise ValueError(
-                    "ext_bbox: its aspect ratio must be 1:1 or 3:4 for emo-v1 (it decides the output "
-                    f"size and the price), got {ex2 - ex1}x{ey2 - ey1}"
-                )
         else:
             if self.driven_id is None:
                 raise ValueError("driven_id: required for emoji-v1 (a template id from the reference)")
@@ -185,18 +250,46 @@ class RowRequest(BaseModel):
         return self
 
     @property
-    def expected_ratio(self) -> str | None:
-        return video_ratio_of(self.ext_bbox) if self.model == "emo-v1" else "standard"
+    def needs_detection(self) -> bool:
+        """No boxes were given: the image is detected (billed once per image and ratio) before submitting."""
+        return self.ext_bbox is None
 
-    def api_input(self) -> dict[str, Any]:
-        """The ``input`` object of the submit body."""
+    @property
+    def detect_ratio(self) -> str:
+        """The ratio to detect (and so, for emo-v1, the output ratio): the row's ``ratio``, else 1:1."""
+        return self.ratio or "1:1"
+
+    @property
+    def expected_ratio(self) -> str | None:
+        if self.model != "emo-v1":
+            return "standard"
+        return video_ratio_of(self.ext_bbox) if self.ext_bbox is not None else self.detect_ratio
+
+    @property
+    def media(self) -> dict[str, str]:
+        """The row's media by field (``image_url``, and ``audio_url`` for emo-v1), as given in the table."""
+        return {k: v for k, v in (("image_url", self.image_url), ("audio_url", self.audio_url)) if v}
+
+    def api_input(
+        self,
+        *,
+        boxes: tuple[list[int], list[int]] | None = None,
+        urls: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
+        """The ``input`` object of the submit body.
+
+        :param boxes: ``(face_bbox, ext_bbox)`` from detection, for a row that gave none.
+        :param urls: the media URLs to send (presigned, for store URLs and local files), by field.
+        """
+        face_bbox, ext_bbox = boxes or (self.face_bbox, self.ext_bbox)
+        urls = urls or {}
         body: dict[str, Any] = {
-            "image_url": self.image_url,
-            "face_bbox": self.face_bbox,
-            "ext_bbox": self.ext_bbox,
+            "image_url": urls.get("image_url", self.image_url),
+            "face_bbox": face_bbox,
+            "ext_bbox": ext_bbox,
         }
         if self.model == "emo-v1":
-            body["audio_url"] = self.audio_url
+            body["audio_url"] = urls.get("audio_url", self.audio_url)
         else:
             body["driven_id"] = self.driven_id
         return body
@@ -209,7 +302,12 @@ class RowRequest(BaseModel):
 
     def fingerprint(self) -> str:
         """A stable hash of what would be sent, to notice a row whose content changed under its id."""
-        body = {"model": self.model, "input": self.api_input(), "parameters": self.api_parameters() or {}}
+        body = {
+            "model": self.model,
+            "input": self.api_input(),
+            "parameters": self.api_parameters() or {},
+            "ratio": self.detect_ratio if self.needs_detection else None,
+        }
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -118,8 +118,9 @@ def _catalogue() -> list[Case]:
             "portrait.png",
             "http://",
             "http:// x",
-            "s3://b/x.png",
-            "oss://b/x.png",
+            "s3://",
+            "oss:///x.png",
+            "s3://bucket-only",
             "data:image/png;base64,AAAA",
             "http:/h/x.png",
             "httpx://h",
@@ -404,7 +405,7 @@ def test_unusable_tables_raise_input_table_error_naming_the_table(tmp_path: Path
     )
 
 
-@pytest.mark.parametrize("columns", [["a", "b"], ["row_id", "model", "image_url", "audio_url"], ["ROW_ID", "Model"]])
+@pytest.mark.parametrize("columns", [["a", "b"], ["row_id", "model", "audio_url", "face_bbox"], ["ROW_ID", "Model"]])
 def test_missing_required_columns_raise_input_table_error(tmp_path: Path, columns: list[str]) -> None:
     from talking_heads.plan import InputTableError, read_input_table
 

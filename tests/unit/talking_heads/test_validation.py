@@ -49,8 +49,13 @@ def test_reference_examples_are_valid() -> None:
         ({"row_id": None}, "row_id", "is required"),
         ({"row_id": "a/b"}, "row_id", "letters, digits"),
         ({"model": "emo-v2"}, "model", "unknown model"),
-        ({"image_url": "file:///etc/passwd"}, "image_url", "http(s) URL"),
-        ({"audio_url": "ftp://x/a.mp3"}, "audio_url", "http(s) URL"),
+        ({"image_url": "portrait.png"}, "image_url", "absolute local path"),
+        ({"image_url": "//host/p.png"}, "image_url", "absolute local path"),
+        ({"audio_url": "ftp://x/a.mp3"}, "audio_url", "cannot presign"),
+        ({"face_bbox": None}, "face_bbox", "give both face_bbox and ext_bbox, or neither"),
+        ({"ext_bbox": None}, "ext_bbox", "give both face_bbox and ext_bbox, or neither"),
+        ({"ratio": "3:4"}, "ratio", "3:4 disagrees with ext_bbox, which is 1:1"),
+        ({"ratio": "16:9"}, "ratio", "must be 1:1 or 3:4"),
         ({"audio_url": None}, "audio_url", "required for emo-v1"),
         ({"face_bbox": "[1, 2, 3]"}, "face_bbox", "four integers"),
         ({"face_bbox": "not json"}, "face_bbox", "JSON list"),
@@ -102,9 +107,36 @@ def test_ratio_follows_ext_bbox() -> None:
 
 
 def test_frame_without_required_column_names_it() -> None:
-    frame = pd.DataFrame([{k: v for k, v in GOOD_EMO.items() if k != "ext_bbox"}])
-    with pytest.raises(ValueError, match="ext_bbox"):
+    frame = pd.DataFrame([{k: v for k, v in GOOD_EMO.items() if k != "image_url"}])
+    with pytest.raises(ValueError, match="image_url"):
         validate_frame(frame)
+
+
+def test_rows_without_boxes_are_detected_at_their_ratio() -> None:
+    no_boxes = {k: v for k, v in GOOD_EMO.items() if k not in ("face_bbox", "ext_bbox")}
+    emoji = {k: v for k, v in GOOD_EMOJI.items() if k not in ("face_bbox", "ext_bbox")}
+    valid, rejected = validate_records([no_boxes, {**no_boxes, "row_id": "half", "ratio": "3:4"}, emoji])
+    assert rejected == []
+    (_, square), (_, half), (_, face) = valid
+    assert (square.needs_detection, square.detect_ratio, square.expected_ratio) == (True, "1:1", "1:1")
+    assert (half.detect_ratio, half.expected_ratio) == ("3:4", "3:4")
+    assert (face.detect_ratio, face.expected_ratio) == ("1:1", "standard")
+    assert square.fingerprint() != half.fingerprint()  # another ratio is another detection and video
+    _, (rejection,) = validate_records([{**emoji, "ratio": "3:4"}])
+    assert "field 'ratio'" in rejection.message and "emoji-v1 takes 1:1" in rejection.message
+
+
+def test_media_may_be_store_urls_or_absolute_local_paths() -> None:
+    rows = [
+        {**GOOD_EMO, "row_id": "s3", "image_url": "s3://bucket/portraits/p.png", "audio_url": "oss://b/v.wav"},
+        {**GOOD_EMO, "row_id": "local", "image_url": "/data/portraits/p.png", "audio_url": "file:///data/v.wav"},
+    ]
+    valid, rejected = validate_records(rows)
+    assert rejected == []
+    assert valid[0][1].media == {"image_url": "s3://bucket/portraits/p.png", "audio_url": "oss://b/v.wav"}
+    signed = {"image_url": "https://b.s3/p.png?X-Amz-Signature=x"}
+    assert valid[0][1].api_input(urls=signed)["image_url"] == signed["image_url"]
+    assert valid[0][1].api_input(urls=signed)["audio_url"] == "oss://b/v.wav"
 
 
 def test_parquet_lists_and_numeric_ids_are_accepted() -> None:
