@@ -20,9 +20,13 @@ import re
 import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from airflow.sdk import ObjectStoragePath
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 from talking_heads.storage import OutputLayout, as_storage_path
 from talking_heads.validation import RowRequest
@@ -42,6 +46,23 @@ def kind_of(location: str) -> str:
     if location.startswith("/") or location.startswith("file://"):
         return "local"
     return "store"
+
+
+def resolve_relative(frame: pd.DataFrame, table_url: str) -> pd.DataFrame:
+    """The table with relative media paths (``portraits/ada.png``) made relative to the table's own folder:
+    local files beside a local table, or keys beside a table in a store (``s3://b/t/portraits/ada.png``)."""
+    base = table_url.rsplit("/", 1)[0] if "/" in table_url else "."
+    if "://" not in base:
+        base = os.path.abspath(os.path.expanduser(base))
+    frame = frame.copy()
+    for column in ("image_url", "audio_url"):
+        if column in frame:
+            frame[column] = frame[column].map(lambda v: f"{base}/{v.strip()}" if _is_relative(v) else v)
+    return frame
+
+
+def _is_relative(value: object) -> bool:
+    return isinstance(value, str) and bool(re.match(r"^[\w.-][^:]*$", value.strip())) and not value.startswith("/")
 
 
 def local_path(location: str) -> str:

@@ -16,7 +16,7 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowNotFoundExceptio
 from dashscope_provider.connection import base_url_from_connection
 
 from talking_heads.ledger import RowLedger
-from talking_heads.media import service_is_public
+from talking_heads.media import resolve_relative, service_is_public
 from talking_heads.outcomes import build_outcomes, summarize, write_outcomes
 from talking_heads.payloads import PlanEntry
 from talking_heads.plan import InputTableError, assign_connections, cap_generation, plan_run, read_input_table
@@ -35,7 +35,7 @@ def plan_rows(context: Context) -> list[dict[str, Any]]:
     storage = params["storage_conn_id"]
     ledger = RowLedger(params["output_root"], storage)
     try:
-        frame = read_input_table(table_url, storage)
+        frame = resolve_relative(read_input_table(table_url, storage), table_url)
     except InputTableError as error:
         raise AirflowFailException(str(error)) from None  # the same table fails the same way on retry
     conn_ids = [params["dashscope_conn_id"], *(params["extra_dashscope_conn_ids"] or [])]

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import pandas as pd
 import pytest
 import requests
 from talking_heads.media import (
@@ -15,6 +16,7 @@ from talking_heads.media import (
     local_media_problem,
     private_address_problem,
     redact,
+    resolve_relative,
     service_is_public,
 )
 from talking_heads.storage import OutputLayout, as_storage_path
@@ -36,6 +38,21 @@ def test_kinds() -> None:
         "local",
         "store",
     ]
+
+
+def test_relative_paths_are_relative_to_the_table() -> None:
+    frame = pd.DataFrame(
+        {
+            "image_url": ["portraits/ada.png", "https://h/p.png", "/abs/p.png", "s3://b/p.png", None],
+            "audio_url": ["./voice.wav", None, "javascript:x", "12345", "oss://b/v.wav"],
+        }
+    )
+    local = resolve_relative(frame, "/data/tables/t.csv")
+    assert local["image_url"].tolist()[:4] == ["/data/tables/portraits/ada.png", *frame["image_url"].tolist()[1:4]]
+    assert local["audio_url"].tolist()[0] == "/data/tables/./voice.wav"
+    assert local["audio_url"].tolist()[2:] == ["javascript:x", "/data/tables/12345", "oss://b/v.wav"]
+    stored = resolve_relative(frame, "s3://bucket/tables/t.csv")
+    assert stored["image_url"][0] == "s3://bucket/tables/portraits/ada.png"
 
 
 def test_local_files_need_an_object_store_output_root(tmp_path: Path) -> None:
