@@ -2,14 +2,16 @@
 
 Modules, one per role, as in Airflow's own providers:
 
-* :mod:`dashscope_provider.hooks.dashscope`: ``DashScopeHook`` (submit, query, cancel: HTTP to DashScope);
+* :mod:`dashscope_provider.hooks.dashscope`: ``DashScopeHook`` (submit, query, cancel, detect: HTTP to
+  DashScope);
 * :mod:`dashscope_provider.hooks.dashscope_async`: ``DashScopeAsyncHook`` (queries from triggers, rate
-  limited per key);
-* :mod:`dashscope_provider.operators.dashscope`: submit a task;
+  limited per account);
+* :mod:`dashscope_provider.operators.dashscope`: submit a task; detect the face boxes of an image;
 * :mod:`dashscope_provider.sensors.dashscope`: wait for a task (deferrable);
 * :mod:`dashscope_provider.triggers.dashscope`: the trigger behind the sensor;
 * :mod:`dashscope_provider.transfers.dashscope_to_object_storage`: copy a result video to any storage;
 * :mod:`dashscope_provider.models`: endpoints, task statuses, the parsed answers;
+* :mod:`dashscope_provider.connection`: base URL, API key and account of a ``dashscope`` connection;
 * :mod:`dashscope_provider.retry`: the one retry policy (what may be sent again, and why);
 * :mod:`dashscope_provider.rate_limit`: client-side pacing shared within a process;
 * :mod:`dashscope_provider.exceptions`: what can go wrong, sorted by "could a task (and a bill) exist?".
@@ -22,14 +24,15 @@ from typing import Any
 __version__ = "0.1.0"
 
 #: The connection form (Airflow >= 3.2 reads it from here, without importing the hook): a base URL and
-#: an API key. Extra stays visible for HttpHook-style options (timeout, proxies, verify).
+#: an API key. Extra stays visible for ``account`` (the Alibaba Cloud account of the key: its keys share
+#: the rate limits) and HttpHook-style options (timeout, proxies, verify).
 UI_FIELD_BEHAVIOUR: dict[str, Any] = {
     "hidden-fields": ["schema", "port", "login"],
     "relabeling": {"host": "Base URL", "password": "API key"},
     "placeholders": {
         "host": "https://dashscope.aliyuncs.com",
         "password": "sk-...",
-        "extra": '{"timeout": 60, "proxies": {"https": "http://proxy:3128"}}',
+        "extra": '{"account": "my-aliyun-account", "timeout": 60, "proxies": {"https": "http://proxy:3128"}}',
     },
 }
 
@@ -39,7 +42,7 @@ def get_provider_info() -> dict[str, Any]:
     return {
         "package-name": "airflow-dashscope-talking-heads",
         "name": "DashScope",
-        "description": "Alibaba Cloud DashScope (Model Studio) video synthesis: emo-v1 and emoji-v1.",
+        "description": "Alibaba Cloud DashScope (Model Studio) video synthesis (emo-v1, emoji-v1) and face detection.",
         "versions": [__version__],
         "integrations": [
             {
@@ -71,7 +74,6 @@ def get_provider_info() -> dict[str, Any]:
         "triggers": [
             {"integration-name": "DashScope", "python-modules": ["dashscope_provider.triggers.dashscope"]},
         ],
-        "filesystems": ["dashscope_provider.fs.oss"],
         "transfers": [
             {
                 # "Common IO" is the integration of apache-airflow-providers-common-io (ObjectStoragePath).

@@ -1,4 +1,9 @@
-"""What a ``dashscope`` connection says: the API base URL and the API key (its password field)."""
+"""What a ``dashscope`` connection says: the API base URL, the API key (its password field) and the account.
+
+The account is optional: extra ``{"account": "<Alibaba Cloud account id or any name>"}``. The service's
+rate limits count per Alibaba Cloud (main) account, adding up all its keys, so connections naming the same
+account share one client-side budget; without it each key counts as its own account.
+"""
 
 from __future__ import annotations
 
@@ -54,3 +59,20 @@ def api_key_from_connection(conn: Connection) -> str:
 def key_fingerprint(key: str) -> str:
     """An id of an API key that is not the key (16 hex digits of its SHA-256), for limiter names and logs."""
     return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+#: Connection extras this provider reads itself; they are not sent as HTTP headers.
+DASHSCOPE_EXTRA_FIELDS = ("account",)
+
+
+def account_from_connection(conn: Connection) -> str:
+    """The Alibaba Cloud account the connection's calls count against, for client-side rate limits.
+
+    The connection extra ``account`` when set; else ``key-`` and :func:`key_fingerprint` of its key (keys
+    of one account not named as such are then paced as separate accounts).
+
+    :raises DashScopeConfigError: with no ``account`` extra and no API key.
+    """
+    extra = conn.extra_dejson if isinstance(conn.extra_dejson, dict) else {}
+    account = str(extra.get("account") or "").strip()
+    return account or f"key-{key_fingerprint(api_key_from_connection(conn))}"

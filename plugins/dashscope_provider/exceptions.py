@@ -14,6 +14,8 @@ They sort failures by the one question that matters for a paid, non-idempotent A
 * :class:`DashScopeTaskFailed`: a task ended ``FAILED``/``CANCELED``/``UNKNOWN``. Also an
   ``AirflowFailException``: the service's verdict on a task does not change when it is asked again.
 * :class:`DashScopeResultExpired`: the result's pre-signed URL is dead (403/404; it lives 24 h).
+* :class:`DashScopeDetectionFailed`: a face detection answered that the image can't be used. Also an
+  ``AirflowFailException``: detecting the same image again gives the same answer, and is billed again.
 
 None of them ever holds the API key: they are built from what the service answered and from what the
 HTTP client reported (URLs, status codes), never from request headers.
@@ -211,3 +213,35 @@ class DashScopeResultExpired(DashScopeError):
 
     def _init_args(self) -> tuple[Any, ...]:
         return (self.status_code, self.url, self.detail)
+
+
+class DashScopeDetectionFailed(DashScopeError, AirflowFailException):
+    """A face detection was answered (and billed) but did not pass: the image can't be used as it is.
+
+    An ``AirflowFailException`` on purpose: detecting the same image again returns the same verdict and
+    bills another image; a different image (or ratio) is the caller's decision.
+
+    :param model: the detection model.
+    :param code: the service's failure code (``InvalidFile.NoHuman``...).
+    :param message: the service's failure message.
+    :param request_id: the service's request id.
+    """
+
+    def __init__(
+        self, model: str, code: str | None = None, message: str | None = None, request_id: str | None = None
+    ) -> None:
+        self.model = model
+        self.code = code
+        self.message = message
+        self.request_id = request_id
+        text = f"DashScope {model} did not pass the image"
+        if code:
+            text += f": {code}"
+        if message:
+            text += f": {message}"
+        if request_id:
+            text += f" (request_id={request_id})"
+        super().__init__(text)
+
+    def _init_args(self) -> tuple[Any, ...]:
+        return (self.model, self.code, self.message, self.request_id)

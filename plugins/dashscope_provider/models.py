@@ -3,7 +3,8 @@
 Shared by the sync and async hooks; nothing here does I/O. See the reference pages: ``POST
 /api/v1/services/aigc/image2video/video-synthesis`` creates a task (header ``X-DashScope-Async: enable``),
 ``GET /api/v1/tasks/{task_id}`` reports it, ``POST /api/v1/tasks/{task_id}/cancel`` cancels a ``PENDING``
-one.
+one; ``POST /api/v1/services/aigc/image2video/face-detect`` (synchronous) finds the face boxes those
+tasks need (``detection-and-limits.md``).
 """
 
 from __future__ import annotations
@@ -15,10 +16,18 @@ from typing import Any
 
 from dashscope_provider.exceptions import DashScopeAPIError
 
+#: ``[x1, y1, x2, y2]`` in pixels.
+Box = tuple[int, int, int, int]
+
 DEFAULT_BASE_URL = "https://dashscope.aliyuncs.com"
 SUBMIT_ENDPOINT = "api/v1/services/aigc/image2video/video-synthesis"
 TASK_ENDPOINT = "api/v1/tasks/{task_id}"
 CANCEL_ENDPOINT = "api/v1/tasks/{task_id}/cancel"
+FACE_DETECT_ENDPOINT = "api/v1/services/aigc/image2video/face-detect"
+
+#: The ratios each detection model takes; the first is its default. The ratio chosen for emo-detect-v1
+#: decides the shape of ``ext_bbox``, and so emo-v1's output size and price.
+DETECT_RATIOS: dict[str, tuple[str, ...]] = {"emo-detect-v1": ("1:1", "3:4"), "emoji-detect-v1": ("1:1",)}
 
 #: A task id that never exists: querying it answers 200 ``UNKNOWN`` when the key is accepted.
 PROBE_TASK_ID = "00000000-0000-0000-0000-000000000000"
@@ -204,4 +213,110 @@ def api_error(status: int, body: str, content_type: str | None, operation: str) 
     kind = (content_type or "no content type").split(";")[0].strip()
     return DashScopeAPIError(
         status, None, f"answer without a DashScope error body ({kind}, {len(body)} chars)", None, operation
+    )
+
+
+@dataclass(frozen=True)
+class FaceDetection:
+    """One face-detect answer, the same for ``emo-detect-v1`` and ``emoji-detect-v1``.
+
+    emo-detect-v1 answers ``check_pass``/``face_bbox``/``ext_bbox``; emoji-detect-v1 ``bbox_face``/
+    ``ext_bbox_face`` and no ``check_pass``. Either way ``face_bbox`` goes to the video task's
+    ``input.face_bbox`` and ``ext_bbox`` to its ``input.ext_bbox``. Every answered detection is billed one
+    image, passed or not (``image_count``), so record it rather than detect the same image again.
+    JSON-serializable through :meth:`to_dict` (boxes as lists) and back with :meth:`from_dict`.
+
+    :param passed: whether the image can be used (boxes present).
+    :param face_bbox: the face, ``[x1, y1, x2, y2]`` pixels, when passed.
+    :param ext_bbox: the dynamic area around it, of the asked ratio, when passed.
+    :param model: the detection model.
+    :param ratio: the ratio asked (``1:1`` or ``3:4``).
+    :param request_id: the service's request id.
+    :param code: why it did not pass (``InvalidFile.NoHuman``...).
+    :param message: the service's explanation.
+    :param image_count: images billed for this answer (``usage.image_count``).
+    """
+
+    passed: bool
+    face_bbox: Box | None
+    ext_bbox: Box | None
+    model: str
+    ratio: str
+    request_id: str | None = None
+    code: str | None = None
+    message: str | None = None
+    image_count: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("face_bbox", "ext_bbox"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, _box(value, name))
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain dict of JSON types (the field names of this class; boxes as lists)."""
+        data = asdict(self)
+        for name in ("face_bbox", "ext_bbox"):
+            data[name] = None if data[name] is None else list(data[name])
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FaceDetection:
+        """Rebuild from :meth:`to_dict` output; unknown keys are ignored."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{key: value for key, value in data.items() if key in names})
+
+
+def _box(value: Any, name: str) -> Box:
+    if (
+        not isinstance(value, list | tuple)
+        or len(value) != 4
+        or not all(isinstance(v, int | float) and not isinstance(v, bool) and v >= 0 for v in value)
+    ):
+        raise ValueError(f"{name} is not four non-negative numbers: {value!r}")
+    x1, y1, x2, y2 = (int(v) for v in value)
+    if x2 <= x1 or y2 <= y1:
+        raise ValueError(f"{name} is not a box [x1, y1, x2, y2] with x1 < x2 and y1 < y2: {value!r}")
+    return x1, y1, x2, y2
+
+
+def parse_detection(payload: Any, model: str, ratio: str) -> FaceDetection:
+    """Normalise a face-detect answer (either model's shape) into a :class:`FaceDetection`.
+
+    It passed when ``check_pass`` is true (emo-detect-v1) or, without ``check_pass`` (emoji-detect-v1),
+    when it carries the boxes and no ``code``.
+
+    :param payload: the decoded JSON answer (HTTP 200).
+    :param model: the model asked.
+    :param ratio: the ratio asked.
+    :raises ValueError: if it has no ``output``, or says it passed without two valid boxes.
+    """
+    if not isinstance(payload, dict) or not isinstance(payload.get("output"), dict):
+        raise ValueError("the answer has no 'output' object")
+    output: dict[str, Any] = payload["output"]
+    usage = payload.get("usage") if isinstance(payload.get("usage"), dict) else {}
+    count = usage.get("image_count")
+    common: dict[str, Any] = {
+        "model": model,
+        "ratio": ratio,
+        "request_id": optional_str(payload.get("request_id")),
+        "image_count": count if isinstance(count, int) and not isinstance(count, bool) else None,
+    }
+    face = output.get("face_bbox", output.get("bbox_face"))
+    ext = output.get("ext_bbox", output.get("ext_bbox_face"))
+    if "check_pass" in output:
+        passed = output["check_pass"] is True
+    else:
+        passed = not output.get("code") and (face is not None or ext is not None)
+    if passed:
+        return FaceDetection(passed=True, face_bbox=_box(face, "face_bbox"), ext_bbox=_box(ext, "ext_bbox"), **common)
+    if not output.get("code") and not output.get("message") and "check_pass" not in output:
+        raise ValueError("the answer has neither boxes nor a failure code")
+    return FaceDetection(
+        passed=False,
+        face_bbox=None,
+        ext_bbox=None,
+        code=optional_str(output.get("code")),
+        message=optional_str(output.get("message")),
+        **common,
     )

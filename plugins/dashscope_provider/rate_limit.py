@@ -1,7 +1,9 @@
 """Client-side pacing of DashScope calls, shared by every hook of one process.
 
-The service limits calls per second (queries 20/s; see the reference pages); a limiter spaces this
-process's calls below that, and after a 429 holds every caller back, not just the one that was refused.
+The service limits calls per second per Alibaba Cloud account, each model on its own (queries 20/s,
+emo-detect-v1 5/s, emoji-detect-v1 1/s: ``detection-and-limits.md``); a limiter spaces this process's
+calls below that, and after a 429 holds every caller back, not just the one that was refused.
+:class:`RateLimiter` is for threads (the sync hook), :class:`AsyncRateLimiter` for event loops (triggers).
 """
 
 from __future__ import annotations
@@ -9,17 +11,22 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from typing import cast
 
 #: The service allows 20 queries per second; stay below it, leaving room for other clients.
 DEFAULT_QUERY_QPS = 15.0
+#: Face-detect calls per second per account, per model (the rate-limit page).
+DETECT_RPS: dict[str, float] = {"emo-detect-v1": 5.0, "emoji-detect-v1": 1.0}
+#: The rate for a detection model the page does not list: the lowest listed.
+DEFAULT_DETECT_RPS = 1.0
 
 
-class AsyncRateLimiter:
-    """Spaces requests evenly so that no more than ``qps`` start in any second.
+class RateLimiter:
+    """Spaces requests evenly so that no more than ``qps`` start in any second; thread-safe.
 
-    Each caller reserves the next free slot without awaiting in between, so it needs no asyncio lock and
-    works across event loops (a triggerer has one; tests start several) and threads. After a 429,
-    :meth:`penalize` pushes every later slot back.
+    Each caller reserves the next free slot under a lock and then sleeps until it, outside the lock, so
+    callers in many threads are served in order without holding each other up longer than their slots.
+    After a 429, :meth:`penalize` pushes every later slot back.
 
     :param qps: requests per second.
     """
@@ -48,11 +55,12 @@ class AsyncRateLimiter:
             self._next = slot + 1.0 / self._qps
             return slot - now
 
-    async def acquire(self) -> None:
-        """Wait for this caller's slot."""
+    def wait(self) -> float:
+        """Block until this caller's slot; returns the seconds waited."""
         delay = self.reserve()
         if delay > 0:
-            await asyncio.sleep(delay)
+            time.sleep(delay)
+        return max(delay, 0.0)
 
     def penalize(self, seconds: float) -> None:
         """Start no request before ``seconds`` from now (the service said 429)."""
@@ -60,22 +68,60 @@ class AsyncRateLimiter:
             self._next = max(self._next, time.monotonic() + seconds)
 
 
-_LIMITERS: dict[tuple[str, str], AsyncRateLimiter] = {}
+class AsyncRateLimiter(RateLimiter):
+    """A :class:`RateLimiter` for coroutines: :meth:`acquire` awaits the slot instead of sleeping.
+
+    Reserving takes no await, so it needs no asyncio lock and works across event loops (a triggerer has
+    one; tests start several) and threads.
+
+    :param qps: requests per second.
+    """
+
+    async def acquire(self) -> None:
+        """Wait for this caller's slot."""
+        delay = self.reserve()
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+
+_LIMITERS: dict[tuple[str, ...], RateLimiter] = {}
 _LIMITERS_LOCK = threading.Lock()
 
 
-def get_rate_limiter(base_url: str, key_id: str, qps: float = DEFAULT_QUERY_QPS) -> AsyncRateLimiter:
-    """The process-wide limiter of one (base URL, API key); created on first use, its rate updated to ``qps``.
-
-    :param base_url: the API base URL.
-    :param key_id: identifies the key without being it (a hash), so every connection using the same key
-        shares one budget.
-    :param qps: requests per second for this key.
-    """
+def _shared(kind: type[RateLimiter], key: tuple[str, ...], qps: float) -> RateLimiter:
     with _LIMITERS_LOCK:
-        limiter = _LIMITERS.get((base_url, key_id))
+        full_key = (kind.__name__, *key)
+        limiter = _LIMITERS.get(full_key)
         if limiter is None:
-            limiter = _LIMITERS[(base_url, key_id)] = AsyncRateLimiter(qps)
+            limiter = _LIMITERS[full_key] = kind(qps)
         elif limiter.qps != qps:
             limiter.qps = qps
         return limiter
+
+
+def get_rate_limiter(base_url: str, key_id: str, qps: float = DEFAULT_QUERY_QPS) -> AsyncRateLimiter:
+    """The process-wide async limiter of one (base URL, account); created on first use, its rate set to ``qps``.
+
+    :param base_url: the API base URL.
+    :param key_id: the account the calls count against (a connection's ``account``, by default a hash of
+        its key), so every connection of the same account shares one budget.
+    :param qps: requests per second for this account.
+    """
+    return cast("AsyncRateLimiter", _shared(AsyncRateLimiter, (base_url, key_id), qps))
+
+
+def detect_rps(model: str) -> float:
+    """The face-detect rate of ``model`` per account (:data:`DETECT_RPS`, else :data:`DEFAULT_DETECT_RPS`)."""
+    return DETECT_RPS.get(model, DEFAULT_DETECT_RPS)
+
+
+def get_sync_rate_limiter(base_url: str, account: str, model: str, qps: float | None = None) -> RateLimiter:
+    """The process-wide thread-safe limiter of one (base URL, account, model), for the sync hook.
+
+    :param base_url: the API base URL.
+    :param account: the Alibaba Cloud account the calls count against (see
+        :func:`~dashscope_provider.connection.account_from_connection`).
+    :param model: the model called (each has its own limit).
+    :param qps: requests per second (default :func:`detect_rps` of ``model``).
+    """
+    return _shared(RateLimiter, (base_url, account, model), detect_rps(model) if qps is None else qps)

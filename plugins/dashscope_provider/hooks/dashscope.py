@@ -1,6 +1,7 @@
 """The sync hook for Alibaba Cloud DashScope (Model Studio) video synthesis (``emo-v1``, ``emoji-v1``).
 
-:class:`DashScopeHook` does HTTP to DashScope and nothing else: submit, query and cancel tasks. The async
+:class:`DashScopeHook` does HTTP to DashScope and nothing else: submit, query and cancel tasks, and detect
+faces (the synchronous, billed call that finds the boxes a task needs). The async
 hook (triggers) is :mod:`dashscope_provider.hooks.dashscope_async`; the answers it parses are in
 :mod:`dashscope_provider.models`; what it retries is :class:`dashscope_provider.retry.RetryPolicy`; the
 result video is copied by :mod:`dashscope_provider.transfers.dashscope_to_object_storage` (it needs no
@@ -26,7 +27,12 @@ from airflow.exceptions import AirflowProviderDeprecationWarning
 from airflow.providers.http.hooks.http import HttpHook
 from airflow.sdk.exceptions import AirflowNotFoundException
 
-from dashscope_provider.connection import api_key_from_connection, base_url_from_connection, key_fingerprint
+from dashscope_provider.connection import (
+    DASHSCOPE_EXTRA_FIELDS,
+    account_from_connection,
+    api_key_from_connection,
+    base_url_from_connection,
+)
 from dashscope_provider.exceptions import (
     DashScopeAPIError,
     DashScopeConfigError,
@@ -36,16 +42,21 @@ from dashscope_provider.exceptions import (
 from dashscope_provider.models import (
     CANCEL_ENDPOINT,
     DEFAULT_BASE_URL,
+    DETECT_RATIOS,
+    FACE_DETECT_ENDPOINT,
     PROBE_TASK_ID,
     SUBMIT_ENDPOINT,
     TASK_ENDPOINT,
     DashScopeTask,
+    FaceDetection,
     SubmittedTask,
     TaskStatus,
     api_error,
+    parse_detection,
     parse_submission,
     parse_task,
 )
+from dashscope_provider.rate_limit import RateLimiter, get_sync_rate_limiter
 from dashscope_provider.retry import DEFAULT_THROTTLE_TIMEOUT, RetryPolicy, describe, transport_error
 
 if TYPE_CHECKING:
@@ -58,10 +69,10 @@ T = TypeVar("T")
 __all__ = [
     "DashScopeHook",
     "DashScopeTask",
+    "FaceDetection",
     "SubmittedTask",
     "api_key_from_connection",
     "base_url_from_connection",
-    "key_fingerprint",
 ]
 
 
@@ -69,13 +80,15 @@ __all__ = [
 
 
 class DashScopeHook(HttpHook):
-    """Submit, query and cancel DashScope video-synthesis tasks.
+    """Submit, query and cancel DashScope video-synthesis tasks; detect faces for them.
 
     Connection (type ``dashscope``): ``host`` = base URL (empty: ``https://dashscope.aliyuncs.com``;
     a host name or a full URL, e.g. a workspace URL or ``http://127.0.0.1:8000`` for the emulator),
     ``password`` = the API key, sent as ``Authorization: Bearer`` (never logged; ``login`` is ignored).
     Connection extras are handled by :class:`~airflow.providers.http.hooks.http.HttpHook` (``proxies``,
-    ``verify``, ``timeout``...; other keys become headers).
+    ``verify``, ``timeout``...; other keys become headers), except ``account``: the Alibaba Cloud account
+    the key belongs to, for the per-account pacing of :meth:`detect_face` (default: the key's own
+    fingerprint, see :func:`~dashscope_provider.connection.account_from_connection`).
 
     Built on ``HttpHook``'s public surface: :meth:`get_conn` extends its session (extras, TCP keep-alive
     adapter) with the bearer token, :meth:`url_from_endpoint` applies this connection's base-URL rules.
@@ -92,6 +105,8 @@ class DashScopeHook(HttpHook):
     :param throttle_timeout: seconds one call keeps retrying while it is throttled (429).
     :param timeout: per-request ``(connect, read)`` timeout in seconds (a ``timeout`` in the connection's
         extra wins).
+    :param detect_qps: face-detect calls per second per (base URL, account, model) in this process, per
+        model; default the page's limits (``emo-detect-v1`` 5, ``emoji-detect-v1`` 1, others 1).
     :param kwargs: passed to ``HttpHook`` (``tcp_keep_alive``, ``adapter``...).
     """
 
@@ -121,12 +136,14 @@ class DashScopeHook(HttpHook):
         retry_max: float = 30.0,
         throttle_timeout: float = DEFAULT_THROTTLE_TIMEOUT,
         timeout: tuple[float, float] = (10.0, 60.0),
+        detect_qps: dict[str, float] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(method="POST", http_conn_id=dashscope_conn_id, **kwargs)
         self.dashscope_conn_id = dashscope_conn_id
         self.retry_policy = RetryPolicy(max_attempts, retry_initial, retry_max, throttle_timeout)
         self.timeout = timeout
+        self.detect_qps = dict(detect_qps or {})
         self._session: requests.Session | None = None
 
     # -- connection and session -------------------------------------------------------------------
@@ -158,6 +175,8 @@ class DashScopeHook(HttpHook):
         key = api_key_from_connection(connection)
         session = super().get_conn(headers, extra_options)
         session.auth = None  # never basic auth from ``login``: the key travels as a bearer token
+        for name in DASHSCOPE_EXTRA_FIELDS:  # this provider's own extras are not headers
+            session.headers.pop(name, None)
         session.headers["Authorization"] = f"Bearer {key}"
         self.base_url = base_url_from_connection(connection)
         return session
@@ -268,19 +287,28 @@ class DashScopeHook(HttpHook):
         endpoint: str,
         operation: str,
         handle: Callable[[requests.Response, str], T],
+        *,
+        limiter: RateLimiter | None = None,
         **request_kwargs: Any,
     ) -> T:
-        """Send a request that is safe to repeat; retry 429, 5xx and transport errors (bounded)."""
+        """Send a request that is safe to repeat; retry 429, 5xx and transport errors (bounded).
+
+        With a ``limiter``, every attempt first waits for its slot, and a 429 holds back all its users.
+        """
 
         def attempt() -> T:
             session = self._query_session()
             url = self.url_from_endpoint(endpoint)
+            if limiter is not None:
+                limiter.wait()
             try:
                 response = session.request(method, url, timeout=self._request_timeout(), **request_kwargs)
                 text = response.text
             except requests.RequestException as exc:
                 self._drop_query_session()
                 raise transport_error(exc, idempotent=True) from exc
+            if response.status_code == 429 and limiter is not None:
+                limiter.penalize(1.0)
             return handle(response, text)
 
         return self.retry_policy.retrying(operation, self.log, idempotent=True)(attempt)
@@ -336,6 +364,66 @@ class DashScopeHook(HttpHook):
         )
         return False
 
+    # -- face detection ----------------------------------------------------------------------------
+
+    def detect_limiter(self, model: str) -> RateLimiter:
+        """The limiter :meth:`detect_face` paces ``model`` with: shared in this process by every hook of the
+        same base URL and account (see :func:`~dashscope_provider.rate_limit.get_sync_rate_limiter`)."""
+        connection = self.dashscope_connection
+        return get_sync_rate_limiter(
+            base_url_from_connection(connection),
+            account_from_connection(connection),
+            model,
+            self.detect_qps.get(model),
+        )
+
+    def detect_face(self, model: str, image_url: str, ratio: str | None = None) -> FaceDetection:
+        """Find the face and its dynamic area in an image (synchronous); the boxes a video task needs.
+
+        Paced per (base URL, account, model) in this process (see :meth:`detect_limiter`). Safe to repeat,
+        so retried like a query on 429, 5xx and transport errors. Every *answered* detection is billed one
+        image, passed or not, so a retry after a lost answer may bill twice; a refused request (4xx, 429,
+        5xx) is not billed. A detection that did not pass is an answer, not an error: ``passed`` is False
+        and ``code``/``message`` say why.
+
+        :param model: ``emo-detect-v1`` (before emo-v1) or ``emoji-detect-v1`` (before emoji-v1).
+        :param image_url: an http(s) URL of the image (JPG/PNG/BMP/WebP, sides 400..7000 px).
+        :param ratio: ``1:1`` (default) or, for emo-detect-v1, ``3:4``: the shape of ``ext_bbox``, so of
+            emo-v1's video (and its price).
+        :raises ValueError: a ratio the model does not take (nothing is sent).
+        :raises DashScopeAPIError: the service refused the request (not billed), or answered 200 with an
+            answer that can't be read (billed; not retried).
+        :raises DashScopeConnectionError: if the service stayed unreachable.
+        """
+        allowed = DETECT_RATIOS.get(model)
+        ratio = ratio or (allowed[0] if allowed else "1:1")
+        if allowed is not None and ratio not in allowed:
+            raise ValueError(f"{model} takes ratio {' or '.join(allowed)}, not {ratio!r}")
+        body = {"model": model, "input": {"image_url": image_url}, "parameters": {"ratio": ratio}}
+
+        def handle(response: requests.Response, text: str) -> FaceDetection:
+            content_type = response.headers.get("Content-Type")
+            if response.status_code != 200:
+                raise api_error(response.status_code, text, content_type, "detect")
+            try:
+                return parse_detection(json.loads(text), model, ratio)
+            except ValueError as exc:
+                # Answered, so maybe billed: not retried (unlike an unreadable query answer).
+                raise DashScopeAPIError(200, None, f"unreadable detection answer ({exc})", None, "detect") from None
+
+        detection = self._idempotent_call(
+            "POST", FACE_DETECT_ENDPOINT, "detect", handle, limiter=self.detect_limiter(model), json=body
+        )
+        self.log.info(
+            "DashScope %s (ratio %s): %s (request_id %s, %s image(s) billed)",
+            model,
+            ratio,
+            "passed" if detection.passed else f"not passed: {detection.code} {detection.message or ''}",
+            detection.request_id,
+            detection.image_count,
+        )
+        return detection
+
     # -- connection test ---------------------------------------------------------------------------
 
     def test_connection(self) -> tuple[bool, str]:
@@ -367,44 +455,31 @@ class DashScopeHook(HttpHook):
         self,
         video_url: str,
         destination: ObjectStoragePath | str,
-        chunk_size: int | None = None,
+        chunk_size: int = 8 * 1024 * 1024,
         *,
         conn_id: str | None = None,
     ) -> StoredVideo:
-        """Deprecated: use :func:`dashscope_provider.transfers.dashscope_to_object_storage.download_video`.
-
-        Kept for callers of the old hook method; calls the transfer with this hook's retry policy and
-        timeout. The transfer uses no DashScope credential.
-        """
-        from dashscope_provider.transfers.dashscope_to_object_storage import DEFAULT_CHUNK_SIZE, download_video
+        """Deprecated: :func:`~dashscope_provider.transfers.dashscope_to_object_storage.download_video`,
+        which this calls with the hook's retry policy and timeout (it uses no DashScope credential)."""
+        from dashscope_provider.transfers.dashscope_to_object_storage import download_video
 
         warnings.warn(
-            "DashScopeHook.download_video is deprecated: use "
-            "dashscope_provider.transfers.dashscope_to_object_storage.download_video",
+            f"DashScopeHook.download_video is deprecated: use {_TRANSFER}.download_video",
             AirflowProviderDeprecationWarning,
             stacklevel=2,
         )
         return download_video(
-            video_url,
-            destination,
-            chunk_size or DEFAULT_CHUNK_SIZE,
-            conn_id=conn_id,
-            retry_policy=self.retry_policy,
-            timeout=self.timeout,
+            video_url, destination, chunk_size, conn_id=conn_id, retry_policy=self.retry_policy, timeout=self.timeout
         )
 
 
+_TRANSFER = "dashscope_provider.transfers.dashscope_to_object_storage"
 #: Names this module used to define, and where they live now (importable from here, with a warning).
 _MOVED = {
     "DashScopeAsyncHook": "dashscope_provider.hooks.dashscope_async",
-    "AsyncRateLimiter": "dashscope_provider.rate_limit",
-    "get_rate_limiter": "dashscope_provider.rate_limit",
-    "DEFAULT_QUERY_QPS": "dashscope_provider.rate_limit",
-    "StoredVideo": "dashscope_provider.transfers.dashscope_to_object_storage",
-    "DEFAULT_CHUNK_SIZE": "dashscope_provider.transfers.dashscope_to_object_storage",
-    "UPLOAD_PART_SIZE": "dashscope_provider.transfers.dashscope_to_object_storage",
-    "TASK_STATUSES": "dashscope_provider.models",
-    "TERMINAL_STATUSES": "dashscope_provider.models",
+    **dict.fromkeys(("AsyncRateLimiter", "get_rate_limiter", "DEFAULT_QUERY_QPS"), "dashscope_provider.rate_limit"),
+    **dict.fromkeys(("StoredVideo", "DEFAULT_CHUNK_SIZE", "UPLOAD_PART_SIZE"), _TRANSFER),
+    **dict.fromkeys(("TASK_STATUSES", "TERMINAL_STATUSES"), "dashscope_provider.models"),
 }
 
 

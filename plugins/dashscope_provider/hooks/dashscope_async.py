@@ -8,7 +8,7 @@ from urllib.parse import quote
 import aiohttp
 from airflow.sdk import BaseHook
 
-from dashscope_provider.connection import api_key_from_connection, base_url_from_connection, key_fingerprint
+from dashscope_provider.connection import account_from_connection, api_key_from_connection, base_url_from_connection
 from dashscope_provider.exceptions import DashScopeConnectionError
 from dashscope_provider.models import CANCEL_ENDPOINT, TASK_ENDPOINT, DashScopeTask, api_error, parse_task
 from dashscope_provider.rate_limit import DEFAULT_QUERY_QPS, AsyncRateLimiter, get_rate_limiter
@@ -24,8 +24,9 @@ class DashScopeAsyncHook(BaseHook):
     (``get_async_connection``), once per hook.
 
     Every query first waits for a slot of the rate limiter shared by all hooks of this process that use
-    the same base URL and key (:func:`~dashscope_provider.rate_limit.get_rate_limiter`), so that any number
-    of triggers polling with one key stays within the service's 20 queries per second.
+    the same base URL and account (:func:`~dashscope_provider.rate_limit.get_rate_limiter`; the account is
+    the connection's ``account`` extra, else its key), so that any number of triggers polling with one
+    account stays within the service's 20 queries per second, which all keys of an account share.
 
     :param dashscope_conn_id: the connection id.
     :param max_attempts: attempts per query (429 answers not counted, see
@@ -34,7 +35,7 @@ class DashScopeAsyncHook(BaseHook):
     :param retry_max: longest back-off in seconds.
     :param throttle_timeout: seconds one query keeps retrying while it is throttled (429).
     :param timeout: total seconds per request.
-    :param max_qps: the shared query rate of this key in this process (default 15).
+    :param max_qps: the shared query rate of this account in this process (default 15).
     """
 
     conn_name_attr = "dashscope_conn_id"
@@ -70,7 +71,7 @@ class DashScopeAsyncHook(BaseHook):
             key = api_key_from_connection(conn)
             self._base_url = base_url_from_connection(conn)
             self._headers = {"Authorization": f"Bearer {key}"}
-            self._limiter = get_rate_limiter(self._base_url, key_fingerprint(key), self.max_qps)
+            self._limiter = get_rate_limiter(self._base_url, account_from_connection(conn), self.max_qps)
         return self._base_url, self._headers, self._limiter
 
     async def get_task(self, task_id: str) -> DashScopeTask:

@@ -1,4 +1,4 @@
-"""Operators for DashScope video synthesis: submit a task.
+"""Operators for DashScope video synthesis: submit a task; detect the face boxes a task needs.
 
 The result video is stored by
 :class:`~dashscope_provider.transfers.dashscope_to_object_storage.DashScopeVideoToObjectStorageOperator`
@@ -13,6 +13,7 @@ from typing import Any
 
 from airflow.sdk import BaseOperator, Context
 
+from dashscope_provider.exceptions import DashScopeDetectionFailed
 from dashscope_provider.hooks.dashscope import DashScopeHook
 from dashscope_provider.transfers.dashscope_to_object_storage import DashScopeVideoToObjectStorageOperator
 
@@ -68,4 +69,63 @@ class DashScopeVideoSynthesisOperator(BaseOperator):
         return submitted.task_id
 
 
-__all__ = ["DashScopeVideoDownloadOperator", "DashScopeVideoSynthesisOperator", "DashScopeVideoToObjectStorageOperator"]
+class DashScopeFaceDetectOperator(BaseOperator):
+    """Detect the face and its dynamic area in one image; return the boxes as a dict (XCom).
+
+    The returned dict is :meth:`~dashscope_provider.models.FaceDetection.to_dict`: ``passed``,
+    ``face_bbox`` and ``ext_bbox`` (``[x1, y1, x2, y2]``; they go to the video task's ``input`` as they
+    are), ``model``, ``ratio``, ``request_id``, ``code``/``message`` when it did not pass, and
+    ``image_count`` (billed images). Usable on its own, or ahead of :class:`DashScopeVideoSynthesisOperator`,
+    whose ``input`` takes the two boxes as they are (e.g. ``detect.output["face_bbox"]``).
+
+    Every answered detection is billed one image, passed or not. An image that does not pass raises
+    :class:`~dashscope_provider.exceptions.DashScopeDetectionFailed` (an ``AirflowFailException``: a retry
+    would get, and pay for, the same verdict) unless ``fail_on_no_pass`` is False. Calls are paced per
+    Alibaba Cloud account (the connection's ``account`` extra), see
+    :meth:`~dashscope_provider.hooks.dashscope.DashScopeHook.detect_face`.
+
+    :param model: ``emo-detect-v1`` or ``emoji-detect-v1`` (templated).
+    :param image_url: the image's http(s) URL (templated).
+    :param ratio: ``1:1`` (default) or ``3:4`` (emo-detect-v1 only; half body) (templated).
+    :param dashscope_conn_id: the DashScope connection (templated).
+    :param fail_on_no_pass: raise when the image does not pass, instead of returning the dict.
+    """
+
+    template_fields: Sequence[str] = ("model", "image_url", "ratio", "dashscope_conn_id")
+    ui_color = "#ff6a00"
+
+    def __init__(
+        self,
+        *,
+        model: str,
+        image_url: str,
+        ratio: str | None = None,
+        dashscope_conn_id: str = DashScopeHook.default_conn_name,
+        fail_on_no_pass: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.model = model
+        self.image_url = image_url
+        self.ratio = ratio
+        self.dashscope_conn_id = dashscope_conn_id
+        self.fail_on_no_pass = fail_on_no_pass
+
+    @cached_property
+    def hook(self) -> DashScopeHook:
+        """The DashScope hook of ``dashscope_conn_id`` (built on first use, after templates are rendered)."""
+        return DashScopeHook(dashscope_conn_id=self.dashscope_conn_id)
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        detection = self.hook.detect_face(self.model, self.image_url, self.ratio or None)
+        if not detection.passed and self.fail_on_no_pass:
+            raise DashScopeDetectionFailed(detection.model, detection.code, detection.message, detection.request_id)
+        return detection.to_dict()
+
+
+__all__ = [
+    "DashScopeFaceDetectOperator",
+    "DashScopeVideoDownloadOperator",
+    "DashScopeVideoSynthesisOperator",
+    "DashScopeVideoToObjectStorageOperator",
+]

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import pytest
-from dashscope_provider.connection import api_key_from_connection, base_url_from_connection, key_fingerprint
+from dashscope_provider.connection import (
+    account_from_connection,
+    api_key_from_connection,
+    base_url_from_connection,
+    key_fingerprint,
+)
 from dashscope_provider.exceptions import DashScopeConfigError
 from dashscope_provider.models import DEFAULT_BASE_URL
 
@@ -42,3 +47,13 @@ def test_api_key_from_connection() -> None:
 def test_key_fingerprint_identifies_a_key_without_being_it() -> None:
     assert key_fingerprint(KEY) == key_fingerprint(KEY) != key_fingerprint(KEY + "x")
     assert len(key_fingerprint(KEY)) == 16 and KEY not in key_fingerprint(KEY)
+
+
+def test_account_from_connection() -> None:
+    named = _Conn("h")
+    named.extra_dejson = {"account": " acct-1 "}  # type: ignore[attr-defined]
+    assert account_from_connection(named) == "acct-1"  # type: ignore[arg-type]
+    unnamed = _Conn("h")
+    unnamed.extra_dejson = {}  # type: ignore[attr-defined]
+    assert account_from_connection(unnamed) == f"key-{key_fingerprint(KEY)}"  # type: ignore[arg-type]
+    assert KEY not in account_from_connection(unnamed)  # type: ignore[arg-type]

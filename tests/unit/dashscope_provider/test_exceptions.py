@@ -7,6 +7,7 @@ import pickle
 from airflow.sdk.exceptions import AirflowFailException
 from dashscope_provider.exceptions import (
     DashScopeAPIError,
+    DashScopeDetectionFailed,
     DashScopeRequestNotSent,
     DashScopeResultExpired,
     DashScopeSubmissionUncertain,
@@ -23,6 +24,7 @@ def test_exceptions_survive_pickling_and_carry_no_key() -> None:
         DashScopeTaskFailed("t-1", "FAILED", "InvalidURL", "bad"),
         DashScopeResultExpired(403, "http://x/a.mp4", "AccessDenied: Request has expired."),
         DashScopeRequestNotSent("refused"),
+        DashScopeDetectionFailed("emo-detect-v1", "InvalidFile.NoHuman", "no face", "req-2"),
     ]
     for error in errors:
         clone = pickle.loads(pickle.dumps(error))
@@ -32,3 +34,9 @@ def test_exceptions_survive_pickling_and_carry_no_key() -> None:
     assert not DashScopeAPIError(502, None, "gateway").retryable
     assert DashScopeAPIError(500, "InternalError", "x").retryable
     assert isinstance(errors[2], AirflowFailException)
+
+
+def test_a_failed_detection_is_not_retried_by_airflow() -> None:
+    error = DashScopeDetectionFailed("emoji-detect-v1", "InvalidFile.FacePose", "bad pose", "req-9")
+    assert isinstance(error, AirflowFailException)
+    assert "InvalidFile.FacePose" in str(error) and "req-9" in str(error)

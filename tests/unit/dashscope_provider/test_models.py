@@ -6,12 +6,15 @@ import json
 
 import pytest
 from dashscope_provider.models import (
+    DETECT_RATIOS,
     TASK_STATUSES,
     TERMINAL_STATUSES,
     DashScopeTask,
+    FaceDetection,
     SubmittedTask,
     TaskStatus,
     api_error,
+    parse_detection,
     parse_submission,
     parse_task,
 )
@@ -84,3 +87,76 @@ def test_api_error_with_and_without_a_dashscope_body() -> None:
     gateway = api_error(502, "<html>Bad Gateway</html>", "text/html; charset=utf-8", "query")
     assert (gateway.code, gateway.has_error_body) == (None, False)
     assert "text/html" in str(gateway) and "Bad Gateway" not in str(gateway)
+
+
+def test_parse_detection_reference_examples() -> None:
+    emo = parse_detection(
+        {
+            "output": {"check_pass": True, "face_bbox": [302, 286, 610, 593], "ext_bbox": [71, 9, 840, 778]},
+            "usage": {"image_count": 1},
+            "request_id": "r1",
+        },
+        "emo-detect-v1",
+        "1:1",
+    )
+    assert (emo.passed, emo.face_bbox, emo.ext_bbox, emo.request_id, emo.image_count) == (
+        True,
+        (302, 286, 610, 593),
+        (71, 9, 840, 778),
+        "r1",
+        1,
+    )
+    emo_no = parse_detection(
+        {"output": {"check_pass": False, "code": "InvalidFile.FullBody", "message": "m"}, "usage": {"image_count": 1}},
+        "emo-detect-v1",
+        "3:4",
+    )
+    assert (emo_no.passed, emo_no.code, emo_no.message, emo_no.face_bbox, emo_no.ratio) == (
+        False,
+        "InvalidFile.FullBody",
+        "m",
+        None,
+        "3:4",
+    )
+    emoji = parse_detection(
+        {
+            "output": {"bbox_face": [212, 194, 460, 441], "ext_bbox_face": [63, 30, 609, 575]},
+            "usage": {"image_count": 1},
+        },
+        "emoji-detect-v1",
+        "1:1",
+    )
+    assert (emoji.passed, emoji.face_bbox, emoji.ext_bbox) == (True, (212, 194, 460, 441), (63, 30, 609, 575))
+    emoji_no = parse_detection(
+        {"output": {"code": "InvalidFile.FacePose", "message": "m"}, "usage": {"image_count": 1}},
+        "emoji-detect-v1",
+        "1:1",
+    )
+    assert (emoji_no.passed, emoji_no.code, emoji_no.ext_bbox) == (False, "InvalidFile.FacePose", None)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"code": "InvalidApiKey"},  # no output
+        {"output": {"check_pass": True}},  # passed without boxes
+        {"output": {"check_pass": True, "face_bbox": [1, 2, 3], "ext_bbox": [0, 0, 9, 9]}},
+        {"output": {"bbox_face": [5, 5, 1, 1], "ext_bbox_face": [0, 0, 9, 9]}},  # x2 < x1
+        {"output": {"bbox_face": [1, 1, 5, 5]}},  # one box only
+        {"output": {}},  # neither boxes nor a code
+    ],
+)
+def test_parse_detection_rejects_unreadable_answers(payload: dict[str, object]) -> None:
+    with pytest.raises(ValueError):
+        parse_detection(payload, "emo-detect-v1", "1:1")
+
+
+def test_face_detection_round_trip_and_box_checks() -> None:
+    detection = FaceDetection(True, [1, 2, 30, 40], (0, 0, 50, 60), "emo-detect-v1", "1:1", "r", image_count=1)  # type: ignore[arg-type]
+    assert detection.face_bbox == (1, 2, 30, 40)  # lists become tuples: hashable, comparable
+    dumped = detection.to_dict()
+    assert dumped["face_bbox"] == [1, 2, 30, 40] and json.loads(json.dumps(dumped)) == dumped
+    assert FaceDetection.from_dict({**dumped, "unknown": 1}) == detection
+    with pytest.raises(ValueError):
+        FaceDetection(True, (1, 2, 3, True), None, "m", "1:1")  # type: ignore[arg-type]
+    assert DETECT_RATIOS == {"emo-detect-v1": ("1:1", "3:4"), "emoji-detect-v1": ("1:1",)}

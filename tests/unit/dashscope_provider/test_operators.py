@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 from airflow.sdk.exceptions import AirflowFailException
-from dashscope_provider.exceptions import DashScopeSubmissionUncertain
-from dashscope_provider.operators.dashscope import DashScopeVideoSynthesisOperator
+from dashscope_provider.exceptions import DashScopeDetectionFailed, DashScopeSubmissionUncertain
+from dashscope_provider.models import FaceDetection
+from dashscope_provider.operators.dashscope import DashScopeFaceDetectOperator, DashScopeVideoSynthesisOperator
 
-from tests.unit.conftest import is_submit, logged_requests
+from tests.unit.conftest import CONN_ID, is_submit, logged_requests
+from tests.unit.dashscope_provider.face_detect_stub import FaceDetectStub
 
 pytestmark = pytest.mark.usefixtures("no_key_in_logs")
 
@@ -62,3 +65,64 @@ def test_synthesis_operator_hook_is_built_once_from_the_rendered_connection() ->
     op.render_template_fields({"params": {"conn": "c1"}})  # type: ignore[arg-type]
     assert isinstance(op.hook, DashScopeHook) and op.hook is op.hook
     assert op.hook.dashscope_conn_id == "c1"
+
+
+# -- face detection -----------------------------------------------------------------------------------
+
+
+def test_face_detect_operator_returns_the_boxes(detect_stub: FaceDetectStub) -> None:
+    op = DashScopeFaceDetectOperator(
+        task_id="detect", model="emo-detect-v1", image_url="http://images.example/a.png", dashscope_conn_id=CONN_ID
+    )
+    result = op.execute({})  # type: ignore[arg-type]
+    assert result == {
+        "passed": True,
+        "face_bbox": [302, 286, 610, 593],
+        "ext_bbox": [71, 9, 840, 778],
+        "model": "emo-detect-v1",
+        "ratio": "1:1",
+        "request_id": result["request_id"],
+        "code": None,
+        "message": None,
+        "image_count": 1,
+    }
+    assert json.loads(json.dumps(result)) == result  # XCom-ready
+    assert FaceDetection.from_dict(result).passed
+
+
+def test_face_detect_operator_fails_without_retry_when_the_image_does_not_pass(detect_stub: FaceDetectStub) -> None:
+    op = DashScopeFaceDetectOperator(
+        task_id="detect", model="emoji-detect-v1", image_url="http://images.example/noface.png", retries=3
+    )
+    op.dashscope_conn_id = CONN_ID
+    with pytest.raises(DashScopeDetectionFailed, match=r"InvalidFile\.NoHuman") as info:
+        op.execute({})  # type: ignore[arg-type]
+    assert isinstance(info.value, AirflowFailException)  # the same image would be refused (and billed) again
+    lenient = DashScopeFaceDetectOperator(
+        task_id="detect2",
+        model="emoji-detect-v1",
+        image_url="http://images.example/noface.png",
+        dashscope_conn_id=CONN_ID,
+        fail_on_no_pass=False,
+    )
+    result = lenient.execute({})  # type: ignore[arg-type]
+    assert (result["passed"], result["code"], result["face_bbox"]) == (False, "InvalidFile.NoHuman", None)
+    assert len(detect_stub.billing) == 2  # both answers were billed
+
+
+def test_face_detect_operator_templates() -> None:
+    op = DashScopeFaceDetectOperator(
+        task_id="detect",
+        model="{{ params.model }}",
+        image_url="{{ params.url }}",
+        ratio="{{ params.ratio }}",
+        dashscope_conn_id="{{ params.conn }}",
+    )
+    params = {"model": "emo-detect-v1", "url": "http://x/a.png", "ratio": "3:4", "conn": "c3"}
+    op.render_template_fields({"params": params})  # type: ignore[arg-type]
+    assert (op.model, op.image_url, op.ratio, op.hook.dashscope_conn_id) == (
+        "emo-detect-v1",
+        "http://x/a.png",
+        "3:4",
+        "c3",
+    )
