@@ -74,6 +74,7 @@ def get_provider_info() -> dict[str, Any]:
         "triggers": [
             {"integration-name": "DashScope", "python-modules": ["dashscope_provider.triggers.dashscope"]},
         ],
+        "filesystems": ["dashscope_provider.fs.oss"],
         "transfers": [
             {
                 # "Common IO" is the integration of apache-airflow-providers-common-io (ObjectStoragePath).
