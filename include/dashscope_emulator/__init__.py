@@ -1,4 +1,5 @@
-"""A local emulator of Alibaba Cloud DashScope's talking-head video API (``emo-v1``, ``emoji-v1``).
+"""A local emulator of Alibaba Cloud DashScope's talking-head video API (``emo-v1``, ``emoji-v1``) and its
+face-detect call (``emo-detect-v1``, ``emoji-detect-v1``).
 
 Use it where the real service can't be reached (tests, demos, CI)::
 
@@ -7,8 +8,11 @@ Use it where the real service can't be reached (tests, demos, CI)::
     with EmulatorServer(api_keys=["sk-test"], speed=1000) as emu:
         ...  # point a DashScope client at emu.base_url
 
-See :mod:`dashscope_emulator.server` for what is emulated and which module does what, and ``python -m dashscope_emulator
---help`` for the command line.
+    # Two keys of one Alibaba Cloud account: they share its rate limits and its one running task.
+    EmulatorServer(accounts={"acct": ["sk-a", "sk-b"]})
+
+See :mod:`dashscope_emulator.server` for what is emulated and which module does what, and
+``python -m dashscope_emulator --help`` for the command line.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from dashscope_emulator.contract import DEFAULT_API_KEY, EMOJI_TEMPLATES, emoji_template_seconds, key_fingerprint
 from dashscope_emulator.fileserver import serve_directory
 from dashscope_emulator.server import EmulatorServer
-from dashscope_emulator.service import run_seconds
+from dashscope_emulator.tasks import run_seconds
 
 if TYPE_CHECKING:
     from dashscope_emulator.samples import make_samples

@@ -1,10 +1,12 @@
 """Command line: ``python -m dashscope_emulator --port 8000 --api-key sk-a --speed 60``.
 
 Prints one line ``DashScope emulator listening on http://HOST:PORT (speed Nx, keys: K)`` to stdout and
-serves until SIGTERM or SIGINT. Keys come from ``--api-key`` (repeatable), else from
-``$DASHSCOPE_EMULATOR_API_KEYS`` (comma-separated), else the single key ``sk-emulator``; they are never
-printed. ``--fault-rate R`` makes each request fail with probability R: a submit half of the time with a
-5xx (no task) and half of the time by a dropped connection (task created); a query with a 5xx.
+serves until SIGTERM or SIGINT. Keys come from ``--api-key`` (repeatable) and ``--account
+NAME=KEY[,KEY...]`` (repeatable: keys of one Alibaba Cloud account, which share its rate limits and its
+one running task), else from ``$DASHSCOPE_EMULATOR_API_KEYS`` (comma-separated), else the single key
+``sk-emulator``; they are never printed. ``--fault-rate R`` makes each request fail with probability
+R: a submit half of the time with a 5xx (no task) and half of the time by a dropped connection (task
+created); a query with a 5xx.
 """
 
 from __future__ import annotations
@@ -17,7 +19,10 @@ import threading
 
 from dashscope_emulator.server import EmulatorServer
 
-DESCRIPTION = "A local emulator of the DashScope video-synthesis API (emo-v1, emoji-v1), for tests and demos."
+DESCRIPTION = (
+    "A local emulator of the DashScope video-synthesis API (emo-v1, emoji-v1) and its face-detect call, "
+    "for tests and demos."
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -32,6 +37,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="KEY",
         help="an accepted API key (repeatable; default $DASHSCOPE_EMULATOR_API_KEYS or sk-emulator)",
     )
+    parser.add_argument(
+        "--account",
+        action="append",
+        dest="accounts",
+        default=[],
+        metavar="NAME=KEY[,KEY...]",
+        help="keys of one account: they share its limits and queue (repeatable; other keys: one account each)",
+    )
     parser.add_argument("--speed", type=float, default=1.0, help="simulated seconds per wall second (default 1)")
     parser.add_argument(
         "--fault-rate",
@@ -45,14 +58,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def parse_accounts(values: list[str]) -> dict[str, list[str]]:
+    """``["acct=sk-a,sk-b", ...]`` -> ``{"acct": ["sk-a", "sk-b"]}``; ValueError (without the keys) if malformed."""
+    accounts: dict[str, list[str]] = {}
+    for value in values:
+        name, sep, keys = value.partition("=")
+        found = [key.strip() for key in keys.split(",") if key.strip()]
+        if not sep or not name.strip() or not found:
+            raise ValueError(f"--account needs NAME=KEY[,KEY...] (account {name.strip()!r})")
+        accounts.setdefault(name.strip(), []).extend(found)
+    return accounts
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if not 0.0 <= args.fault_rate <= 1.0:
         print("--fault-rate must be in [0, 1]", file=sys.stderr)
         return 2
+    try:
+        accounts = parse_accounts(args.accounts)
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return 2
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(message)s")
     emulator = EmulatorServer(
         api_keys=args.api_keys or None,
+        accounts=accounts or None,
         host=args.host,
         port=args.port,
         speed=args.speed,
@@ -66,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signum, lambda *_: stop.set())
     emulator.start()
     summary = f"speed {args.speed:g}x, keys: {emulator.key_count}"
+    if accounts:
+        summary += f", accounts: {len(emulator.accounts())}"
     print(f"DashScope emulator listening on {emulator.base_url} ({summary})", flush=True)
     try:
         while not stop.wait(0.5):

@@ -14,6 +14,8 @@ from collections.abc import Iterable
 # -- endpoints ----------------------------------------------------------------------------------------
 
 SUBMIT_PATH = "/api/v1/services/aigc/image2video/video-synthesis"
+#: The synchronous face-detect call (detection-and-limits.md) that yields face_bbox / ext_bbox.
+DETECT_PATH = "/api/v1/services/aigc/image2video/face-detect"
 TASKS_PREFIX = "/api/v1/tasks/"
 #: Where the emulator serves result videos (the real service uses OSS; the path is the emulator's).
 RESULTS_PREFIX = "/results/"
@@ -52,21 +54,31 @@ EMOJI_TEMPLATES = (
     "jingdian_lei",
 )
 
+#: Face-detect models -> the values their ``parameters.ratio`` takes (required; the ext_bbox's aspect).
+DETECT_MODELS: dict[str, tuple[str, ...]] = {"emo-detect-v1": ("1:1", "3:4"), "emoji-detect-v1": ("1:1",)}
+
 # -- limits and validity windows -------------------------------------------------------------------------
 
 #: task_id validity and video_url validity, simulated seconds (both 24 h in the reference).
 TASK_TTL = 86_400.0
 URL_TTL = 86_400.0
-#: Requests per second per key: submissions (emo-v1's 5; the emulator applies it to both models)
-#: and task queries (20).
+#: Requests per second per Alibaba Cloud account (all its keys together): submissions (emo-v1's 5;
+#: the emulator applies it to both models) and task queries (20).
 SUBMIT_QPS = 5
 QUERY_QPS = 20
+#: Face-detect calls per second per account, per model.
+DETECT_QPS = {"emo-detect-v1": 5, "emoji-detect-v1": 1}
 #: Wall-clock seconds for downloading an input file (the pages name a timeout, not its length).
 FETCH_TIMEOUT = 10.0
 MAX_AUDIO_BYTES = 15 * 1024 * 1024
 MAX_AUDIO_SECONDS = 60.0
 #: emoji-v1's documented image limit; emo-v1 documents none, so the emulator caps downloads at 20 MB.
-MAX_IMAGE_BYTES = {"emoji-v1": 10 * 1024 * 1024, "emo-v1": 20 * 1024 * 1024}
+MAX_IMAGE_BYTES = {
+    "emoji-v1": 10 * 1024 * 1024,
+    "emo-v1": 20 * 1024 * 1024,
+    "emoji-detect-v1": 10 * 1024 * 1024,
+    "emo-detect-v1": 20 * 1024 * 1024,
+}
 MIN_SIDE, MAX_SIDE = 400, 7000
 #: ext_bbox aspect tolerance: integer boxes from a detector rarely hit 1:1 or 3:4 exactly.
 RATIO_TOLERANCE = 0.02
@@ -78,6 +90,9 @@ MSG_NO_KEY = "No API-key provided."
 MSG_BAD_KEY = "Invalid API-key provided."
 MSG_THROTTLED = "Requests rate limit exceeded, please try again later."
 MSG_SYNC = "current user api does not support synchronous calls"
+#: The answer to ``X-DashScope-Async: enable`` on a synchronous call. Not in the reference pages: the
+#: message (and the 403) as users report it for DashScope's synchronous models.
+MSG_ASYNC = "current user api does not support asynchronous calls"
 MSG_FORMAT = (
     "The request is missing required parameters or in a wrong format, please check the parameters that you send.."
 )
@@ -101,6 +116,8 @@ MSG_RESOLUTION = (
 MSG_AUDIO_TYPE = "File type is not supported. Allowed types are: .wav, .mp3."
 MSG_AUDIO_SIZE = "File size is larger than 15MB."
 MSG_AUDIO_LONG = "The input audio is longer than 60s!"
+#: The emulator's wording: the pages list the ratios but not the message for another one.
+MSG_RATIO = "The ratio is invalid: {model} accepts {ratios}."
 MSG_CANCEL = "Failed to cancel the task, please confirm if the task is in PENDING status."
 MSG_INTERNAL = "An internal error has occured, please try again later or contact service support."
 #: Not from the reference: the pages list 503 but give no message for it.
@@ -137,6 +154,21 @@ EMULATOR_ERRORS: dict[str, tuple[str, str]] = {
         "The pose of the detected face is invalid, please upload other image with the expected orientation.",
     ),
     "InvalidParameter.DataInspection": ("InvalidParameter.DataInspection", MSG_DOWNLOAD),
+}
+
+#: The failure codes of face-detect (an answered, billed "not passed") and their messages. The pages list
+#: the codes only: the messages of the codes shared with video synthesis are its messages; NoHuman and
+#: MultiHuman take those of InvalidFile.Content (no / several people); FullBody's is the emulator's.
+DETECT_ERRORS: dict[str, str] = {
+    "InvalidFile.NoHuman": EMULATOR_ERRORS["InvalidFile.Content"][1],
+    "InvalidFile.MultiHuman": EMULATOR_ERRORS["InvalidFile.Content.multi"][1],
+    "InvalidFile.BodyProportion": EMULATOR_ERRORS["InvalidFile.BodyProportion"][1],
+    "InvalidFile.Resolution": MSG_RESOLUTION,
+    "InvalidFile.Value": EMULATOR_ERRORS["InvalidFile.Value"][1],
+    "InvalidFile.FrontBody": EMULATOR_ERRORS["InvalidFile.FrontBody"][1],
+    "InvalidFile.FullFace": EMULATOR_ERRORS["InvalidFile.FullFace"][1],
+    "InvalidFile.FacePose": EMULATOR_ERRORS["InvalidFile.FacePose"][1],
+    "InvalidFile.FullBody": "The detected person shows the full body, please upload other image or use the ratio 1:1.",
 }
 
 

@@ -8,7 +8,8 @@ Two ways to get a fault:
 
 Which request is eligible: a *submit* fault hits the next submission that passed authentication, the
 rate limit and validation (so it is one that would have created a task); a *query* fault hits the next
-``GET /api/v1/tasks/{id}`` that passed authentication and the rate limit.
+``GET /api/v1/tasks/{id}`` that passed authentication and the rate limit; a *detect* fault hits the
+next face-detect call that passed authentication, validation and the rate limit.
 
 Fault names and what the client sees:
 
@@ -20,6 +21,9 @@ Fault names and what the client sees:
 ``query_500``          500 ``InternalError`` instead of the task
 ``query_503``          503 ``ServiceUnavailable`` instead of the task
 ``drop_query``         the connection is closed without any answer
+``detect_500``         500 ``InternalError``, no detection (not billed)
+``detect_503``         503 ``ServiceUnavailable``, no detection (not billed)
+``drop_detect``        the detection IS made and billed, then the connection is closed unanswered
 =====================  =========================================================================
 """
 
@@ -32,9 +36,11 @@ from typing import Any, Literal
 
 SUBMIT_FAULTS = ("submit_500", "submit_503", "submit_502_no_body", "drop_submit")
 QUERY_FAULTS = ("query_500", "query_503", "drop_query")
-FAULTS = SUBMIT_FAULTS + QUERY_FAULTS
+DETECT_FAULTS = ("detect_500", "detect_503", "drop_detect")
+FAULTS = SUBMIT_FAULTS + QUERY_FAULTS + DETECT_FAULTS
 
-Kind = Literal["submit", "query"]
+Kind = Literal["submit", "query", "detect"]
+_KINDS: dict[str, tuple[str, ...]] = {"submit": SUBMIT_FAULTS, "query": QUERY_FAULTS, "detect": DETECT_FAULTS}
 
 
 def _probability(name: str, value: Any) -> float:
@@ -57,7 +63,9 @@ class FaultInjector:
         self.query_5xx = 0.0
         self.drop_submit = 0.0
         self.drop_query = 0.0
-        self._forced: dict[Kind, deque[str]] = {"submit": deque(), "query": deque()}
+        self.detect_5xx = 0.0
+        self.drop_detect = 0.0
+        self._forced: dict[str, deque[str]] = {kind: deque() for kind in _KINDS}
 
     def configure(
         self,
@@ -66,6 +74,9 @@ class FaultInjector:
         drop_submit: float = 0.0,
         drop_query: float = 0.0,
         seed: int | None = None,
+        *,
+        detect_5xx: float = 0.0,
+        drop_detect: float = 0.0,
     ) -> None:
         """Set the per-request probabilities (each in [0, 1]); a seed restarts the RNG."""
         values = {
@@ -73,11 +84,12 @@ class FaultInjector:
             "query_5xx": _probability("query_5xx", query_5xx),
             "drop_submit": _probability("drop_submit", drop_submit),
             "drop_query": _probability("drop_query", drop_query),
+            "detect_5xx": _probability("detect_5xx", detect_5xx),
+            "drop_detect": _probability("drop_detect", drop_detect),
         }
-        if values["submit_5xx"] + values["drop_submit"] > 1.0:
-            raise ValueError("submit_5xx + drop_submit must not exceed 1")
-        if values["query_5xx"] + values["drop_query"] > 1.0:
-            raise ValueError("query_5xx + drop_query must not exceed 1")
+        for kind in _KINDS:
+            if values[f"{kind}_5xx"] + values[f"drop_{kind}"] > 1.0:
+                raise ValueError(f"{kind}_5xx + drop_{kind} must not exceed 1")
         with self._lock:
             for name, value in values.items():
                 setattr(self, name, value)
@@ -88,7 +100,7 @@ class FaultInjector:
         """Queue a one-shot fault for the next matching request (see the module docstring)."""
         if fault not in FAULTS:
             raise ValueError(f"unknown fault {fault!r}; expected one of {', '.join(FAULTS)}")
-        kind: Kind = "submit" if fault in SUBMIT_FAULTS else "query"
+        kind = next(kind for kind, names in _KINDS.items() if fault in names)
         with self._lock:
             self._forced[kind].append(fault)
 
@@ -97,9 +109,7 @@ class FaultInjector:
         with self._lock:
             if self._forced[kind]:
                 return self._forced[kind].popleft()
-            five_xx, drop = (
-                (self.submit_5xx, self.drop_submit) if kind == "submit" else (self.query_5xx, self.drop_query)
-            )
+            five_xx, drop = getattr(self, f"{kind}_5xx"), getattr(self, f"drop_{kind}")
             if five_xx == 0.0 and drop == 0.0:
                 return None  # don't consume random numbers when faults are off: keeps seeded runs aligned
             roll = self._rng.random()
@@ -118,5 +128,7 @@ class FaultInjector:
                 "query_5xx": self.query_5xx,
                 "drop_submit": self.drop_submit,
                 "drop_query": self.drop_query,
-                "forced": list(self._forced["submit"]) + list(self._forced["query"]),
+                "detect_5xx": self.detect_5xx,
+                "drop_detect": self.drop_detect,
+                "forced": [fault for kind in _KINDS for fault in self._forced[kind]],
             }

@@ -6,9 +6,13 @@ It draws per-request faults (:mod:`.faults`): 5xx answers, a gateway 502 with an
 dropped connection. Every request is added to the service's request log before the client can read
 the answer, so a test that reads the log right after a response finds the request in it.
 
+The DashScope API: ``POST`` submit, ``GET`` query, ``POST`` cancel, ``POST`` face-detect (synchronous),
+and ``GET``/``HEAD`` of result videos.
+
 Emulator-only admin endpoints (no key needed): ``GET /_emulator/health``, ``/billing``,
-``/requests``, ``/tasks``; ``POST /_emulator/advance {"seconds": N}``, ``/faults {"submit_5xx": p, ...}``,
-``/force {"fault": "drop_submit"}``. The emulator's own 404/405 answers are not from the reference.
+``/detections``, ``/accounts``, ``/requests``, ``/tasks``; ``POST /_emulator/advance {"seconds": N}``,
+``/faults {"submit_5xx": p, ...}``, ``/force {"fault": "drop_submit"}``. The emulator's own 404/405
+answers are not from the reference.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from dashscope_emulator.accounts import Caller
 from dashscope_emulator.clock import format_time
 from dashscope_emulator.contract import (
     ADMIN_PREFIX,
+    DETECT_PATH,
     MSG_CANCEL,
     MSG_FORMAT,
     MSG_INTERNAL,
@@ -38,7 +43,13 @@ from dashscope_emulator.contract import (
 )
 from dashscope_emulator.fileserver import TrackedQuietHandler, send_file
 from dashscope_emulator.service import EmulatorService
-from dashscope_emulator.validation import parse_json_body, require_async, validate_submission
+from dashscope_emulator.validation import (
+    parse_json_body,
+    refuse_async,
+    require_async,
+    validate_detection,
+    validate_submission,
+)
 
 log = logging.getLogger("dashscope_emulator")
 
@@ -52,13 +63,15 @@ _GATEWAY_502 = (
 )
 _RESULT_PATH = re.compile(r"^/results/([0-9a-f-]{36})\.mp4$")
 _MAX_BODY = 1024 * 1024
-_FAULT_SETTINGS = {"submit_5xx", "query_5xx", "drop_submit", "drop_query", "seed"}
+_FAULT_SETTINGS = {"submit_5xx", "query_5xx", "drop_submit", "drop_query", "seed", "detect_5xx", "drop_detect"}
 
 
 def admin(service: EmulatorService, method: str, name: str, body: dict[str, Any]) -> Any:
     """Answer an admin request ``METHOD /_emulator/{name}``; bad settings are a 400, unknown names a 404."""
     reads = {
         "billing": service.billing,
+        "detections": service.detections,
+        "accounts": service.accounts,
         "requests": service.request_log,
         "tasks": service.tasks,
         "health": service.health,
@@ -147,6 +160,9 @@ class EmulatorHandler(TrackedQuietHandler):
         if path == SUBMIT_PATH:
             self._only(method, "POST")
             self._submit()
+        elif path == DETECT_PATH:
+            self._only(method, "POST")
+            self._detect()
         elif path.startswith(TASKS_PREFIX):
             rest = path[len(TASKS_PREFIX) :]
             if rest.endswith("/cancel"):
@@ -280,6 +296,29 @@ class EmulatorHandler(TrackedQuietHandler):
             self._send_json(
                 200, {"output": {"task_id": task_id, "task_status": "PENDING"}, "request_id": self._request_id}
             )
+
+    def _detect(self) -> None:
+        # Validated before the rate limit: the limit is per model, so the model must be known first.
+        service = self.service
+        raw = self._read_body()
+        caller = self._authenticate()
+        refuse_async(self.headers.get("X-DashScope-Async"))
+        payload = parse_json_body(self.headers.get("Content-Type"), raw)
+        if isinstance(payload, dict) and isinstance(payload.get("model"), str):
+            self._record["model"] = payload["model"]
+        model, image_url, ratio = validate_detection(payload)
+        service.admit(caller, model)
+        fault = service.faults.draw("detect")
+        self._record["fault"] = fault
+        if fault == "detect_500":
+            raise ApiError(500, "InternalError", MSG_INTERNAL)
+        if fault == "detect_503":
+            raise ApiError(503, "ServiceUnavailable", MSG_UNAVAILABLE)
+        answer = service.detect(caller, model, image_url, ratio)
+        if fault == "drop_detect":
+            self._drop(fault)
+            return
+        self._send_json(200, {**answer, "request_id": self._request_id})
 
     def _query(self, task_id: str) -> None:
         service = self.service

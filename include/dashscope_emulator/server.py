@@ -5,11 +5,15 @@ messages verbatim) and adds what the pages describe but a unit test can't reach 
 
 * simulated time (``speed`` times the wall clock, :meth:`EmulatorServer.advance` jumps forward);
   times in responses are that clock in UTC+8;
-* a FIFO queue per key with one task RUNNING for :func:`run_seconds` simulated seconds;
+* API keys grouped into Alibaba Cloud accounts (``accounts=``; by default each key is its own);
+* a FIFO queue per account with one task RUNNING for :func:`run_seconds` simulated seconds;
 * media checks when a task runs (the vision checks on request: ``?emulator_error=<code>``);
 * real MP4 results at signed URLs that expire 24 h (simulated) after success; task ids answer
   ``UNKNOWN`` 24 h after submission; a result URL's host is the ``Host`` the client queried with;
-* 5 submits / 20 queries per second per key (429 ``Throttling.RateQuota``);
+* the synchronous face-detect call (``emo-detect-v1``, ``emoji-detect-v1``), billed per answered image
+  (:meth:`EmulatorServer.detections`);
+* 5 submits / 20 queries per second per account, and the detect models' own limits (emo-detect-v1 5,
+  emoji-detect-v1 1) (429 ``Throttling.RateQuota``);
 * fault injection, billing (one line per SUCCEEDED task) and a request log, also over HTTP under
   ``/_emulator/``.
 
@@ -17,7 +21,9 @@ messages verbatim) and adds what the pages describe but a unit test can't reach 
 
 * :mod:`.contract`: endpoints, models, error codes and messages, limits, validity windows;
 * :mod:`.validation`: request and media checks producing the documented errors;
-* :mod:`.service`: keys, rate limits, task store, queue, billing (in-process, no HTTP);
+* :mod:`.accounts`: keys, accounts, rate limits;
+* :mod:`.service`: task store, queue, detections, billing (in-process, no HTTP); :mod:`.tasks`: tasks;
+* :mod:`.detection`: where the face is in a picture, and the dynamic area around it;
 * :mod:`.handler`: the HTTP layer (DashScope API and ``/_emulator/`` admin endpoints);
 * :mod:`.fileserver`: HTTP plumbing and :func:`serve_directory` for sample media;
 * :mod:`.media`, :mod:`.clock`, :mod:`.faults`, :mod:`.samples`: rendering, time, faults, test media.
@@ -30,7 +36,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +55,8 @@ from dashscope_emulator.contract import (
 from dashscope_emulator.faults import FaultInjector
 from dashscope_emulator.fileserver import TrackingServer, serve_directory
 from dashscope_emulator.handler import EmulatorHandler
-from dashscope_emulator.service import EmulatorService, run_seconds
+from dashscope_emulator.service import EmulatorService
+from dashscope_emulator.tasks import run_seconds
 
 # Importable from here as before the split (the package's __init__ and callers that import this module).
 __all__ = [
@@ -72,15 +79,19 @@ def _keys_from_env() -> list[str]:
 
 
 class EmulatorServer:
-    """The DashScope emulator: an HTTP server, a per-key queue in simulated time, and media workers.
+    """The DashScope emulator: an HTTP server, a per-account queue in simulated time, and media workers.
 
-    ``api_keys``: accepted keys (default: ``$DASHSCOPE_EMULATOR_API_KEYS``, comma-separated, else
-    ``sk-emulator``). ``speed``: simulated seconds per wall second. ``seed``: for probabilistic faults.
-    Keys are kept only as hashes and never logged; logs and billing name a key by
-    :func:`key_fingerprint`.
+    ``api_keys``: accepted keys, each an account of its own (default, when ``accounts`` is not given
+    either: ``$DASHSCOPE_EMULATOR_API_KEYS``, comma-separated, else ``sk-emulator``). ``speed``:
+    simulated seconds per wall second. ``seed``: for probabilistic faults. Keys are kept only as hashes
+    and never logged; logs and billing name a key by :func:`key_fingerprint`.
+
+    ``accounts`` (keyword): account name -> its keys, e.g. ``{"acct": ["sk-a", "sk-b"]}``; these keys are
+    accepted too, and share the account's rate limits and its one RUNNING task, as the rate-limit page
+    says of the keys of one Alibaba Cloud account. A key in two accounts is a ValueError.
 
     Keyword-only extras: ``log_requests`` (one ``METHOD path status`` line per request on the
-    ``dashscope_emulator`` logger), ``submit_qps``/``query_qps`` (the per-key limits, 5 and 20),
+    ``dashscope_emulator`` logger), ``submit_qps``/``query_qps`` (the per-account limits, 5 and 20),
     ``workers`` (threads that download and check media), ``render_parallel`` (concurrent ffmpeg runs,
     default min(2, CPUs)), ``cache_dir`` (where rendered videos are cached; kept after :meth:`stop`;
     default a temporary folder that :meth:`stop` deletes).
@@ -94,6 +105,7 @@ class EmulatorServer:
         speed: float = 1.0,
         seed: int | None = None,
         *,
+        accounts: Mapping[str, Iterable[str]] | None = None,
         log_requests: bool = False,
         submit_qps: int = SUBMIT_QPS,
         query_qps: int = QUERY_QPS,
@@ -101,9 +113,18 @@ class EmulatorServer:
         render_parallel: int | None = None,
         cache_dir: str | os.PathLike[str] | None = None,
     ) -> None:
-        keys = [k for k in (api_keys or []) if k] or _keys_from_env() or [DEFAULT_API_KEY]
+        keys = [k for k in (api_keys or []) if k]
+        if not keys and not accounts:
+            keys = _keys_from_env() or [DEFAULT_API_KEY]
         self.service = EmulatorService(
-            keys, speed, seed, log_requests=log_requests, submit_qps=submit_qps, query_qps=query_qps, workers=workers
+            keys,
+            speed,
+            seed,
+            accounts=accounts,
+            log_requests=log_requests,
+            submit_qps=submit_qps,
+            query_qps=query_qps,
+            workers=workers,
         )
         self.host, self._requested_port = host, port
         self._render_parallel = render_parallel or max(1, min(2, os.cpu_count() or 1))
@@ -199,6 +220,15 @@ class EmulatorServer:
         """One line per SUCCEEDED task (what the real service would charge for), in order of success."""
         return self.service.billing()
 
+    def detections(self) -> list[dict[str, Any]]:
+        """One line per answered (billed) face detection, passed or not: ``time``, ``model``,
+        ``key_fingerprint``, ``account``, ``image_url``, ``image_sha256``, ``ratio``, ``passed``, ``code``."""
+        return self.service.detections()
+
+    def accounts(self) -> dict[str, list[str]]:
+        """Account name -> fingerprints of its keys (a key of its own account is named by its fingerprint)."""
+        return self.service.accounts()
+
     def request_log(self) -> list[dict[str, Any]]:
         """Every HTTP request: ``time`` (epoch), ``method``, ``path``, ``key_fingerprint``, ``status``
         (None when the connection was dropped), ``model``, ``task_id``, ``fault``."""
@@ -219,9 +249,14 @@ class EmulatorServer:
         drop_submit: float = 0.0,
         seed: int | None = None,
         drop_query: float = 0.0,
+        *,
+        detect_5xx: float = 0.0,
+        drop_detect: float = 0.0,
     ) -> None:
         """Probabilistic faults per request (see :mod:`.faults`); all 0 turns them off."""
-        self.service.set_faults(submit_5xx, query_5xx, drop_submit, seed, drop_query)
+        self.service.set_faults(
+            submit_5xx, query_5xx, drop_submit, seed, drop_query, detect_5xx=detect_5xx, drop_detect=drop_detect
+        )
 
     def force_next(self, fault: str) -> None:
         """A one-shot fault on the next matching request (see :mod:`.faults` for the names)."""

@@ -1,24 +1,31 @@
-"""The in-process service behind the emulator's HTTP API: keys, rate limits, task store, queue, billing.
+"""The in-process service behind the emulator's HTTP API: task store, queue, detections, billing, logs.
 
 :class:`EmulatorService` is what the HTTP handler talks to, through public methods only
 (:meth:`~EmulatorService.authenticate`, :meth:`~EmulatorService.admit`, :meth:`~EmulatorService.submit`,
 :meth:`~EmulatorService.query`, :meth:`~EmulatorService.cancel`, ...). It knows nothing of HTTP.
 
 * **Simulated time** (:class:`~.clock.SimClock`): ``sim_now = t0 + wall_elapsed * speed + advanced``.
-* **Queue.** Per API key: FIFO, exactly one task RUNNING, the rest PENDING (the reference's "concurrent
+* **Accounts** (:mod:`.accounts`): keys grouped into Alibaba Cloud accounts; by default each key is
+  an account of its own.
+* **Queue.** Per account: FIFO, exactly one task RUNNING, the rest PENDING (the reference's "concurrent
   tasks: 1, excess tasks are queued"). A RUNNING task lasts :func:`run_seconds` simulated seconds, or
   longer if rendering takes longer in wall time; a task whose media fail the checks ends
   :data:`FAIL_SECONDS` after it started. Worker threads download, check and render (:mod:`.validation`,
   :mod:`.media`) while the task is RUNNING.
-* **Limits.** Per key, on the wall clock: more than 5 submits or 20 queries within any 1 s window get
-  429 ``Throttling.RateQuota`` (throttled requests don't count).
+* **Limits.** Per account, on the wall clock: more than 5 submits or 20 queries, or more face-detect
+  calls than the model allows (emo-detect-v1 5, emoji-detect-v1 1), within any 1 s window get 429
+  ``Throttling.RateQuota`` (throttled requests don't count).
+* **Face detection** (:meth:`EmulatorService.detect`, :mod:`.detection`): synchronous; every answered
+  detection, passed or not, is one billed image in :meth:`EmulatorService.detections`.
 * **Results** are served at signed URLs (HMAC of task id and expiry) that expire 24 h (simulated) after
   success; task ids answer ``UNKNOWN`` 24 h after submission.
-* **Billing**: one line per SUCCEEDED task; a **request log** of every HTTP request; **faults**
-  (:mod:`.faults`) that the handler draws per request.
+* **Billing**: one line per SUCCEEDED task, one per answered detection; a **request log** of every
+  HTTP request; **faults** (:mod:`.faults`) that the handler draws per request.
 
-Choices the reference leaves open: cancelling an unknown task (or another key's) is refused like
-cancelling a non-PENDING one; cancel is not rate limited.
+Choices the reference leaves open: a task is visible (query, cancel) only to the key that submitted
+it, as before accounts existed (the pages don't say whether other keys of the account see it);
+cancelling an unknown task (or another key's) is refused like cancelling a non-PENDING one; cancel is
+not rate limited.
 """
 
 from __future__ import annotations
@@ -33,92 +40,35 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from dashscope_emulator import media
+from dashscope_emulator import detection, media
 from dashscope_emulator.accounts import Caller, KeyStore, RateLimiter
 from dashscope_emulator.clock import SimClock, format_time
-from dashscope_emulator.contract import MSG_INTERNAL, QUERY_QPS, SUBMIT_QPS, TASK_TTL, URL_TTL
+from dashscope_emulator.contract import (
+    DETECT_ERRORS,
+    DETECT_QPS,
+    MAX_IMAGE_BYTES,
+    MSG_INTERNAL,
+    QUERY_QPS,
+    SUBMIT_QPS,
+    TASK_TTL,
+    URL_TTL,
+    ApiError,
+)
 from dashscope_emulator.faults import FaultInjector
-from dashscope_emulator.validation import MediaFailure, check_task_media
+from dashscope_emulator.tasks import Lane, Outcome, Task
+from dashscope_emulator.validation import (
+    MediaFailure,
+    check_task_media,
+    fetch_image,
+    requested_error,
+    resolution_ok,
+)
 
 log = logging.getLogger("dashscope_emulator")
-
-#: A task whose media fail the checks ends this many simulated seconds after it started RUNNING.
-FAIL_SECONDS = 2.0
-
-Kind = Literal["submit", "query"]
-
-
-def run_seconds(video_duration: float) -> float:
-    """Simulated seconds a task stays RUNNING before it can succeed: ``8 + 2.5 * video_duration``."""
-    return 8.0 + 2.5 * float(video_duration)
-
-
-@dataclass
-class Outcome:
-    """What processing a RUNNING task produced: a video, or a failure code and message."""
-
-    code: str | None = None
-    message: str | None = None
-    video_path: Path | None = None
-    video_duration: float | int | None = None
-    video_ratio: str | None = None
-
-    @property
-    def succeeded(self) -> bool:
-        return self.code is None
-
-    def busy_seconds(self) -> float:
-        """How long (simulated) the task occupies its queue from RUNNING to the end."""
-        return run_seconds(self.video_duration or 0) if self.succeeded else FAIL_SECONDS
-
-
-@dataclass
-class Task:
-    """One submitted task. Times are simulated epoch seconds; ``owner`` is the key's fingerprint."""
-
-    task_id: str
-    owner: str
-    model: str
-    input: dict[str, Any]
-    parameters: dict[str, Any]
-    submit_time: float
-    status: str = "PENDING"
-    scheduled_time: float | None = None
-    end_time: float | None = None
-    outcome: Outcome | None = None
-    expires: int | None = None
-
-    def public(self) -> dict[str, Any]:
-        """The task as the admin API shows it (no key, no file paths)."""
-        outcome = self.outcome if self.status in ("SUCCEEDED", "FAILED") else None
-        return {
-            "task_id": self.task_id,
-            "status": self.status,
-            "model": self.model,
-            "input": dict(self.input),
-            "parameters": dict(self.parameters),
-            "key_fingerprint": self.owner,
-            "submit_time": format_time(self.submit_time),
-            "scheduled_time": format_time(self.scheduled_time) if self.scheduled_time is not None else None,
-            "end_time": format_time(self.end_time) if self.end_time is not None else None,
-            "code": outcome.code if outcome else None,
-            "message": outcome.message if outcome else None,
-            "video_duration": outcome.video_duration if outcome else None,
-            "video_ratio": outcome.video_ratio if outcome else None,
-        }
-
-
-@dataclass
-class _Lane:
-    """One queue: FIFO of PENDING task ids and the one RUNNING task."""
-
-    pending: deque[str] = field(default_factory=deque)
-    running: str | None = None
 
 
 class UrlSigner:
@@ -144,9 +94,10 @@ class UrlSigner:
 class EmulatorService:
     """Keys, limits, tasks, queue, billing and logs of one emulator; thread-safe.
 
-    ``api_keys``: the accepted keys (kept only as hashes). ``speed``: simulated seconds per wall second.
-    ``seed``: for probabilistic faults. ``submit_qps``/``query_qps``: the per-key limits. ``workers``:
-    threads that download, check and render. :meth:`start` needs a :class:`~.media.Renderer`.
+    ``api_keys``: the accepted keys (kept only as hashes), each its own account. ``accounts``: account
+    name -> its keys (see :mod:`.accounts`). ``speed``: simulated seconds per wall second. ``seed``: for
+    probabilistic faults. ``submit_qps``/``query_qps``: the per-account limits. ``workers``: threads that
+    download, check and render. :meth:`start` needs a :class:`~.media.Renderer`.
     """
 
     def __init__(
@@ -155,24 +106,26 @@ class EmulatorService:
         speed: float = 1.0,
         seed: int | None = None,
         *,
+        accounts: Mapping[str, Iterable[str]] | None = None,
         log_requests: bool = False,
         submit_qps: int = SUBMIT_QPS,
         query_qps: int = QUERY_QPS,
         workers: int = 8,
     ) -> None:
-        self._keys = KeyStore(api_keys)
+        self._keys = KeyStore(api_keys, accounts)
         self.key_count = self._keys.key_count
         self.clock = SimClock(speed)
         self.faults = FaultInjector(seed)
         self.log_requests = log_requests
         self.renderer: media.Renderer | None = None
-        self._limiter = RateLimiter({"submit": submit_qps, "query": query_qps})
+        self._limiter = RateLimiter({"submit": submit_qps, "query": query_qps, **DETECT_QPS})
         self._signer = UrlSigner()
 
         self._cond = threading.Condition()
         self._tasks: dict[str, Task] = {}
-        self._lanes: dict[str, _Lane] = {}
+        self._lanes: dict[str, Lane] = {}
         self._billing: list[dict[str, Any]] = []
+        self._detections: list[dict[str, Any]] = []
         self._requests: deque[dict[str, Any]] = deque(maxlen=200_000)  # bounded: long demos poll a lot
         self._stopping = False
         self._work: queue.Queue[str | None] = queue.Queue()
@@ -212,16 +165,21 @@ class EmulatorService:
         """The caller of an ``Authorization`` header, or the 401 the service answers."""
         return self._keys.authenticate(authorization)
 
-    def admit(self, caller: Caller, kind: Kind) -> None:
-        """Count a ``submit`` or ``query`` against the caller's limit, or raise the 429."""
-        self._limiter.admit(caller.key_fingerprint, kind)
+    def admit(self, caller: Caller, kind: str) -> None:
+        """Count a request against the caller's account, or raise the 429.
+
+        ``kind``: ``submit``, ``query``, or a face-detect model's name (each model has its own limit).
+        """
+        self._limiter.admit(caller.account, kind)
 
     def submit(self, caller: Caller, model: str, task_input: dict[str, Any], parameters: dict[str, Any]) -> str:
         """Create a PENDING task at the end of the caller's queue (the body is already valid); its id."""
-        task = Task(str(uuid.uuid4()), caller.key_fingerprint, model, task_input, parameters, self.clock.now())
+        task = Task(
+            str(uuid.uuid4()), caller.key_fingerprint, caller.account, model, task_input, parameters, self.clock.now()
+        )
         with self._cond:
             self._tasks[task.task_id] = task
-            self._lanes.setdefault(task.owner, _Lane()).pending.append(task.task_id)
+            self._lanes.setdefault(task.account, Lane()).pending.append(task.task_id)
             self._cond.notify_all()
         return task.task_id
 
@@ -265,9 +223,44 @@ class EmulatorService:
             task = self._visible(task_id, caller, now)
             if task is None or task.status != "PENDING":
                 return False
-            self._lanes[task.owner].pending.remove(task_id)
+            self._lanes[task.account].pending.remove(task_id)
             task.status, task.end_time = "CANCELED", now
             return True
+
+    def detect(self, caller: Caller, model: str, image_url: str, ratio: str) -> dict[str, Any]:
+        """Run a face detection (the body is already valid); the answer's ``output`` and ``usage``.
+
+        Downloads the image and checks it like a task's: a download, size or format problem is a failed
+        request (:class:`~.contract.ApiError`, not billed); a resolution outside 400..7000 px is an
+        answered ``InvalidFile.Resolution`` (billed), as are the failures :func:`.detection.detect`
+        finds. Runs in the calling thread: the call is synchronous.
+        """
+        try:
+            image, width, height = fetch_image(image_url, MAX_IMAGE_BYTES[model])
+        except MediaFailure as failure:
+            raise ApiError(400, failure.code, failure.message) from None
+        requested = requested_error(image_url, {code: (code, message) for code, message in DETECT_ERRORS.items()})
+        if requested is not None and requested[0] not in DETECT_ERRORS:
+            raise ApiError(400, *requested)
+        if not resolution_ok(width, height):
+            found = detection.Detection.failed("InvalidFile.Resolution")
+        else:
+            found = detection.detect(image, ratio, requested[0] if requested else None)
+        with self._cond:
+            self._detections.append(
+                {
+                    "time": format_time(self.clock.now()),
+                    "model": model,
+                    "key_fingerprint": caller.key_fingerprint,
+                    "account": caller.account,
+                    "image_url": image_url,
+                    "image_sha256": hashlib.sha256(image).hexdigest(),
+                    "ratio": ratio,
+                    "passed": found.passed,
+                    "code": found.code,
+                }
+            )
+        return {"output": _detect_output(model, found), "usage": {"image_count": 1}}
 
     def signature_ok(self, task_id: str, expires: str, signature: str | None) -> bool:
         """Whether a result URL's ``Signature`` is the one the emulator issued."""
@@ -299,6 +292,20 @@ class EmulatorService:
         with self._cond:
             return [dict(line) for line in self._billing]
 
+    def detections(self) -> list[dict[str, Any]]:
+        """One line per answered (so billed) face detection, passed or not, oldest first.
+
+        Each: ``time`` (simulated, UTC+8), ``model``, ``key_fingerprint``, ``account``, ``image_url`` (as
+        sent), ``image_sha256`` (of the downloaded bytes: the same image behind different presigned URLs
+        has one hash), ``ratio``, ``passed``, ``code`` (None when passed).
+        """
+        with self._cond:
+            return [dict(line) for line in self._detections]
+
+    def accounts(self) -> dict[str, list[str]]:
+        """Account name -> the fingerprints of its keys (a key of its own account is named by its fingerprint)."""
+        return self._keys.accounts()
+
     def request_log(self) -> list[dict[str, Any]]:
         """Every HTTP request, oldest first (copies)."""
         with self._cond:
@@ -323,9 +330,14 @@ class EmulatorService:
         drop_submit: float = 0.0,
         seed: int | None = None,
         drop_query: float = 0.0,
+        *,
+        detect_5xx: float = 0.0,
+        drop_detect: float = 0.0,
     ) -> dict[str, Any]:
         """Probabilistic faults per request (see :mod:`.faults`); all 0 turns them off. Returns the settings."""
-        self.faults.configure(submit_5xx, query_5xx, drop_submit, drop_query, seed)
+        self.faults.configure(
+            submit_5xx, query_5xx, drop_submit, drop_query, seed, detect_5xx=detect_5xx, drop_detect=drop_detect
+        )
         return self.faults.settings()
 
     def force_next(self, fault: str) -> dict[str, Any]:
@@ -418,3 +430,14 @@ class EmulatorService:
         assert self.renderer is not None
         path = self.renderer.render(job)
         return Outcome(video_path=path, video_duration=seconds, video_ratio=job.ratio)
+
+
+def _detect_output(model: str, found: detection.Detection) -> dict[str, Any]:
+    """The ``output`` of a detection, shaped per model as the pages show (emoji: other names, no check_pass)."""
+    if model == "emoji-detect-v1":
+        if found.passed:
+            return {"bbox_face": list(found.face_bbox or ()), "ext_bbox_face": list(found.ext_bbox or ())}
+        return {"code": found.code, "message": found.message}
+    if found.passed:
+        return {"check_pass": True, "face_bbox": list(found.face_bbox or ()), "ext_bbox": list(found.ext_bbox or ())}
+    return {"check_pass": False, "code": found.code, "message": found.message}

@@ -3,7 +3,8 @@
 Two stages, as on the real service:
 
 * at submission (:func:`validate_submission` and the header checks): shape, model, fields, URL schemes.
-  A failure is an :class:`~.contract.ApiError` (a 4xx answer; no task is created);
+  A failure is an :class:`~.contract.ApiError` (a 4xx answer; no task is created). The face-detect
+  body is checked the same way (:func:`validate_detection`);
 * when a task runs (:func:`check_task_media`): the image and audio are downloaded and checked (format
   by magic bytes, 400..7000 px sides, boxes inside the image, ``ext_bbox`` ratio; audio WAV/MP3,
   <= 15 MB, <= 60 s). A failure is a :class:`MediaFailure` (the task ends FAILED with its code).
@@ -21,6 +22,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from dashscope_emulator import media
 from dashscope_emulator.contract import (
+    DETECT_MODELS,
     EMOJI_TEMPLATES,
     EMULATOR_ERRORS,
     FETCH_TIMEOUT,
@@ -30,6 +32,7 @@ from dashscope_emulator.contract import (
     MAX_SIDE,
     MIN_SIDE,
     MODELS,
+    MSG_ASYNC,
     MSG_AUDIO_LONG,
     MSG_AUDIO_SIZE,
     MSG_AUDIO_TYPE,
@@ -39,6 +42,7 @@ from dashscope_emulator.contract import (
     MSG_IMAGE_FORMAT,
     MSG_NO_KEY,
     MSG_NO_MODEL,
+    MSG_RATIO,
     MSG_RESOLUTION,
     MSG_STYLE,
     MSG_SYNC,
@@ -78,6 +82,12 @@ def require_async(header: str | None) -> None:
     """Submissions must say ``X-DashScope-Async: enable``; HTTP calls are asynchronous only."""
     if (header or "").strip().lower() != "enable":
         raise ApiError(400, "InvalidParameter", MSG_SYNC)
+
+
+def refuse_async(header: str | None) -> None:
+    """A synchronous call (face-detect) must not ask for asynchronous processing."""
+    if (header or "").strip().lower() == "enable":
+        raise ApiError(403, "AccessDenied", MSG_ASYNC)
 
 
 def parse_json_body(content_type: str | None, raw: bytes) -> Any:
@@ -141,6 +151,31 @@ def validate_submission(payload: Any) -> tuple[str, dict[str, Any], dict[str, An
     return model, task_input, parameters
 
 
+def validate_detection(payload: Any) -> tuple[str, str, str]:
+    """Check a face-detect body; returns ``(model, image_url, ratio)`` or raises the documented 400.
+
+    Order: shape -> model exists -> ``input.image_url`` and ``parameters.ratio`` present as strings ->
+    the model takes that ratio -> URL scheme. The pages call ``ratio`` required (while naming 1:1 the
+    default), so the emulator refuses a body without it: a client that sends it works either way.
+    """
+    if not isinstance(payload, dict):
+        raise ApiError(400, "InvalidParameter", MSG_FORMAT)
+    model, detect_input, parameters = payload.get("model"), payload.get("input"), payload.get("parameters")
+    if not isinstance(model, str) or not model or not isinstance(detect_input, dict):
+        raise ApiError(400, "InvalidParameter", MSG_FORMAT)
+    if model not in DETECT_MODELS:
+        raise ApiError(400, "InvalidParameter", MSG_NO_MODEL)
+    image_url = detect_input.get("image_url")
+    ratio = parameters.get("ratio") if isinstance(parameters, dict) else None
+    if not isinstance(image_url, str) or not isinstance(ratio, str):
+        raise ApiError(400, "InvalidParameter", MSG_FORMAT)
+    if ratio not in DETECT_MODELS[model]:
+        raise ApiError(400, "InvalidParameter", MSG_RATIO.format(model=model, ratios=" or ".join(DETECT_MODELS[model])))
+    if not is_http_url(image_url):
+        raise ApiError(400, "InvalidURL", MSG_URL)
+    return model, image_url, ratio
+
+
 # -- media, when the task runs -------------------------------------------------------------------------
 
 
@@ -166,8 +201,8 @@ def check_geometry(model: str, face: list[int], ext: list[int], width: int, heig
     return None
 
 
-def load_image(url: str, max_bytes: int) -> tuple[bytes, int, int]:
-    """Download an input image and check format and resolution; returns ``(bytes, width, height)``."""
+def fetch_image(url: str, max_bytes: int) -> tuple[bytes, int, int]:
+    """Download an input image and check its size and format; returns ``(bytes, width, height)``."""
     try:
         image = media.fetch(url, max_bytes, FETCH_TIMEOUT)
     except media.FetchError:
@@ -181,7 +216,18 @@ def load_image(url: str, max_bytes: int) -> tuple[bytes, int, int]:
         width, height = media.image_size(image)
     except media.MediaError:
         raise MediaFailure("InvalidURL", MSG_IMAGE_FORMAT) from None
-    if min(width, height) < MIN_SIDE or max(width, height) > MAX_SIDE:
+    return image, width, height
+
+
+def resolution_ok(width: int, height: int) -> bool:
+    """Each side within 400..7000 px."""
+    return min(width, height) >= MIN_SIDE and max(width, height) <= MAX_SIDE
+
+
+def load_image(url: str, max_bytes: int) -> tuple[bytes, int, int]:
+    """Download an input image and check format and resolution; returns ``(bytes, width, height)``."""
+    image, width, height = fetch_image(url, max_bytes)
+    if not resolution_ok(width, height):
         raise MediaFailure("InvalidFile.Resolution", MSG_RESOLUTION)
     return image, width, height
 

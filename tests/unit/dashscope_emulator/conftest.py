@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from dashscope_emulator import EmulatorServer, make_samples, serve_directory
 
-from tests.unit.dashscope_emulator.helpers import KEYS
+from tests.unit.dashscope_emulator.helpers import KEYS, PHOTO_OVAL
 
 
 @pytest.fixture(scope="session")
@@ -27,6 +27,31 @@ def media(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     boxes = json.loads((folder / "samples.json").read_text())
     with serve_directory(folder, port=0) as base_url:
         yield {"url": base_url, "dir": folder, "boxes": boxes}
+
+
+@pytest.fixture(scope="session")
+def pictures(media: dict[str, Any]) -> dict[str, str]:
+    """Pictures the samples don't have, served with them: name -> URL.
+
+    ``blank.png`` (one colour), ``dark.png`` (almost black), ``photo.png`` (one skin-toned oval, the
+    ``oval`` box, on blue), ``two.png`` (two such ovals), ``close.png`` (an oval filling the picture).
+    """
+    from PIL import Image, ImageDraw
+
+    def ovals(size: tuple[int, int], boxes: list[tuple[int, int, int, int]], name: str) -> None:
+        image = Image.new("RGB", size, (40, 90, 160))
+        draw = ImageDraw.Draw(image)
+        for box in boxes:
+            draw.ellipse(box, fill=(230, 180, 150))
+        image.save(media["dir"] / name)
+
+    Image.new("RGB", (600, 600), (250, 250, 250)).save(media["dir"] / "blank.png")
+    Image.new("RGB", (600, 600), (12, 10, 14)).save(media["dir"] / "dark.png")
+    ovals((800, 600), [PHOTO_OVAL], "photo.png")
+    ovals((900, 600), [(150, 150, 310, 350), (550, 150, 710, 350)], "two.png")
+    ovals((600, 600), [(20, 20, 580, 640)], "close.png")
+    names = ("blank.png", "dark.png", "photo.png", "two.png", "close.png")
+    return {name: f"{media['url']}/{name}" for name in names}
 
 
 @pytest.fixture(scope="session")

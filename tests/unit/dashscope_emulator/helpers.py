@@ -14,11 +14,14 @@ import requests
 from dashscope_emulator.media import ffmpeg_exe
 
 SUBMIT = "/api/v1/services/aigc/image2video/video-synthesis"
+DETECT = "/api/v1/services/aigc/image2video/face-detect"
 FORMAT_MESSAGE = (
     "The request is missing required parameters or in a wrong format, please check the parameters that you send.."
 )
 TIME_FORMAT = re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}\.\d{3}$")
 INCLUDE_DIR = Path(__file__).resolve().parents[3] / "include"
+#: Where ``photo.png`` of the ``pictures`` fixture has its skin-toned oval.
+PHOTO_OVAL = (300, 150, 460, 350)
 KEYS = [f"sk-unit-{i:02d}-{uuid.uuid4().hex[:8]}" for i in range(80)]
 
 
@@ -52,6 +55,22 @@ class Client:
             if response.status_code != 429:
                 assert response.status_code == 200, response.text
                 return response.json()["output"]["task_id"]
+            time.sleep(0.25)
+        raise AssertionError("throttled for 10 s")
+
+    def detect_raw(self, body: Any, headers: dict[str, str] | None = None) -> requests.Response:
+        """A face-detect call: synchronous, so no ``X-DashScope-Async`` header unless given."""
+        if headers is None:
+            headers = {} if self.api_key is None else {"Authorization": f"Bearer {self.api_key}"}
+        return self.session.post(self.base_url + DETECT, json=body, headers=headers)
+
+    def detect(self, image_url: str, ratio: str = "1:1", model: str = "emo-detect-v1") -> dict[str, Any]:
+        """Detect, waiting out 429s; returns the answer (HTTP 200 whether or not the check passed)."""
+        for _ in range(40):
+            response = self.detect_raw(detect_body(image_url, ratio, model))
+            if response.status_code != 429:
+                assert response.status_code == 200, response.text
+                return response.json()
             time.sleep(0.25)
         raise AssertionError("throttled for 10 s")
 
@@ -109,6 +128,10 @@ def emoji_body(media: dict[str, Any], driven_id: str = "mengwa_kaixin") -> dict[
             "ext_bbox": boxes["ext_bbox"],
         },
     }
+
+
+def detect_body(image_url: str, ratio: str = "1:1", model: str = "emo-detect-v1") -> dict[str, Any]:
+    return {"model": model, "input": {"image_url": image_url}, "parameters": {"ratio": ratio}}
 
 
 def probe(path: Path) -> str:

@@ -9,7 +9,7 @@ import pytest
 import requests
 from dashscope_emulator import EmulatorServer, key_fingerprint
 
-from tests.unit.dashscope_emulator.helpers import Client, assert_error, emo_body, emoji_body
+from tests.unit.dashscope_emulator.helpers import Client, assert_error, detect_body, emo_body, emoji_body
 
 
 def _count_tasks(server: EmulatorServer, api_key: str) -> int:
@@ -90,3 +90,39 @@ def test_admin_endpoints_over_http(cache_dir: Path, media: dict) -> None:
         assert any(r["fault"] == "submit_500" and r["status"] == 500 for r in log)
         assert admin.post(base + "/advance", json={"seconds": 90_000}).status_code == 200
         assert client.query(task_id)["output"]["task_status"] == "UNKNOWN"  # submitted > 24 h ago now
+
+
+def test_detect_faults_and_that_a_dropped_answer_was_still_billed(emu: EmulatorServer, media: dict, key: str) -> None:
+    client = Client(emu.base_url, key)
+    body = detect_body(f"{media['url']}/portrait_square.png")
+
+    def billed() -> int:
+        return sum(d["key_fingerprint"] == key_fingerprint(key) for d in emu.detections())
+
+    emu.force_next("detect_500")
+    assert_error(client.detect_raw(body), 500, "InternalError")
+    emu.force_next("detect_503")
+    assert_error(client.detect_raw(body), 503, "ServiceUnavailable")
+    assert billed() == 0  # no detection was made
+    emu.force_next("drop_detect")
+    with pytest.raises(requests.ConnectionError):
+        client.detect_raw(body)
+    assert billed() == 1  # made and billed, though the client never saw the answer: don't retry blindly
+    entry = [r for r in emu.request_log() if r["key_fingerprint"] == key_fingerprint(key)][-1]
+    assert entry["fault"] == "drop_detect" and entry["status"] is None and entry["model"] == "emo-detect-v1"
+    assert client.detect_raw(body).status_code == 200  # one-shot
+    assert billed() == 2
+
+
+def test_detect_fault_probabilities_over_the_admin_api(cache_dir: Path, media: dict) -> None:
+    with EmulatorServer(api_keys=["sk-admin-detect"], speed=2000, cache_dir=cache_dir) as server:
+        admin = requests.Session()
+        settings = admin.post(server.base_url + "/_emulator/faults", json={"detect_5xx": 1.0, "seed": 1}).json()
+        assert settings["detect_5xx"] == 1.0 and settings["drop_detect"] == 0.0
+        client = Client(server.base_url, "sk-admin-detect")
+        body = detect_body(f"{media['url']}/portrait_square.png")
+        assert client.detect_raw(body).status_code in (500, 503)
+        assert client.query_raw(str(uuid.uuid4())).status_code == 200  # query faults stay off
+        admin.post(server.base_url + "/_emulator/faults", json={})
+        assert client.detect_raw(body).status_code == 200
+        assert len(server.detections()) == 1

@@ -10,6 +10,7 @@ import sys
 import threading
 import uuid
 
+import pytest
 import requests
 
 from tests.unit.dashscope_emulator.helpers import INCLUDE_DIR
@@ -61,3 +62,17 @@ def test_cli_prints_one_line_and_stops_on_sigterm() -> None:
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def test_cli_accounts_option() -> None:
+    from dashscope_emulator.__main__ import main, parse_accounts
+
+    assert parse_accounts(["acct=sk-a, sk-b", "other=sk-c", "acct=sk-d"]) == {
+        "acct": ["sk-a", "sk-b", "sk-d"],
+        "other": ["sk-c"],
+    }
+    for bad in ("acct", "=sk-a", "acct="):
+        with pytest.raises(ValueError, match="NAME=KEY") as caught:
+            parse_accounts([bad])
+        assert "sk-a" not in str(caught.value)  # a key is never echoed
+    assert main(["--port", "0", "--account", "acct"]) == 2  # refused before anything starts

@@ -8,9 +8,18 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from dashscope_emulator import EmulatorServer
+from dashscope_emulator import EmulatorServer, key_fingerprint
 
-from tests.unit.dashscope_emulator.helpers import FORMAT_MESSAGE, SUBMIT, Client, assert_error, emo_body, emoji_body
+from tests.unit.dashscope_emulator.helpers import (
+    DETECT,
+    FORMAT_MESSAGE,
+    SUBMIT,
+    Client,
+    assert_error,
+    detect_body,
+    emo_body,
+    emoji_body,
+)
 
 
 def test_submit_without_async_header_is_refused(emu: EmulatorServer, media: dict, key: str) -> None:
@@ -216,3 +225,93 @@ def test_emulator_error_triggers_every_content_check(emu: EmulatorServer, media:
         expected = "InvalidFile.FacePose" if token == "emoji" else token.removesuffix(".multi")
         assert output["code"] == expected
         assert output["message"] == CONTENT_ERRORS[expected if token == "emoji" else token]
+
+
+# -- the face-detect body --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("mutate", "code", "message"),
+    [
+        (lambda b: "not json", "InvalidParameter", FORMAT_MESSAGE),
+        (lambda b: [b], "InvalidParameter", FORMAT_MESSAGE),
+        (lambda b: {k: v for k, v in b.items() if k != "model"}, "InvalidParameter", FORMAT_MESSAGE),
+        (lambda b: {**b, "input": {}}, "InvalidParameter", FORMAT_MESSAGE),
+        (lambda b: {k: v for k, v in b.items() if k != "parameters"}, "InvalidParameter", FORMAT_MESSAGE),
+        (lambda b: {**b, "parameters": {"ratio": 1}}, "InvalidParameter", FORMAT_MESSAGE),
+        (lambda b: {**b, "model": "emo-v1"}, "InvalidParameter", "Model not exist."),
+        (
+            lambda b: {**b, "parameters": {"ratio": "16:9"}},
+            "InvalidParameter",
+            "The ratio is invalid: emo-detect-v1 accepts 1:1 or 3:4.",
+        ),
+        (
+            lambda b: {**b, "model": "emoji-detect-v1", "parameters": {"ratio": "3:4"}},
+            "InvalidParameter",
+            "The ratio is invalid: emoji-detect-v1 accepts 1:1.",
+        ),
+        (
+            lambda b: {**b, "input": {"image_url": "file:///etc/passwd"}},
+            "InvalidURL",
+            "Required URL is missing or invalid, please check the request URL.",
+        ),
+    ],
+    ids=[
+        "not-json",
+        "not-object",
+        "no-model",
+        "no-image",
+        "no-ratio",
+        "ratio-not-string",
+        "video-model",
+        "emo-ratio-16:9",
+        "emoji-ratio-3:4",
+        "file-url",
+    ],
+)
+def test_detect_body_errors_are_not_billed(
+    emu: EmulatorServer, media: dict, key: str, mutate: Callable, code: str, message: str
+) -> None:
+    body = mutate(detect_body(f"{media['url']}/portrait_square.png"))
+    client = Client(emu.base_url, key)
+    raw = body if isinstance(body, str) else json.dumps(body)
+    response = client.session.post(
+        emu.base_url + DETECT,
+        data=raw,
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+    )
+    assert_error(response, 400, code, message)
+    assert all(d["key_fingerprint"] != key_fingerprint(key) for d in emu.detections())
+
+
+def test_detect_is_synchronous_and_refuses_the_async_header(emu: EmulatorServer, media: dict, key: str) -> None:
+    client = Client(emu.base_url, key)
+    body = detect_body(f"{media['url']}/portrait_square.png")
+    refused = client.detect_raw(body, headers=client.headers())  # with X-DashScope-Async: enable
+    assert_error(refused, 403, "AccessDenied", "current user api does not support asynchronous calls")
+    text = client.session.post(
+        emu.base_url + DETECT, data=json.dumps(body), headers={"Authorization": f"Bearer {key}"}
+    )  # no Content-Type
+    assert_error(text, 400, "InvalidParameter", FORMAT_MESSAGE)
+    assert client.detect_raw(body).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("image", "code", "message"),
+    [
+        ("no-such-file.png", "InvalidParameter.DataInspection", DOWNLOAD),
+        (
+            "samples.json",
+            "InvalidURL",
+            "The request URL is invalid, please check the request URL is available and the request image format "
+            "is one of the following types: JPEG, JPG, PNG, BMP, and WEBP.",
+        ),
+    ],
+    ids=["image-404", "not-an-image"],
+)
+def test_detect_of_an_image_that_cannot_be_read_is_a_failed_request(
+    emu: EmulatorServer, media: dict, key: str, image: str, code: str, message: str
+) -> None:
+    response = Client(emu.base_url, key).detect_raw(detect_body(f"{media['url']}/{image}"))
+    assert_error(response, 400, code, message)  # no usage: not billed
+    assert all(d["key_fingerprint"] != key_fingerprint(key) for d in emu.detections())
