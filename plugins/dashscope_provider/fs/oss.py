@@ -23,35 +23,8 @@ a scheme gets ``https://``. With no connection (``conn_id=None``): ``OSS_ACCESS_
 ``OSS_ACCESS_KEY_SECRET``, ``OSS_SESSION_TOKEN``, ``OSS_ENDPOINT`` and ``OSS_REGION`` from the environment
 (oss2's and ossfs's variables), else ossfs's own default (anonymous access).
 
-What this adds to ``ossfs.OSSFileSystem`` (2025.5), which is otherwise used as is:
-
-* **V4 signatures**. ossfs always signs with V1, which OSS no longer offers to new accounts (March 2025)
-  nor to new buckets (September 2025). Here V4 (``OSS4-HMAC-SHA256``) is the default whenever the region is
-  known (from the connection, or read from an ``oss-<region>[-internal].aliyuncs.com`` endpoint); V1 only when
-  asked for (``signature_version: "v1"``) or when no region can be known.
-* **Writes are atomic and multipart**. ossfs writes ``open("wb")`` by deleting the existing object and
-  appending chunks to an *Appendable* object (``AppendObject``), so a reader or a crash mid-write sees a
-  missing or partial object. Here a file opened for writing is buffered up to ``part_size`` (default 10 MiB)
-  and then becomes one ``PutObject`` (small files) or a multipart upload of ``part_size`` parts completed on
-  close; the object appears whole or not at all. Leaving the ``with`` block with an exception aborts the
-  upload instead of publishing what was written so far. ``put_file`` (how the DashScope transfer stores a
-  video) uploads files from ``multipart_threshold`` (default 10 MiB) in parts, one part in memory at a time;
-  ossfs sends one PutObject up to 100 MiB and above uses ``oss2.resumable_upload`` (10 MiB parts, checkpoint
-  files in ``~/.py-oss-upload``). ``pipe_file`` goes through the same writer (ossfs: multipart of 5 MiB parts
-  from 10 MiB, no abort on failure). ``open("xb")`` (and ``pipe_file(...,
-  mode="create")``) sends ``x-oss-forbid-overwrite: true``: an existing object raises ``FileExistsError``.
-* **Ranged reads return the bytes asked for**. ossfs passes fsspec's end-exclusive ranges to oss2's
-  end-inclusive ``byte_range``, one byte too many per read.
-* **exists/info/ukey cost one HEAD**: ossfs's ``exists`` first calls GetBucketInfo (a permission many RAM
-  users lack: it then answers ``False``), ``info`` lists the whole parent "directory" (100 keys a request),
-  and ``ukey`` downloads the object. ossfs's listing also breaks with ``use_listings_cache=False``
-  (``KeyError``) and caches prefix searches as directory listings; both fixed here.
-* **sign()**: ossfs raises ``NotImplementedError``; here it returns ``oss2``'s own presigned URL.
-* **Clear errors**: a wrong secret, an unknown key id or a skewed clock raise ``PermissionError`` naming the
-  OSS error code, the object, the connection and what to check, instead of ``OSError(EIO)`` carrying oss2's
-  raw error dictionary (or, while listing, oss2's own exception). fsspec's ``isdir``/``isfile`` would answer
-  ``False`` on such an error; here they raise too.
-* **Paths are ``bucket/key``** (ossfs: ``/bucket/key``).
+What this adds to ``ossfs.OSSFileSystem`` (V4 signatures, atomic multipart writes, exact ranged reads,
+one-HEAD ``exists``, ``sign()``, clear credential errors, ``bucket/key`` paths) and why: docs/storage.md.
 
 Not fixed by registering the filesystem alone: an ``ObjectStoragePath`` without ``conn_id`` runs ``exists``,
 ``iterdir``, ``write_bytes``... on fsspec's own ``oss`` filesystem (a bare ossfs: anonymous), and
@@ -63,20 +36,25 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import io
 import logging
 import os
-import re
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import oss2
-from oss2.models import PartInfo
 from ossfs import OSSFileSystem
-from ossfs.file import OSSFile
+
+from dashscope_provider.fs.oss_connection import (
+    bare_region,
+    connection_options,
+    environment_defaults,
+    region_from_endpoint,
+)
+from dashscope_provider.fs.oss_upload import AtomicOSSFile, MultipartUpload
 
 if TYPE_CHECKING:
     from fsspec.callbacks import Callback
+    from ossfs.file import OSSFile
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +69,6 @@ MIN_PART_SIZE = 100 * 1024
 MAX_PARTS = 10000
 #: A V4 presigned URL is valid for at most 7 days.
 V4_MAX_EXPIRATION = 7 * 24 * 3600
-_ENDPOINT_REGION = re.compile(r"^(?:[^.]+\.)?oss-([a-z0-9-]+?)(?:-internal)?\.aliyuncs\.com$")
 #: OSS error codes that mean "these credentials (or this clock) are not accepted".
 _CREDENTIAL_ERRORS = frozenset(
     {"SignatureDoesNotMatch", "InvalidAccessKeyId", "RequestTimeTooSkewed", "SecurityTokenExpired"}
@@ -104,80 +81,9 @@ def get_fs(conn_id: str | None, storage_options: dict[str, Any] | None = None) -
     :param conn_id: an Airflow connection of type ``oss`` (Alibaba provider) or any type with login/password.
     :param storage_options: keyword arguments for :class:`AirflowOSSFileSystem`; they win over the connection.
     """
-    options = _connection_options(conn_id) if conn_id else {}
+    options = connection_options(conn_id) if conn_id else {}
     options.update(storage_options or {})
     return AirflowOSSFileSystem(**options)
-
-
-def _normalize_endpoint(endpoint: str | None) -> str | None:
-    if not endpoint:
-        return None
-    endpoint = endpoint.strip().rstrip("/")
-    return endpoint if "://" in endpoint else f"https://{endpoint}"
-
-
-def _connection_options(conn_id: str) -> dict[str, Any]:
-    from airflow.sdk import BaseHook
-
-    conn = BaseHook.get_connection(conn_id)
-    extra = conn.extra_dejson
-    auth_type = extra.get("auth_type")
-    if auth_type not in (None, "", "AK"):
-        raise ValueError(
-            f"OSS connection {conn_id!r}: auth_type {auth_type!r} is not supported; use 'AK' (an AccessKey pair)"
-        )
-    key = extra.get("access_key_id") or conn.login or None
-    secret = extra.get("access_key_secret") or conn.password or None
-    if bool(key) != bool(secret):
-        raise ValueError(
-            f"OSS connection {conn_id!r} has an AccessKey {'ID' if key else 'secret'} but no "
-            f"{'secret' if key else 'ID'} (extras access_key_id/access_key_secret, or login/password)"
-        )
-    endpoint = extra.get("endpoint")
-    if not endpoint and conn.host:
-        endpoint = conn.host if conn.port is None else f"{conn.host}:{conn.port}"
-    region = extra.get("region") or extra.get("region_name")
-    options: dict[str, Any] = {
-        "conn_id": conn_id,
-        "key": key,
-        "secret": secret,
-        "token": extra.get("security_token") or None,
-        "endpoint": _normalize_endpoint(endpoint or (f"oss-{_bare_region(region)}.aliyuncs.com" if region else None)),
-        "region": region,
-    }
-    for name in ("signature_version", "is_path_style", "multipart_threshold", "part_size"):
-        if extra.get(name) is not None:
-            options[name] = extra[name]
-    if not options["endpoint"]:
-        raise ValueError(f"OSS connection {conn_id!r} needs an 'endpoint' or a 'region' extra")
-    return options
-
-
-def _environment_defaults(kwargs: dict[str, Any]) -> None:
-    """Fill what the caller did not give from ``OSS_*`` variables (oss2's and ossfs's names)."""
-    if "key" not in kwargs and os.environ.get("OSS_ACCESS_KEY_ID"):
-        kwargs["key"] = os.environ["OSS_ACCESS_KEY_ID"]
-        kwargs.setdefault("secret", os.environ.get("OSS_ACCESS_KEY_SECRET"))
-        kwargs.setdefault("token", os.environ.get("OSS_SESSION_TOKEN") or None)
-    if not kwargs.get("endpoint"):
-        region = kwargs.get("region") or os.environ.get("OSS_REGION")
-        endpoint = os.environ.get("OSS_ENDPOINT") or (f"oss-{_bare_region(region)}.aliyuncs.com" if region else None)
-        kwargs["endpoint"] = _normalize_endpoint(endpoint)
-
-
-def _bare_region(region: str | None) -> str | None:
-    """``cn-hangzhou`` for ``cn-hangzhou`` or ``oss-cn-hangzhou`` (both spellings are in use)."""
-    return region.removeprefix("oss-") if region else None
-
-
-def _region_from_endpoint(endpoint: str | None) -> str | None:
-    if not endpoint:
-        return None
-    host = endpoint.split("://", 1)[-1].split("/", 1)[0].split(":", 1)[0].lower()
-    match = _ENDPOINT_REGION.match(host)
-    if not match or match.group(1).startswith("accelerate"):  # the acceleration endpoints name no region
-        return None
-    return match.group(1)
 
 
 class AirflowOSSFileSystem(OSSFileSystem):
@@ -208,11 +114,11 @@ class AirflowOSSFileSystem(OSSFileSystem):
     ) -> None:
         if conn_id is None:
             kwargs.setdefault("region", region or os.environ.get("OSS_REGION"))
-            _environment_defaults(kwargs)
+            environment_defaults(kwargs)
             region = kwargs.pop("region")
         super().__init__(**kwargs)
         self.conn_id = conn_id
-        self.region = _bare_region(region) or _region_from_endpoint(self._endpoint)
+        self.region = bare_region(region) or region_from_endpoint(self._endpoint)
         version = (signature_version or ("v4" if self.region else "v1")).lower()
         if version not in ("v1", "v4"):
             raise ValueError(f"signature_version must be 'v1' or 'v4', not {signature_version!r}")
@@ -479,7 +385,7 @@ class AirflowOSSFileSystem(OSSFileSystem):
         **kwargs: Any,
     ) -> OSSFile:
         if mode in ("wb", "xb"):
-            return _AtomicOSSFile(
+            return AtomicOSSFile(
                 self, path, mode, block_size or self.part_size, autocommit, cache_options=cache_options, **kwargs
             )
         return super()._open(path, mode, block_size, autocommit, cache_options, **kwargs)
@@ -509,7 +415,7 @@ class AirflowOSSFileSystem(OSSFileSystem):
                 callback.relative_update(size)
             return
         part_size = max(self.part_size, -(-size // MAX_PARTS))
-        upload = _MultipartUpload(self, bucket, key, headers)
+        upload = MultipartUpload(self, bucket, key, headers)
         try:
             with open(lpath, "rb") as handle:
                 while chunk := handle.read(part_size):  # one part in memory, retry-safe
@@ -564,88 +470,6 @@ def register_fsspec_implementation() -> None:
     import fsspec
 
     fsspec.register_implementation("oss", AirflowOSSFileSystem, clobber=True)
-
-
-class _MultipartUpload:
-    """One multipart upload: parts added in order, completed, or aborted (best effort) on failure."""
-
-    def __init__(self, fs: AirflowOSSFileSystem, bucket: str, key: str, headers: dict[str, str] | None) -> None:
-        self.fs, self.bucket, self.key, self.headers = fs, bucket, key, headers
-        self.upload_id: str = fs._call_oss("init_multipart_upload", key, bucket=bucket, headers=headers).upload_id
-        self.parts: list[PartInfo] = []
-
-    def add(self, data: bytes) -> None:
-        number = len(self.parts) + 1
-        result = self.fs._call_oss("upload_part", self.key, self.upload_id, number, data, bucket=self.bucket)
-        self.parts.append(PartInfo(number, result.etag, size=len(data), part_crc=result.crc))
-
-    def complete(self) -> None:
-        self.fs._call_oss(
-            "complete_multipart_upload", self.key, self.upload_id, self.parts, bucket=self.bucket, headers=self.headers
-        )
-
-    def abort(self) -> None:
-        try:
-            self.fs._call_oss("abort_multipart_upload", self.key, self.upload_id, bucket=self.bucket, retry=1)
-        except Exception:
-            log.warning("Could not abort multipart upload %s of oss://%s/%s", self.upload_id, self.bucket, self.key)
-
-
-class _AtomicOSSFile(OSSFile):
-    """A file opened ``wb``/``xb``: one ``PutObject``, or a multipart upload completed on close.
-
-    The buffer holds at most one part (``blocksize``, the filesystem's ``part_size``). ``xb`` sends
-    ``x-oss-forbid-overwrite: true``. Leaving a ``with`` block on an exception aborts: nothing is published.
-    """
-
-    fs: AirflowOSSFileSystem
-
-    def _initiate_upload(self) -> None:
-        self._upload: _MultipartUpload | None = None
-
-    def _headers(self) -> dict[str, str] | None:
-        return {"x-oss-forbid-overwrite": "true"} if self.mode == "xb" else None
-
-    def _upload_chunk(self, final: bool = False) -> bool:
-        bucket, key = self.fs.split_path(self.path)
-        data = self.buffer.getvalue()
-        try:
-            if final and self._upload is None:
-                self.fs._call_oss("put_object", key, data, bucket=bucket, headers=self._headers())
-                return True
-            if self._upload is None:
-                self._upload = _MultipartUpload(self.fs, bucket, key, self._headers())
-            sent = 0
-            while len(data) - sent >= self.blocksize or (final and sent < len(data)):
-                chunk = data[sent : sent + self.blocksize]
-                self._upload.add(chunk)
-                sent += len(chunk)
-            if final:
-                self._upload.complete()
-                return True
-        except BaseException:
-            self.discard()
-            self.closed = True  # so that close() (or __del__) cannot publish what is left
-            raise
-        # Keep the tail (less than a part) for the next flush; fsspec resets the buffer only on True.
-        self.offset += sent
-        self.buffer = io.BytesIO()
-        self.buffer.write(data[sent:])
-        return False
-
-    def discard(self) -> None:
-        upload = getattr(self, "_upload", None)
-        if upload is not None:
-            upload.abort()
-            self._upload = None
-        self.buffer = io.BytesIO()
-
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        if exc_type is not None and not self.closed:
-            self.discard()
-            self.closed = True
-            return
-        self.close()
 
 
 def _as_bool(value: Any) -> bool:
