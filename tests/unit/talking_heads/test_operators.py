@@ -1,8 +1,4 @@
-"""Row operators (talking_heads): what a refused submit leaves in the ledger, and which key a row uses.
-
-Moved here unchanged from tests/unit/test_operators.py, which now holds only provider tests (under
-tests/unit/dashscope_provider/).
-"""
+"""Row operators (talking_heads): what a refused submit leaves in the ledger, and which key a row uses."""
 
 from __future__ import annotations
 
@@ -90,7 +86,7 @@ def test_rows_go_to_their_planned_key_and_keep_the_key_that_created_their_task(
 ) -> None:
     from dashscope_emulator import EmulatorServer, key_fingerprint
     from talking_heads.ledger import RowLedger
-    from talking_heads.operators import SubmitRowOperator, WaitRowSensor
+    from talking_heads.operators import SubmitRowOperator, WaitRowOperator
     from talking_heads.validation import RowRequest
 
     from tests.unit.conftest import conn_json
@@ -120,7 +116,7 @@ def test_rows_go_to_their_planned_key_and_keep_the_key_that_created_their_task(
         assert again == submission
         assert len(emulator.tasks()) == 1
 
-        wait = WaitRowSensor(
+        wait = WaitRowOperator(
             task_id="wait",
             submission=again,
             output_root=str(tmp_path),
