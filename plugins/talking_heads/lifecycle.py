@@ -23,7 +23,6 @@ The outcome each state becomes at the end of a run is :func:`outcome_of`; every 
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -35,6 +34,7 @@ from airflow.sdk.exceptions import AirflowFailException
 from dashscope_provider.exceptions import DashScopeAPIError, DashScopeResultExpired, DashScopeSubmissionUncertain
 from dashscope_provider.models import DashScopeTask, TaskStatus
 
+from talking_heads.detection import detect_image
 from talking_heads.media import MediaSigner, redact
 from talking_heads.payloads import Submission, WaitResult, WorkItem
 
@@ -44,7 +44,6 @@ if TYPE_CHECKING:
     from dashscope_provider.hooks.dashscope import DashScopeHook
 
     from talking_heads.ledger import RowLedger
-    from talking_heads.validation import RowRequest
 
 
 class RowStatus(StrEnum):
@@ -297,50 +296,6 @@ def submit_row(
     ledger.put(state.advance(S.SUBMITTED, task_id=submitted.task_id))
     log.info("Row %s submitted as task %s (connection %s)", request.row_id, submitted.task_id, conn_id)
     return Submission(request.row_id, submitted.task_id, conn_id)
-
-
-DETECT_MODELS = {"emo-v1": "emo-detect-v1", "emoji-v1": "emoji-detect-v1"}
-
-
-def detect_image(
-    ledger: RowLedger,
-    request: RowRequest,
-    *,
-    hook: DashScopeHook,
-    signer: MediaSigner,
-    run_id: str,
-    log: logging.Logger,
-) -> dict[str, Any]:
-    """The face detection of the row's image at its ratio: recorded, or called once and recorded at once.
-
-    An answered detection is billed whether or not it passes, so its record is keyed by model, ratio and
-    image (the URL as given, or a local file's content), not by row: a retry, rerun, clear, backfill or
-    another row with the same image and ratio reuses it instead of paying again.
-    """
-    model, ratio = DETECT_MODELS[request.model], request.detect_ratio
-    image = signer.identity(request.image_url)
-    key = hashlib.sha256(f"{model}|{ratio}|{image}".encode()).hexdigest()[:32]
-    if (recorded := ledger.get_detection(key)) is not None:
-        log.info("Row %s: %s at %s already detected (paid by row %s)", request.row_id, model, ratio, recorded["row_id"])
-        return recorded
-    detected = hook.detect_face(model, signer.url_for(request.image_url), ratio=ratio)
-    record = {
-        "key": key,
-        "model": model,
-        "ratio": ratio,
-        "image": redact(image),
-        "passed": detected.passed,
-        "face_bbox": detected.face_bbox,
-        "ext_bbox": detected.ext_bbox,
-        "code": detected.code,
-        "message": redact(detected.message or "") or None,
-        "request_id": detected.request_id,
-        "row_id": request.row_id,
-        "run_id": run_id,
-        "detected_at": _now(),
-    }
-    log.info("Row %s: %s at %s %s", request.row_id, model, ratio, "passed" if detected.passed else detected.code)
-    return ledger.put_detection(key, record)
 
 
 # -- wait -------------------------------------------------------------------------------------------------

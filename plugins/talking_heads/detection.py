@@ -1,0 +1,64 @@
+"""Face detection of a row's image, paid once per image and ratio (see :func:`detect_image`).
+
+The submit step (:func:`talking_heads.lifecycle.submit_row`) calls it for a row without boxes, and
+decides what the answer means for the row; this module only finds or makes the detection's record.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from talking_heads.media import MediaSigner, redact
+
+if TYPE_CHECKING:
+    import logging
+
+    from dashscope_provider.hooks.dashscope import DashScopeHook
+
+    from talking_heads.ledger import RowLedger
+    from talking_heads.validation import RowRequest
+
+DETECT_MODELS = {"emo-v1": "emo-detect-v1", "emoji-v1": "emoji-detect-v1"}
+
+
+def detect_image(
+    ledger: RowLedger,
+    request: RowRequest,
+    *,
+    hook: DashScopeHook,
+    signer: MediaSigner,
+    run_id: str,
+    log: logging.Logger,
+) -> dict[str, Any]:
+    """The face detection of the row's image at its ratio: recorded, or called once and recorded at once.
+
+    An answered detection is billed whether or not it passes, so its record is keyed by model, ratio and
+    image (the URL as given, or a local file's content), not by row: a retry, rerun, clear, backfill or
+    another row with the same image and ratio reuses it instead of paying again.
+    """
+    model, ratio = DETECT_MODELS[request.model], request.detect_ratio
+    image = signer.identity(request.image_url)
+    key = hashlib.sha256(f"{model}|{ratio}|{image}".encode()).hexdigest()[:32]
+    if (recorded := ledger.get_detection(key)) is not None:
+        log.info("Row %s: %s at %s already detected (paid by row %s)", request.row_id, model, ratio, recorded["row_id"])
+        return recorded
+    detected = hook.detect_face(model, signer.url_for(request.image_url), ratio=ratio)
+    record = {
+        "key": key,
+        "model": model,
+        "ratio": ratio,
+        "image": redact(image),
+        "passed": detected.passed,
+        "face_bbox": detected.face_bbox,
+        "ext_bbox": detected.ext_bbox,
+        "code": detected.code,
+        "message": redact(detected.message or "") or None,
+        "request_id": detected.request_id,
+        "row_id": request.row_id,
+        "run_id": run_id,
+        "detected_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
+    }
+    log.info("Row %s: %s at %s %s", request.row_id, model, ratio, "passed" if detected.passed else detected.code)
+    return ledger.put_detection(key, record)
