@@ -183,12 +183,7 @@ class DashScopeTaskFailed(DashScopeError, AirflowFailException):
         self.status = status
         self.code = code
         self.message = message
-        text = f"DashScope task {task_id} ended {status}"
-        if code:
-            text += f": {code}"
-        if message:
-            text += f": {message}"
-        super().__init__(text)
+        super().__init__(_with_verdict(f"DashScope task {task_id} ended {status}", code, message))
 
     def _init_args(self) -> tuple[Any, ...]:
         return (self.task_id, self.status, self.code, self.message)
@@ -234,14 +229,13 @@ class DashScopeDetectionFailed(DashScopeError, AirflowFailException):
         self.code = code
         self.message = message
         self.request_id = request_id
-        text = f"DashScope {model} did not pass the image"
-        if code:
-            text += f": {code}"
-        if message:
-            text += f": {message}"
-        if request_id:
-            text += f" (request_id={request_id})"
-        super().__init__(text)
+        text = _with_verdict(f"DashScope {model} did not pass the image", code, message)
+        super().__init__(f"{text} (request_id={request_id})" if request_id else text)
 
     def _init_args(self) -> tuple[Any, ...]:
         return (self.model, self.code, self.message, self.request_id)
+
+
+def _with_verdict(text: str, code: str | None, message: str | None) -> str:
+    """``text: code: message``, leaving out what the service did not say."""
+    return ": ".join(part for part in (text, code, message) if part)
