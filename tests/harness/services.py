@@ -343,24 +343,11 @@ class S3Server(Service):
 
     def client(self) -> Any:
         """A boto3 S3 client of this server."""
-        import boto3
-
-        return boto3.client(
-            "s3",
-            endpoint_url=self.url,
-            region_name="us-east-1",
-            aws_access_key_id=self.access_key,
-            aws_secret_access_key=self.secret_key,
-        )
+        return s3_client(self.url)
 
     def connection(self) -> dict[str, Any]:
         """The Airflow ``aws`` connection of this server (compose's ``AIRFLOW_CONN_AWS_DEFAULT``)."""
-        return {
-            "conn_type": "aws",
-            "login": self.access_key,
-            "password": self.secret_key,
-            "extra": {"endpoint_url": self.url, "region_name": "us-east-1"},
-        }
+        return s3_connection(self.url)
 
     def ready(self) -> bool:
         self.client().list_buckets()
@@ -368,3 +355,26 @@ class S3Server(Service):
 
     def after_ready(self) -> None:
         self.client().create_bucket(Bucket=self.bucket)
+
+
+def s3_client(endpoint_url: str) -> Any:
+    """A boto3 S3 client of an S3 server (moto's test credentials)."""
+    import boto3
+
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint_url,
+        region_name="us-east-1",
+        aws_access_key_id=S3Server.access_key,
+        aws_secret_access_key=S3Server.secret_key,
+    )
+
+
+def s3_connection(endpoint_url: str) -> dict[str, Any]:
+    """The Airflow ``aws`` connection (as ``AIRFLOW_CONN_<ID>`` JSON's dict) of an S3 server."""
+    return {
+        "conn_type": "aws",
+        "login": S3Server.access_key,
+        "password": S3Server.secret_key,
+        "extra": {"endpoint_url": endpoint_url, "region_name": "us-east-1"},
+    }

@@ -22,6 +22,7 @@ import requests
 
 from tests.harness.reliability import Media, count_leaks, run_dag, submits, write_table
 from tests.harness.s3_proxy import FaultyS3Proxy
+from tests.harness.services import s3_client
 
 ROWS = ("r-square", "r-halfbody", "r-emoji")
 KINDS = ("emo-square", "emo-halfbody", "emoji")
@@ -43,18 +44,6 @@ def store(moto_s3: str, monkeypatch: pytest.MonkeyPatch) -> Any:
             json.dumps({"conn_type": "aws", "login": "testing", "password": "testing", "extra": extra}),
         )
         yield proxy
-
-
-def _s3(moto_s3: str) -> Any:
-    import boto3
-
-    return boto3.client(
-        "s3",
-        endpoint_url=moto_s3,
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
 
 
 def _videos(s3: Any, bucket: str, prefix: str) -> dict[str, bytes]:
@@ -85,7 +74,7 @@ def test_upload_cut_midway_is_retried_and_never_leaves_a_partial_video(
     from tests.conftest import S3_BUCKET
 
     started = time.monotonic()
-    s3 = _s3(moto_s3)
+    s3 = s3_client(moto_s3)
     table = write_table(tmp_path / "t.csv", [media.row(r, k) for r, k in zip(ROWS, KINDS, strict=True)])
 
     # -- transient: the first two video uploads are cut half-way, then the store is fine -----------------

@@ -15,6 +15,8 @@ from typing import Any
 import pytest
 
 from tests.conftest import S3_BUCKET
+from tests.harness.services import s3_client as harness_s3_client
+from tests.harness.services import s3_connection
 
 KEY = "sk-test"
 CONN_ID = "dashscope_test"
@@ -189,22 +191,10 @@ def no_key_in_logs(caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixtur
 @pytest.fixture
 def aws_conn(moto_s3: str, monkeypatch: pytest.MonkeyPatch) -> str:
     """The connection ``aws_test`` -> moto, from the environment. Returns its id."""
-    extra = {"endpoint_url": moto_s3, "region_name": "us-east-1"}
-    monkeypatch.setenv(
-        f"AIRFLOW_CONN_{AWS_CONN_ID.upper()}",
-        json.dumps({"conn_type": "aws", "login": "testing", "password": "testing", "extra": extra}),
-    )
+    monkeypatch.setenv(f"AIRFLOW_CONN_{AWS_CONN_ID.upper()}", json.dumps(s3_connection(moto_s3)))
     return AWS_CONN_ID
 
 
 @pytest.fixture
 def s3_client(moto_s3: str) -> Any:
-    import boto3
-
-    return boto3.client(
-        "s3",
-        endpoint_url=moto_s3,
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
+    return harness_s3_client(moto_s3)

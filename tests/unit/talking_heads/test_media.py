@@ -82,7 +82,7 @@ def test_redact_takes_every_signature_out() -> None:
 
 def test_store_urls_are_presigned_and_local_files_uploaded_once(aws_conn: str, s3_client: Any, tmp_path: Path) -> None:
     s3_client.put_object(Bucket=BUCKET, Key="portraits/p.png", Body=b"portrait bytes")
-    signer = MediaSigner(OutputLayout(f"s3://{BUCKET}/out", aws_conn), aws_conn, ttl=600)
+    signer = MediaSigner(OutputLayout(f"s3://{BUCKET}/{tmp_path.name}", aws_conn), aws_conn, ttl=600)
 
     before = time.time()
     signed = signer.url_for(f"s3://{BUCKET}/portraits/p.png")
@@ -95,17 +95,23 @@ def test_store_urls_are_presigned_and_local_files_uploaded_once(aws_conn: str, s
     clip.write_bytes(b"RIFF clip")
     first = signer.url_for(str(clip))
     assert requests.get(first, timeout=10).content == b"RIFF clip"
-    keys = [o["Key"] for o in s3_client.list_objects_v2(Bucket=BUCKET, Prefix="out/inputs/")["Contents"]]
+
+    def uploaded() -> list[str]:
+        return [
+            o["Key"] for o in s3_client.list_objects_v2(Bucket=BUCKET, Prefix=f"{tmp_path.name}/inputs/")["Contents"]
+        ]
+
+    keys = uploaded()
     assert len(keys) == 1 and keys[0].endswith(".wav")
     copy = tmp_path / "same-bytes.wav"
     copy.write_bytes(b"RIFF clip")
     signer.url_for(f"file://{copy}")
-    assert [o["Key"] for o in s3_client.list_objects_v2(Bucket=BUCKET, Prefix="out/inputs/")["Contents"]] == keys
+    assert uploaded() == keys
     assert signer.identity(str(clip)) == signer.identity(str(copy))  # the same image is detected once
 
 
 @pytest.mark.parametrize("location", ["s3://no-such-bucket/p.png"])
-def test_presigning_does_not_fetch(aws_conn: str, location: str) -> None:
+def test_presigning_does_not_fetch(aws_conn: str, location: str, tmp_path: Path) -> None:
     # Presigning is local: a missing object is found by the pre-flight check or the service, not here.
-    signer = MediaSigner(OutputLayout(f"s3://{BUCKET}/out", aws_conn), aws_conn)
+    signer = MediaSigner(OutputLayout(f"s3://{BUCKET}/{tmp_path.name}", aws_conn), aws_conn)
     assert "no-such-bucket" in signer.url_for(location)
