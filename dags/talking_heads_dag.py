@@ -19,7 +19,12 @@ import pendulum
 from airflow.sdk import Param, TriggerRule, dag, get_current_context, task, task_group
 from talking_heads.assets import INPUT_TABLE, OUTCOMES, VIDEOS
 from talking_heads.media import DEFAULT_MEDIA_URL_TTL_SECONDS
-from talking_heads.operators import DownloadRowOperator, SubmitRowOperator, WaitRowOperator
+from talking_heads.operators import (
+    DownloadRowOperator,
+    RecordOutcomesOperator,
+    SubmitRowOperator,
+    WaitRowOperator,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_TABLE = str(REPO_ROOT / "include" / "sample" / "talking_heads_sample.csv")
@@ -131,6 +136,13 @@ STORAGE_CONN_ID = "{{ params.storage_conn_id or '' }}"
             title="Poll interval (s)",
             description="Seconds between status queries of one task (the reference suggests 15).",
         ),
+        "notify_email": Param(
+            None,
+            type=["null", "string"],
+            title="Mail the summary to",
+            description="Comma-separated addresses that get the run's one-line summary when it ends, through "
+            "the SMTP connection ([email] email_conn_id, smtp_default). Empty: no mail.",
+        ),
     },
     render_template_as_native_obj=False,
     doc_md=__doc__,
@@ -148,6 +160,7 @@ def talking_heads() -> None:
         submit = SubmitRowOperator(
             task_id="submit",
             row=row,
+            map_index_template="{{ task.row.row_id }}",  # the grid lists each row by its row_id
             output_root=OUTPUT_ROOT,
             dashscope_conn_id=CONN_ID,
             resubmit_uncertain="{{ params.resubmit_uncertain }}",
@@ -158,6 +171,7 @@ def talking_heads() -> None:
         wait = WaitRowOperator(
             task_id="wait",
             submission=submit.output,
+            map_index_template="{{ task.submission.row_id }}",
             output_root=OUTPUT_ROOT,
             dashscope_conn_id=CONN_ID,
             storage_conn_id=STORAGE_CONN_ID,
@@ -169,19 +183,22 @@ def talking_heads() -> None:
             weight_rule="absolute",
         )
         DownloadRowOperator(
-            task_id="download", result=wait.output, output_root=OUTPUT_ROOT, storage_conn_id=STORAGE_CONN_ID
+            task_id="download",
+            result=wait.output,
+            map_index_template="{{ task.result.row_id }}",
+            output_root=OUTPUT_ROOT,
+            storage_conn_id=STORAGE_CONN_ID,
         )
-
-    @task(trigger_rule=TriggerRule.ALL_DONE, outlets=[OUTCOMES, VIDEOS])
-    def record_outcomes() -> dict[str, Any]:
-        """Write one outcome line per input row, whatever happened to its tasks."""
-        from talking_heads.tasks import record_outcomes as record  # pandas: not at parse time
-
-        return record(get_current_context(), assets=(OUTCOMES, VIDEOS))
 
     planned = plan()
     generated = generate.expand(row=planned)
-    outcomes = record_outcomes()
+    # One outcome line per input row, whatever happened to its tasks; the run's note; links to the results.
+    outcomes = RecordOutcomesOperator(
+        task_id="record_outcomes",
+        trigger_rule=TriggerRule.ALL_DONE,
+        outlets=[OUTCOMES, VIDEOS],
+        storage_conn_id=STORAGE_CONN_ID,
+    )
     generated >> outcomes
     planned >> outcomes
 

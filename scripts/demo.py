@@ -102,6 +102,7 @@ def main() -> int:
 
 def _report(output_root: Path, log_path: Path, returncode: int, seconds: float) -> int:
     import pandas as pd
+    from talking_heads.outcomes import outcome_detail
 
     outcomes = sorted((output_root / "outcomes").glob("*.csv"), key=lambda p: p.stat().st_mtime)
     if returncode != 0 and not outcomes:
@@ -115,7 +116,7 @@ def _report(output_root: Path, log_path: Path, returncode: int, seconds: float) 
     print(f"==> Report:   {output_root / 'reports' / 'cost_report.html'} (and reports/*.csv)")
     print(f"==> Run log:  {log_path}")
     for _, row in frame.iterrows():
-        detail = row["video_uri"] if row["status"] == "succeeded" else f"{row['code']}: {row['message']}"
+        detail = outcome_detail(row)
         print(f"    {row['row_id']:<24} {row['status']:<9} {detail}")
     cost = done["cost_usd"].fillna(0).sum()
     unknown = int(done["cost_usd"].isna().sum())

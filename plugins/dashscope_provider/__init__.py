@@ -11,6 +11,7 @@ Modules, one per role, as in Airflow's own providers:
 * :mod:`dashscope_provider.triggers.dashscope`: the trigger behind the sensor;
 * :mod:`dashscope_provider.transfers.dashscope_to_object_storage`: copy a result video to any storage;
 * :mod:`dashscope_provider.models`: endpoints, task statuses, the parsed answers;
+* :mod:`dashscope_provider.links`: the extra link from a task to its DashScope task (console or query URL);
 * :mod:`dashscope_provider.connection`: base URL, API key and account of a ``dashscope`` connection;
 * :mod:`dashscope_provider.retry`: the one retry policy (what may be sent again, and why);
 * :mod:`dashscope_provider.rate_limit`: client-side pacing shared within a process;
@@ -87,6 +88,8 @@ def get_provider_info() -> dict[str, Any]:
             {"integration-name": "DashScope", "python-modules": ["dashscope_provider.triggers.dashscope"]},
         ],
         "filesystems": ["dashscope_provider.fs.oss"],
+        # The UI reads every link's URL from XCom; registering the class names it as the provider's.
+        "extra-links": ["dashscope_provider.links.DashScopeTaskLink"],
         "transfers": [
             {
                 # "Common IO" is the integration of apache-airflow-providers-common-io (ObjectStoragePath).

@@ -17,6 +17,7 @@ from typing import Any
 from airflow.sdk import ObjectStoragePath
 
 from talking_heads.lifecycle import RowState
+from talking_heads.progress import Progress
 from talking_heads.storage import OutputLayout
 
 
@@ -41,9 +42,12 @@ class RowLedger:
             return {}
         present = {p.name.removesuffix(".json") for p in folder.iterdir() if p.name.endswith(".json")}
         found = {}
+        progress = Progress("ledger: recorded states read", len(present & set(row_ids)))
         for row_id in row_ids:
             if row_id in present and (state := self.get(row_id)) is not None:
                 found[row_id] = state
+                progress.step()
+        progress.finish()
         return found
 
     def put(self, record: RowState) -> RowState:

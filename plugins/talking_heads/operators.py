@@ -14,12 +14,14 @@ from airflow.sdk import BaseOperator, Context, ObjectStoragePath
 from airflow.sdk.exceptions import AirflowSensorTimeout
 from dashscope_provider.exceptions import DashScopeError
 from dashscope_provider.hooks.dashscope import DashScopeHook
+from dashscope_provider.links import DashScopeTaskLink
 from dashscope_provider.models import DashScopeTask, TaskStatus
 from dashscope_provider.transfers.dashscope_to_object_storage import download_video
 from dashscope_provider.triggers.dashscope import DashScopeTaskTrigger
 
 from talking_heads import lifecycle
 from talking_heads.ledger import RowLedger
+from talking_heads.links import CostReportLink, OutcomeTableLink, StoredVideoLink
 from talking_heads.media import DEFAULT_MEDIA_URL_TTL_SECONDS, MediaSigner
 from talking_heads.payloads import Submission, WaitResult, WorkItem
 
@@ -113,6 +115,7 @@ class WaitRowOperator(_RowStep):
     """
 
     template_fields: Sequence[str] = (*_RowStep.template_fields, "submission", "poll_interval")
+    operator_extra_links = (DashScopeTaskLink(),)
 
     def __init__(
         self,
@@ -138,6 +141,7 @@ class WaitRowOperator(_RowStep):
 
     def execute(self, context: Context) -> dict[str, Any] | None:
         submission = self._submission()
+        DashScopeTaskLink.persist(context, submission.task_id, self._conn_id(submission))
         ledger = self.ledger()
         if (done := lifecycle.finished_result(ledger, submission)) is not None:
             self.log.info("Task %s already finished; not polling again", submission.task_id)
@@ -190,6 +194,7 @@ class DownloadRowOperator(_RowStep):
     """
 
     template_fields: Sequence[str] = (*_RowStep.template_fields, "result")
+    operator_extra_links = (StoredVideoLink(),)
 
     def __init__(self, *, result: Any, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -207,3 +212,23 @@ class DownloadRowOperator(_RowStep):
             transfer=self._transfer,
             log=self.log,
         )
+
+
+class RecordOutcomesOperator(BaseOperator):
+    """The outcome step: one outcome line per input row, the run's note and summary
+    (see :func:`talking_heads.tasks.record_outcomes`); links to the outcome table and the cost report.
+
+    :param storage_conn_id: Airflow connection of the store under ``output_root``, to presign the links.
+    """
+
+    template_fields: Sequence[str] = ("storage_conn_id",)
+    operator_extra_links = (OutcomeTableLink(), CostReportLink())
+
+    def __init__(self, *, storage_conn_id: str | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.storage_conn_id = storage_conn_id
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from talking_heads.tasks import record_outcomes  # pandas: not at parse time
+
+        return record_outcomes(context, assets=self.outlets)

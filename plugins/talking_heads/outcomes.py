@@ -96,6 +96,20 @@ def write_outcomes(frame: pd.DataFrame, layout: OutputLayout, run_id: str) -> di
     return written
 
 
+def _present(value: Any) -> bool:
+    """Whether a cell holds something (pandas reads an empty CSV cell back as ``nan``)."""
+    return value is not None and not (isinstance(value, float) and pd.isna(value)) and str(value).strip() != ""
+
+
+def outcome_detail(line: Any) -> str:
+    """One outcome line for a person: the video of a succeeded row, else ``code: message`` with only the
+    parts that are there (a skipped row has no code: never ``nan: ...``)."""
+    if line.get("status") == "succeeded" and _present(line.get("video_uri")):
+        return str(line["video_uri"])
+    parts = [str(line.get(k)) for k in ("code", "message") if _present(line.get(k))]
+    return ": ".join(parts)
+
+
 def summarize(frame: pd.DataFrame, layout: OutputLayout, outcomes_uri: str) -> dict[str, Any]:
     """The run's one-line summary: rows per status, seconds and cost billed in this run, where things are."""
     counts = frame["status"].value_counts().to_dict()

@@ -20,6 +20,7 @@ from talking_heads.lifecycle import OutcomeCode, plan_row
 from talking_heads.media import MediaSigner, local_media_problem, private_address_problem
 from talking_heads.payloads import PlanEntry, WorkItem
 from talking_heads.preflight import MediaCheck, check_media, media_problem
+from talking_heads.progress import Progress
 from talking_heads.storage import as_storage_path
 from talking_heads.validation import KNOWN_COLUMNS, REQUIRED_COLUMNS, validate_frame
 
@@ -94,7 +95,9 @@ def plan_run(
         model = records[rejection.index].get("model")
         entries[rejection.index] = PlanEntry(rejection.row_id, model, "done", outcome=outcome)
     states = ledger.get_many([request.row_id for _, request in valid])
+    progress = Progress("plan: rows decided", len(valid))
     for index, request in valid:
+        progress.step()
         problem = local_media_problem(request, ledger.layout.root) or (
             private_address_problem(request) if public_service else None
         )
@@ -108,6 +111,7 @@ def plan_run(
             entries[index] = PlanEntry(request.row_id, request.model, "generate", request=request)
         else:
             entries[index] = PlanEntry(request.row_id, request.model, "done", outcome=outcome)
+    progress.finish()
     signer = MediaSigner(ledger.layout, storage_conn_id)
     _admit(entries, preflight=preflight, max_cost_usd=max_cost_usd, dry_run=dry_run, signer=signer)
     return [replace(entries[i], columns=extras[i]) for i in range(len(records))]

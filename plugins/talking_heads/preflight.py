@@ -11,13 +11,14 @@ from __future__ import annotations
 import io
 import wave
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 
 import requests
 from PIL import Image, UnidentifiedImageError
 
 from talking_heads.media import MediaSigner, kind_of
+from talking_heads.progress import Progress
 from talking_heads.validation import RowRequest
 
 IMAGE_FORMATS = {"JPEG", "PNG", "BMP", "WEBP"}
@@ -127,7 +128,12 @@ def check_media(
     with requests.Session() as session, ThreadPoolExecutor(max_workers=workers) as pool:
         jobs = [pool.submit(check_image, session, u, signer=signer) for u in image_urls]
         jobs += [pool.submit(check_audio, session, u, signer=signer) for u in audio]
-        results = [job.result() for job in jobs]
+        progress = Progress("pre-flight: media checked", len(jobs))
+        results = []
+        for job in as_completed(jobs):
+            results.append(job.result())
+            progress.step()
+        progress.finish()
     return {check.url: check for check in results}
 
 

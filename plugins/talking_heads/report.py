@@ -154,6 +154,20 @@ def _chart_png(report: CostReport) -> bytes:
     return buffer.getvalue()
 
 
+SECONDS_COLUMNS = ("seconds", "free_seconds", "used_seconds", "left_seconds")
+
+
+def seconds_decimals(durations: Any) -> int:
+    """The decimals the service reported its ``video_duration`` with (at most 6): seconds are shown so."""
+    most = 0
+    for value in durations:
+        if value is None or pd.isna(value):
+            continue
+        text = f"{float(value):.6f}".rstrip("0")
+        most = max(most, len(text.split(".")[1]))
+    return most
+
+
 def render_html(report: CostReport, title: str) -> str:
     """One self-contained page (the chart is an inline PNG): totals first, then the tables."""
     usd = report.by_model_ratio["cost_usd"].sum(min_count=1)
@@ -161,8 +175,16 @@ def render_html(report: CostReport, title: str) -> str:
     seconds = report.by_model_ratio["seconds"].sum()
     unknown = report.billed["cost_usd"].isna().sum() if not report.billed.empty else 0
 
+    decimals = seconds_decimals(report.billed["video_duration"]) if not report.billed.empty else 0
+
+    def in_seconds(value: Any) -> str:
+        return "unknown" if value is None or pd.isna(value) else f"{float(value):,.{decimals}f}"
+
     def table(frame: pd.DataFrame) -> str:
-        return frame.to_html(index=False, na_rep="unknown", float_format=lambda v: f"{v:,.4f}", border=0)
+        formatters = {c: in_seconds for c in SECONDS_COLUMNS if c in frame.columns}
+        return frame.to_html(
+            index=False, na_rep="unknown", float_format=lambda v: f"{v:,.4f}", formatters=formatters, border=0
+        )
 
     chart = base64.b64encode(_chart_png(report)).decode()
     note = (
@@ -177,7 +199,7 @@ table{{border-collapse:collapse;margin:.5em 0 1.5em}}
 td,th{{padding:.25em .8em;border-bottom:1px solid #ddd;text-align:right}}th{{background:#f4f4f4}}
 .big{{font-size:1.6em;font-weight:600}}</style></head><body>
 <h1>{html.escape(title)}</h1>
-<p class="big">{len(report.billed)} videos · {seconds:,.2f} s billed · USD {0 if pd.isna(usd) else usd:,.4f}
+<p class="big">{len(report.billed)} videos · {in_seconds(seconds)} s billed · USD {0 if pd.isna(usd) else usd:,.4f}
  · CNY {0 if pd.isna(cny) else cny:,.2f}</p><p>{html.escape(note)}</p>
 <img alt="cost per day by ratio" src="data:image/png;base64,{chart}">
 <h2>By model and video ratio</h2>{table(report.by_model_ratio)}

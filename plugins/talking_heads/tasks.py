@@ -20,6 +20,8 @@ from talking_heads.media import resolve_relative, service_is_public
 from talking_heads.outcomes import build_outcomes, summarize, write_outcomes
 from talking_heads.payloads import PlanEntry
 from talking_heads.plan import InputTableError, assign_connections, cap_generation, plan_run, read_input_table
+from talking_heads.run_summary import notify, set_run_note, summary_line
+from talking_heads.storage import plain_url
 
 
 def plan_rows(context: Context) -> list[dict[str, Any]]:
@@ -81,6 +83,8 @@ def record_outcomes(context: Context, assets: Iterable[Asset] = ()) -> dict[str,
     frame = build_outcomes([PlanEntry.from_dict(row) for row in plan_doc["rows"]], ledger, run_id)
     written = write_outcomes(frame, ledger.layout, run_id)
     summary = summarize(frame, ledger.layout, written["csv"])
+    # Written by the dashscope_cost_report DAG, which this task's outlets (the outcomes Asset) start.
+    summary["report"] = plain_url(ledger.layout.root / "reports" / "cost_report.html")
     for asset in assets:
         context["outlet_events"][asset].extra = {
             "output_root": params["output_root"],
@@ -88,4 +92,9 @@ def record_outcomes(context: Context, assets: Iterable[Asset] = ()) -> dict[str,
             "storage_conn_id": params["storage_conn_id"],
         }
     print("OUTCOME SUMMARY " + json.dumps(summary))
+    line = summary_line(summary)
+    print(f"RUN NOTE {line}")
+    set_run_note(context["dag"].dag_id, run_id, line)
+    if params.get("notify_email"):
+        notify(context, summary, params["notify_email"])
     return summary
