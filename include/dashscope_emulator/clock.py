@@ -42,6 +42,17 @@ class SimClock:
             self._offset += float(seconds)
         return self.now()
 
+    def real_now(self) -> float:
+        """The wall clock plus what :meth:`advance` added, epoch seconds: the task list's time base.
+
+        A client matches a task to its request by creation time on its own (wall) clock, so the task
+        list's ``gmt_create`` and window use this, not the sped-up simulated time (which at ``speed``
+        100 runs hours ahead within minutes).
+        """
+        with self._lock:
+            offset = self._offset
+        return self._t0 + (time.monotonic() - self._m0) + offset
+
     def wall_seconds(self, sim_seconds: float) -> float:
         """How long the wall clock takes to cover ``sim_seconds`` of simulated time."""
         return max(0.0, sim_seconds) / self.speed

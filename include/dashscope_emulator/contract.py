@@ -17,6 +17,8 @@ SUBMIT_PATH = "/api/v1/services/aigc/image2video/video-synthesis"
 #: The synchronous face-detect call (detection-and-limits.md) that yields face_bbox / ext_bbox.
 DETECT_PATH = "/api/v1/services/aigc/image2video/face-detect"
 TASKS_PREFIX = "/api/v1/tasks/"
+#: The account's task list (GET, ``start_time``/``end_time``/``model_name``/``status``/``page_no``/``page_size``).
+TASK_LIST_PATH = "/api/v1/tasks/"
 #: Where the emulator serves result videos (the real service uses OSS; the path is the emulator's).
 RESULTS_PREFIX = "/results/"
 #: Emulator-only admin endpoints; not part of DashScope.
@@ -68,6 +70,13 @@ SUBMIT_QPS = 5
 QUERY_QPS = 20
 #: Face-detect calls per second per account, per model.
 DETECT_QPS = {"emo-detect-v1": 5, "emoji-detect-v1": 1}
+#: The task list: a window of at most 24 h (the default: the last 24 h); 10 per page by default.
+#: The pages give no largest page size nor an order: the emulator takes 1..100 and lists oldest first.
+LIST_MAX_WINDOW = 86_400.0
+LIST_DEFAULT_PAGE_SIZE = 10
+LIST_MAX_PAGE_SIZE = 100
+#: The region the task list's entries name (the reference's pages are China (Beijing)'s).
+REGION = "cn-beijing"
 #: Wall-clock seconds for downloading an input file (the pages name a timeout, not its length).
 FETCH_TIMEOUT = 10.0
 MAX_AUDIO_BYTES = 15 * 1024 * 1024

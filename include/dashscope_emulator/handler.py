@@ -6,8 +6,8 @@ It draws per-request faults (:mod:`.faults`): 5xx answers, a gateway 502 with an
 dropped connection. Every request is added to the service's request log before the client can read
 the answer, so a test that reads the log right after a response finds the request in it.
 
-The DashScope API: ``POST`` submit, ``GET`` query, ``POST`` cancel, ``POST`` face-detect (synchronous),
-and ``GET``/``HEAD`` of result videos.
+The DashScope API: ``POST`` submit, ``GET`` query, ``GET`` the account's task list, ``POST`` cancel,
+``POST`` face-detect (synchronous), and ``GET``/``HEAD`` of result videos.
 
 Emulator-only admin endpoints (no key needed): ``GET /_emulator/health``, ``/billing``,
 ``/detections``, ``/accounts``, ``/requests``, ``/tasks``; ``POST /_emulator/advance {"seconds": N}``,
@@ -38,6 +38,7 @@ from dashscope_emulator.contract import (
     MSG_UNAVAILABLE,
     RESULTS_PREFIX,
     SUBMIT_PATH,
+    TASK_LIST_PATH,
     TASKS_PREFIX,
     ApiError,
 )
@@ -163,6 +164,9 @@ class EmulatorHandler(TrackedQuietHandler):
         elif path == DETECT_PATH:
             self._only(method, "POST")
             self._detect()
+        elif path in (TASK_LIST_PATH, TASK_LIST_PATH.rstrip("/")):
+            self._only(method, "GET")
+            self._list(query)
         elif path.startswith(TASKS_PREFIX):
             rest = path[len(TASKS_PREFIX) :]
             if rest.endswith("/cancel"):
@@ -286,7 +290,7 @@ class EmulatorHandler(TrackedQuietHandler):
             raise ApiError(500, "InternalError", MSG_INTERNAL)
         if fault == "submit_503":
             raise ApiError(503, "ServiceUnavailable", MSG_UNAVAILABLE)
-        task_id = service.submit(caller, model, task_input, parameters)
+        task_id = service.submit(caller, model, task_input, parameters, self._request_id)
         self._record["task_id"] = task_id
         if fault == "drop_submit":
             self._drop(fault)
@@ -337,6 +341,14 @@ class EmulatorHandler(TrackedQuietHandler):
             raise ApiError(503, "ServiceUnavailable", MSG_UNAVAILABLE)
         view = service.query(caller, task_id, self._client_base_url())
         self._send_json(200, {"request_id": self._request_id, **view})
+
+    def _list(self, query: str) -> None:
+        # The account's task list: counted against the account's 20 queries per second, no faults drawn.
+        self._read_body()
+        caller = self._authenticate()
+        self.service.admit(caller, "query")
+        params = {name: values[0] for name, values in parse_qs(query).items()}
+        self._send_json(200, {"request_id": self._request_id, **self.service.list_tasks(caller, params)})
 
     def _cancel(self, task_id: str) -> None:
         self._read_body()

@@ -2,7 +2,8 @@
 
 :class:`EmulatorService` is what the HTTP handler talks to, through public methods only
 (:meth:`~EmulatorService.authenticate`, :meth:`~EmulatorService.admit`, :meth:`~EmulatorService.submit`,
-:meth:`~EmulatorService.query`, :meth:`~EmulatorService.cancel`, ...). It knows nothing of HTTP.
+:meth:`~EmulatorService.query`, :meth:`~EmulatorService.list_tasks`, :meth:`~EmulatorService.cancel`, ...).
+It knows nothing of HTTP.
 
 * **Simulated time** (:class:`~.clock.SimClock`): ``sim_now = t0 + wall_elapsed * speed + advanced``.
 * **Accounts** (:mod:`.accounts`): keys grouped into Alibaba Cloud accounts; by default each key is
@@ -12,7 +13,10 @@
   longer if rendering takes longer in wall time; a task whose media fail the checks ends
   :data:`FAIL_SECONDS` after it started. Worker threads download, check and render (:mod:`.validation`,
   :mod:`.media`) while the task is RUNNING.
-* **Limits.** Per account, on the wall clock: more than 5 submits or 20 queries, or more face-detect
+* **Task list** (:meth:`EmulatorService.list_tasks`): the account's tasks of a window of at most 24 h,
+  by creation time (``gmt_create``, on the wall clock plus :meth:`~EmulatorService.advance`), paged;
+  it counts as a query against the 20 per second.
+* **Limits.** Per account, on the wall clock: more than 5 submits or 20 queries (and lists), or more face-detect
   calls than the model allows (emo-detect-v1 5, emoji-detect-v1 1), within any 1 s window get 429
   ``Throttling.RateQuota`` (throttled requests don't count).
 * **Face detection** (:meth:`EmulatorService.detect`, :mod:`.detection`): synchronous; every answered
@@ -59,7 +63,7 @@ from dashscope_emulator.contract import (
     ApiError,
 )
 from dashscope_emulator.faults import FaultInjector
-from dashscope_emulator.tasks import Lane, Outcome, Task
+from dashscope_emulator.tasks import Lane, Outcome, Task, list_query
 from dashscope_emulator.validation import (
     MediaFailure,
     check_task_media,
@@ -172,11 +176,19 @@ class EmulatorService:
         """
         self._limiter.admit(caller.account, kind)
 
-    def submit(self, caller: Caller, model: str, task_input: dict[str, Any], parameters: dict[str, Any]) -> str:
+    def submit(
+        self,
+        caller: Caller,
+        model: str,
+        task_input: dict[str, Any],
+        parameters: dict[str, Any],
+        request_id: str | None = None,
+    ) -> str:
         """Create a PENDING task at the end of the caller's queue (the body is already valid); its id."""
         task = Task(
             str(uuid.uuid4()), caller.key_fingerprint, caller.account, model, task_input, parameters, self.clock.now()
         )
+        task.gmt_create, task.request_id = self.clock.real_now(), request_id
         with self._cond:
             self._tasks[task.task_id] = task
             self._lanes.setdefault(task.account, Lane()).pending.append(task.task_id)
@@ -215,6 +227,36 @@ class EmulatorService:
                     output["video_url"] = url
                 view["usage"] = {"video_duration": outcome.video_duration, "video_ratio": outcome.video_ratio}
             return view
+
+    def list_tasks(self, caller: Caller, params: dict[str, str]) -> dict[str, Any]:
+        """One page of the task list: the caller's *account's* tasks (every key of it) created in the window,
+        of the model and status asked, oldest first (:func:`~.tasks.list_query` reads ``params``).
+
+        The window and ``gmt_create`` are on :meth:`~.clock.SimClock.real_now`'s clock; a task past its
+        24 h (simulated) is not listed, as its query answers ``UNKNOWN``.
+        """
+        asked = list_query(params, self.clock.real_now())
+        now = self.clock.now()
+        with self._cond:
+            found = [
+                task
+                for task in self._tasks.values()
+                if task.account == caller.account
+                and now - task.submit_time <= TASK_TTL
+                and asked.start <= task.gmt_create < asked.end + 1  # end_time names a whole second
+                and asked.model in (None, task.model)
+                and asked.status in (None, task.status)
+            ]
+            found.sort(key=lambda task: (task.gmt_create, task.task_id))
+            first = (asked.page_no - 1) * asked.page_size
+            data = [task.list_entry(self.clock.speed) for task in found[first : first + asked.page_size]]
+        return {
+            "total": len(found),
+            "total_page": -(-len(found) // asked.page_size),
+            "page_no": asked.page_no,
+            "page_size": asked.page_size,
+            "data": data,
+        }
 
     def cancel(self, caller: Caller, task_id: str) -> bool:
         """Cancel one of the caller's PENDING tasks; False if there is no such task (or it isn't PENDING)."""

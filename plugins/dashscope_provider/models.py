@@ -3,14 +3,16 @@
 Shared by the sync and async hooks; nothing here does I/O. See the reference pages: ``POST
 /api/v1/services/aigc/image2video/video-synthesis`` creates a task (header ``X-DashScope-Async: enable``),
 ``GET /api/v1/tasks/{task_id}`` reports it, ``POST /api/v1/tasks/{task_id}/cancel`` cancels a ``PENDING``
-one; ``POST /api/v1/services/aigc/image2video/face-detect`` (synchronous) finds the face boxes those
-tasks need (``detection-and-limits.md``).
+one, ``GET /api/v1/tasks/`` lists the account's tasks of a window (:class:`ListedTask`);
+``POST /api/v1/services/aigc/image2video/face-detect`` (synchronous) finds the face boxes those tasks need
+(``detection-and-limits.md``).
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, fields
+from datetime import UTC, datetime, timedelta, timezone
 from enum import StrEnum
 from typing import Any
 
@@ -23,6 +25,13 @@ DEFAULT_BASE_URL = "https://dashscope.aliyuncs.com"
 SUBMIT_ENDPOINT = "api/v1/services/aigc/image2video/video-synthesis"
 TASK_ENDPOINT = "api/v1/tasks/{task_id}"
 CANCEL_ENDPOINT = "api/v1/tasks/{task_id}/cancel"
+TASK_LIST_ENDPOINT = "api/v1/tasks/"
+#: The service's times are UTC+8; the task list's ``start_time``/``end_time`` name no zone, so they are
+#: sent in UTC+8 and the window is widened by :data:`TASK_LIST_MARGIN` (``gmt_create`` decides exactly).
+SERVICE_TZ = timezone(timedelta(hours=8))
+TASK_LIST_MARGIN = timedelta(minutes=15)
+#: The longest window one task-list call may ask for.
+TASK_LIST_MAX_WINDOW = timedelta(hours=24)
 FACE_DETECT_ENDPOINT = "api/v1/services/aigc/image2video/face-detect"
 
 #: The ratios each detection model takes; the first is its default. The ratio chosen for emo-detect-v1
@@ -320,3 +329,93 @@ def parse_detection(payload: Any, model: str, ratio: str) -> FaceDetection:
         message=optional_str(output.get("message")),
         **common,
     )
+
+
+@dataclass(frozen=True)
+class ListedTask:
+    """One entry of the account's task list. It carries no input: a task can only be told apart from
+    others by its model and creation time.
+
+    :param task_id: the task id.
+    :param status: its status, a :class:`TaskStatus` (a string the enum does not know is kept as is).
+    :param model: ``model_name``.
+    :param created: ``gmt_create`` (epoch ms) as an aware UTC datetime.
+    :param started: ``start_time`` (epoch ms), when it started running, or None.
+    :param request_id: the submit request's id.
+    :param api_key_id: which of the account's keys created it.
+    """
+
+    task_id: str
+    status: TaskStatus | str
+    model: str
+    created: datetime
+    started: datetime | None = None
+    request_id: str | None = None
+    api_key_id: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "status", task_status(self.status))
+
+
+@dataclass(frozen=True)
+class TaskPage:
+    """One page of the task list: ``total`` tasks in ``total_page`` pages; this is ``page_no``."""
+
+    total: int
+    total_page: int
+    page_no: int
+    page_size: int
+    tasks: tuple[ListedTask, ...]
+
+
+def _epoch_ms(value: Any) -> datetime | None:
+    if value is None or isinstance(value, bool) or not isinstance(value, int | float | str):
+        return None
+    try:
+        return datetime.fromtimestamp(float(value) / 1000, UTC)
+    except (ValueError, OverflowError, OSError):
+        return None
+
+
+def parse_task_page(payload: Any) -> TaskPage:
+    """Read a task-list answer ``{"total", "total_page", "page_no", "page_size", "data": [...]}``.
+
+    :raises ValueError: if it has no ``data`` list, or an entry has no ``task_id`` or ``gmt_create``.
+    """
+    if not isinstance(payload, dict) or not isinstance(payload.get("data"), list):
+        raise ValueError("the answer has no 'data' list")
+    tasks = []
+    for entry in payload["data"]:
+        created = _epoch_ms(entry.get("gmt_create")) if isinstance(entry, dict) else None
+        if created is None or not entry.get("task_id"):
+            raise ValueError("a task-list entry has no task_id / gmt_create")
+        tasks.append(
+            ListedTask(
+                task_id=str(entry["task_id"]),
+                status=task_status(entry.get("status") or "UNKNOWN"),
+                model=str(entry.get("model_name") or ""),
+                created=created,
+                started=_epoch_ms(entry.get("start_time")),
+                request_id=optional_str(entry.get("request_id")),
+                api_key_id=optional_str(entry.get("api_key_id")),
+            )
+        )
+
+    def number(name: str, default: int) -> int:
+        value = payload.get(name)
+        return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else default
+
+    return TaskPage(
+        total=number("total", len(tasks)),
+        total_page=number("total_page", 1),
+        page_no=number("page_no", 1),
+        page_size=number("page_size", len(tasks)),
+        tasks=tuple(tasks),
+    )
+
+
+def list_time(moment: datetime) -> str:
+    """``YYYYMMDDhhmmss`` in UTC+8, the task list's ``start_time``/``end_time`` (aware datetimes only)."""
+    if moment.tzinfo is None:
+        raise ValueError("task-list times must be timezone-aware")
+    return moment.astimezone(SERVICE_TZ).strftime("%Y%m%d%H%M%S")

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from dashscope_provider.hooks.dashscope import DashScopeHook
 
     from talking_heads.ledger import RowLedger
+    from talking_heads.lifecycle import RowState
     from talking_heads.validation import RowRequest
 
 DETECT_MODELS = {"emo-v1": "emo-detect-v1", "emoji-v1": "emoji-detect-v1"}
@@ -62,3 +63,12 @@ def detect_image(
     }
     log.info("Row %s: %s at %s %s", request.row_id, model, ratio, "passed" if detected.passed else detected.code)
     return ledger.put_detection(key, record)
+
+
+def detection_usage(state: RowState, run_id: str) -> dict[str, Any]:
+    """The row's detection in the outcome: its model, and the image billed to this row in this run (0 when
+    the detection was paid earlier, or by another row with the same image and ratio)."""
+    if not state.detection:
+        return {}
+    paid_here = state.detection.get("run_id") == run_id and state.detection.get("row_id") == state.row_id
+    return {"detection_model": state.detection.get("model"), "detection_images": int(paid_here)}

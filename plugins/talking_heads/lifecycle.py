@@ -9,16 +9,18 @@ no money is spent twice:
 state           meaning                                         plan / submit / wait / store do
 ==============  ==============================================  ===================================================
 (none)          never submitted                                 plan: generate; submit: write ``submitting``, send
-``submitting``  a submit is being sent (written *before*)       plan + submit: refuse as uncertain, unless resubmit
-``uncertain``   the submit answer was lost: a task may exist    plan + submit: refuse, unless ``resubmit_uncertain``
+``submitting``  a submit is being sent (written *before*)       plan + submit: as ``uncertain`` (loss seen now)
+``uncertain``   the submit answer was lost: a task may exist    submit: adopt it from the task list, else refuse
 ``submitted``   the service accepted it: ``task_id`` known      submit: return the task; wait: poll that task
 ``generated``   the task SUCCEEDED; video not stored yet        submit, wait: reuse; store: copy the video
 ``succeeded``   the video is stored under ``videos/``           plan: skip (``already generated``); all: reuse
 ``failed``      refused or failed; ``billed`` says if paid      plan: final if billed or ``UNKNOWN``, else retry
 ==============  ==============================================  ===================================================
 
-The outcome each state becomes at the end of a run is :func:`outcome_of`; every outcome code is an
-:class:`OutcomeCode`. :mod:`talking_heads.ledger` only stores and loads the records.
+A lost submission is looked for in the task list (:func:`reconcile_row`, by :mod:`talking_heads.reconcile`'s
+rule) in the submit step that saw the loss and any later try or run within 24 h. The outcome each state
+becomes is :func:`outcome_of`; every outcome code is an :class:`OutcomeCode`. :mod:`talking_heads.ledger`
+only stores and loads the records.
 """
 
 from __future__ import annotations
@@ -34,9 +36,11 @@ from airflow.sdk.exceptions import AirflowFailException
 from dashscope_provider.exceptions import DashScopeAPIError, DashScopeResultExpired, DashScopeSubmissionUncertain
 from dashscope_provider.models import DashScopeTask, TaskStatus
 
-from talking_heads.detection import detect_image
+from talking_heads import reconcile
+from talking_heads.detection import detect_image, detection_usage
 from talking_heads.media import MediaSigner, redact
 from talking_heads.payloads import Submission, WaitResult, WorkItem
+from talking_heads.reconcile import lost_answer_message
 
 if TYPE_CHECKING:
     import logging
@@ -63,7 +67,7 @@ S = RowStatus
 #: a succeeded row never moves again.
 TRANSITIONS: dict[RowStatus, frozenset[RowStatus]] = {
     S.SUBMITTING: frozenset({S.SUBMITTING, S.UNCERTAIN, S.SUBMITTED, S.FAILED}),
-    S.UNCERTAIN: frozenset({S.UNCERTAIN, S.SUBMITTING, S.GENERATED, S.FAILED}),
+    S.UNCERTAIN: frozenset({S.UNCERTAIN, S.SUBMITTING, S.SUBMITTED, S.GENERATED, S.FAILED}),
     S.SUBMITTED: frozenset({S.SUBMITTING, S.GENERATED, S.FAILED}),
     S.GENERATED: frozenset({S.GENERATED, S.SUCCEEDED, S.FAILED}),
     S.SUCCEEDED: frozenset(),
@@ -122,6 +126,14 @@ class RowState:
     #: The face detection that gave this row its boxes: ``key``, ``model``, ``ratio``, ``passed`` and who
     #: paid for it (``run_id``, ``row_id``); a detection is billed once per image and ratio, not per row.
     detection: dict[str, Any] | None = None
+    #: When the last submit intent was written and its answer seen lost (ISO, UTC); the unclaimed tasks of
+    #: that window (None: never looked), whether one was adopted, whether it was sent again (may pay twice).
+    #: See :mod:`talking_heads.reconcile`.
+    intent_at: str | None = None
+    lost_at: str | None = None
+    candidates: tuple[str, ...] | None = None
+    reconciled: bool = False
+    resubmitted: bool = False
     updated_at: str = field(default_factory=_now)
     history: tuple[str, ...] = ()
 
@@ -135,6 +147,10 @@ class RowState:
         entry = f"{_now()} {self.state}->{state}" + (f" task={self.task_id}" if self.task_id else "")
         return replace(self, state=state, updated_at=_now(), history=(*self.history, entry), **changes)
 
+    def lose(self, message: str | None) -> RowState:
+        """A copy ``uncertain``: the submit answer was lost, seen now (a task may exist)."""
+        return self.advance(S.UNCERTAIN, code=OutcomeCode.SUBMISSION_UNCERTAIN, message=message, lost_at=_now())
+
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["state"] = str(self.state)
@@ -144,23 +160,17 @@ class RowState:
     def from_dict(cls, data: dict[str, Any]) -> RowState:
         data = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         data["history"] = tuple(data.get("history", ()))
+        if data.get("candidates") is not None:
+            data["candidates"] = tuple(data["candidates"])
         return cls(**data)
-
-
-def lost_answer_message(detail: str | None = None) -> str:
-    """Why a row whose submit answer was lost is not sent again (one wording for plan, submit, outcome)."""
-    lead = f"{detail}: " if detail else "an earlier submission's answer was lost, so "
-    return (
-        f"{lead}a task may exist and be billed; it was not re-sent. Check the DashScope console, then rerun "
-        "with resubmit_uncertain=true to submit it again on purpose"
-    )
 
 
 # -- plan -------------------------------------------------------------------------------------------------
 
 
-def plan_row(state: RowState | None, *, resubmit_uncertain: bool) -> dict[str, Any] | None:
-    """What this run does with a valid row, given its record: ``None`` to generate it, else its final outcome."""
+def plan_row(state: RowState | None, *, resubmit_uncertain: bool, now: datetime | None = None) -> dict[str, Any] | None:
+    """What this run does with a valid row, given its record: ``None`` to generate it, else its final outcome
+    (a lost submission is generated while it can be looked up: the submit step reconciles it first)."""
     if state is None:
         return None
     if state.state == S.SUCCEEDED:
@@ -173,12 +183,7 @@ def plan_row(state: RowState | None, *, resubmit_uncertain: bool) -> dict[str, A
             "message": f"already generated by run {state.run_id}; not paid for again",
         }
     if state.state in (S.SUBMITTING, S.UNCERTAIN) and not resubmit_uncertain:
-        return {
-            "status": "failed",
-            "code": OutcomeCode.SUBMISSION_UNCERTAIN,
-            "task_id": state.task_id,
-            "message": lost_answer_message(),
-        }
+        return reconcile.settle_uncertain(state, now or datetime.now(UTC), OutcomeCode.SUBMISSION_UNCERTAIN)
     if state.state == S.FAILED and state.code == OutcomeCode.UNKNOWN and not resubmit_uncertain:
         # The task id expired: it may have run and been billed. Generating again may pay twice.
         return {
@@ -234,11 +239,17 @@ def submit_row(
         log.info("Row %s already has task %s (%s); not resubmitting", request.row_id, state.task_id, state.state)
         return Submission(request.row_id, state.task_id, state.conn_id or default_conn_id)
     conn_id = item.conn_id or default_conn_id
+    resubmitted = state is not None and state.resubmitted
     if state is not None and state.state in (S.SUBMITTING, S.UNCERTAIN):
+        if pause := state.state == S.SUBMITTING:  # cut off before its answer came: the loss is seen now
+            ledger.put(state.lose(state.message))
+        if adopted := reconcile_row(ledger, request.row_id, hook_for, default_conn_id, log, pause=pause):
+            return adopted
+        state = ledger.get(request.row_id) or state
         if not resubmit_uncertain:
-            ledger.put(state.advance(S.UNCERTAIN))
-            raise AirflowFailException(f"row {request.row_id}: {lost_answer_message()}")
-        log.warning("Row %s: resubmitting after an uncertain submission, as asked", request.row_id)
+            raise AirflowFailException(f"row {request.row_id}: {state.message or lost_answer_message()}")
+        log.warning("Row %s: resubmitting after an uncertain submission, as asked (may pay twice)", request.row_id)
+        resubmitted = True
     boxes, detection = None, None
     if request.needs_detection:
         detection = detect_image(ledger, request, hook=hook_for(conn_id), signer=signer, run_id=run_id, log=log)
@@ -268,6 +279,10 @@ def submit_row(
             code=None,
             message=None,
             detection=detection,
+            intent_at=_now(),
+            lost_at=None,
+            reconciled=False,
+            resubmitted=resubmitted,
         )
     )
     try:
@@ -276,8 +291,11 @@ def submit_row(
         submitted = hook_for(conn_id).submit_task(request.model, api_input, request.api_parameters())
     except DashScopeSubmissionUncertain as error:
         message = redact(str(error))
-        ledger.put(state.advance(S.UNCERTAIN, code=OutcomeCode.SUBMISSION_UNCERTAIN, message=message))
-        raise AirflowFailException(f"row {request.row_id}: {message}; recorded as uncertain") from None
+        lost = ledger.put(state.lose(message))
+        if adopted := reconcile_row(ledger, request.row_id, hook_for, default_conn_id, log, pause=True):
+            return adopted
+        found = (ledger.get(request.row_id) or lost).message
+        raise AirflowFailException(f"row {request.row_id}: {message}; recorded as uncertain: {found}") from None
     except DashScopeAPIError as error:
         # The service answered with an error body: no task was created, nothing billed. Recorded as failed
         # in case this is the last try; a transient refusal (429, 5xx) that outlasted the hook's retries is
@@ -290,12 +308,39 @@ def submit_row(
         message = redact(str(error))
         if getattr(error, "request_not_sent", False):
             ledger.put(state.advance(S.FAILED, code=type(error).__name__, message=message, billed=False))
-        else:
-            ledger.put(state.advance(S.UNCERTAIN, code=OutcomeCode.SUBMISSION_UNCERTAIN, message=message))
+        else:  # the next try of this step looks for its task (reconcile_row)
+            ledger.put(state.lose(message))
         raise
     ledger.put(state.advance(S.SUBMITTED, task_id=submitted.task_id))
     log.info("Row %s submitted as task %s (connection %s)", request.row_id, submitted.task_id, conn_id)
     return Submission(request.row_id, submitted.task_id, conn_id)
+
+
+def reconcile_row(
+    ledger: RowLedger,
+    row_id: str,
+    hook_for: Callable[[str], DashScopeHook],
+    default_conn_id: str,
+    log: logging.Logger,
+    *,
+    pause: bool = False,
+) -> Submission | None:
+    """Look for an ``uncertain`` row's task in the task list (:func:`talking_heads.reconcile.look`); adopted, the
+    row is ``submitted`` with it (then waited on and stored) and returned, else it stays ``uncertain`` naming
+    the candidates. ``pause``: the loss was just seen: wait for the task to be listed, look up to 3 times."""
+    found = reconcile.look(ledger, row_id, hook_for, default_conn_id, pause=pause, tries=3 if pause else 1)
+    if found is None:
+        return None
+    state, verdict = found
+    if verdict.task_id is None:
+        found = dict(candidates=verdict.candidates, message=reconcile.uncertain_message(verdict.message))
+        ledger.put(state.advance(S.UNCERTAIN, **found))
+        log.warning("Row %s stays uncertain: %s", row_id, verdict.message)
+        return None
+    adopted = dict(task_id=verdict.task_id, candidates=verdict.candidates, reconciled=True, code=None, message=None)
+    ledger.put(state.advance(S.SUBMITTED, **adopted))
+    log.info("Row %s: its lost submission is task %s: %s", row_id, verdict.task_id, verdict.message)
+    return Submission(row_id, verdict.task_id, state.conn_id or default_conn_id)
 
 
 # -- wait -------------------------------------------------------------------------------------------------
@@ -400,15 +445,6 @@ def store_row(
 # -- outcome ----------------------------------------------------------------------------------------------
 
 
-def detection_usage(state: RowState, run_id: str) -> dict[str, Any]:
-    """The row's detection in the outcome: its model, and the image billed to this row in this run (0 when
-    the detection was paid earlier, or by another row with the same image and ratio)."""
-    if not state.detection:
-        return {}
-    paid_here = state.detection.get("run_id") == run_id and state.detection.get("row_id") == state.row_id
-    return {"detection_model": state.detection.get("model"), "detection_images": int(paid_here)}
-
-
 def outcome_of(state: RowState | None, run_id: str) -> dict[str, Any]:
     """The outcome of a row that was handed to the generate steps in this run, from its final record."""
     if state is None:
@@ -418,6 +454,10 @@ def outcome_of(state: RowState | None, run_id: str) -> dict[str, Any]:
             "message": "the row was never submitted: the submit step did not run (see the run's task states); "
             "rerun to continue",
         }
+    return reconcile.with_notes(state, _outcome(state, run_id))
+
+
+def _outcome(state: RowState, run_id: str) -> dict[str, Any]:
     # The connection says whose key (whose console, whose bill) the task belongs to.
     base: dict[str, Any] = {
         "task_id": state.task_id,

@@ -29,6 +29,10 @@ class CostReport:
     billed: pd.DataFrame
     #: Face detections, on a line of their own per model: images billed, CNY, the free quota.
     detections: pd.DataFrame = field(default_factory=pd.DataFrame)
+    #: Lost submit answers: rows whose task was found in the task list (``reconciled``), and rows whose
+    #: latest outcome is still ``SubmissionUncertain``, each with its candidate task ids.
+    lost_answers: pd.DataFrame = field(default_factory=pd.DataFrame)
+    uncertain: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 def read_outcomes(output_root: str, conn_id: str | None = None) -> pd.DataFrame:
@@ -104,7 +108,28 @@ def build_report(outcomes: pd.DataFrame, prices_json: str | None = None) -> Cost
         failures,
         billed,
         _detections(outcomes, prices),
+        *_lost_answers(outcomes),
     )
+
+
+UNCERTAIN_COLUMNS = ["row_id", "model", "dashscope_conn_id", "candidates", "run_id"]
+
+
+def _lost_answers(outcomes: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Rows whose submit answer was lost: how many were reconciled (each task once), and the rows whose
+    latest outcome is still uncertain, with the candidate tasks a person has to decide between."""
+    flag = outcomes["reconciled"] if "reconciled" in outcomes else pd.Series(False, index=outcomes.index)
+    adopted = outcomes[flag.astype(str).str.lower().eq("true") & (outcomes["status"] != "skipped")]
+    latest = outcomes.drop_duplicates("row_id", keep="last")
+    uncertain = latest[latest.get("code", pd.Series(index=latest.index, dtype=object)) == "SubmissionUncertain"]
+    uncertain = uncertain.reindex(columns=UNCERTAIN_COLUMNS)
+    counts = pd.DataFrame(
+        [
+            {"rows": "reconciled (task found in the task list)", "count": adopted["task_id"].nunique()},
+            {"rows": "still uncertain (may be billed: see candidates)", "count": len(uncertain)},
+        ]
+    )
+    return counts, uncertain.reset_index(drop=True)
 
 
 DETECTION_COLUMNS = ["detection_model", "images", "cost_cny", "free_images", "left_free_images"]
@@ -207,6 +232,7 @@ td,th{{padding:.25em .8em;border-bottom:1px solid #ddd;text-align:right}}th{{bac
 <h2>Face detections (billed per image)</h2>{table(report.detections)}
 <h2>By day</h2>{table(report.by_day)}
 <h2>Failures by API code</h2>{table(report.failures)}
+<h2>Lost submit answers</h2>{table(report.lost_answers)}{table(report.uncertain) if len(report.uncertain) else ""}
 <p>Seconds are the service's <code>usage.video_duration</code>, counted once per task; prices are the
 reference's unit prices per second of output video.</p></body></html>"""
 
@@ -216,7 +242,7 @@ def write_report(output_root: str, prices_json: str | None = None, conn_id: str 
     report = build_report(read_outcomes(output_root, conn_id), prices_json)
     folder = as_storage_path(output_root, conn_id) / "reports"
     folder.mkdir(parents=True, exist_ok=True)
-    for name in ("by_model_ratio", "by_day", "free_quota", "failures", "detections"):
+    for name in ("by_model_ratio", "by_day", "free_quota", "failures", "detections", "lost_answers", "uncertain"):
         (folder / f"{name}.csv").write_text(getattr(report, name).to_csv(index=False))
     (folder / "cost_report.html").write_text(render_html(report, "DashScope cost report"))
     return {
@@ -225,4 +251,6 @@ def write_report(output_root: str, prices_json: str | None = None, conn_id: str 
         "seconds": float(report.by_model_ratio["seconds"].sum()),
         "cost_usd": float(report.by_model_ratio["cost_usd"].sum(min_count=1) or 0),
         "detections": int(report.detections["images"].sum()) if not report.detections.empty else 0,
+        "reconciled": int(report.lost_answers["count"].iloc[0]) if not report.lost_answers.empty else 0,
+        "uncertain": len(report.uncertain),
     }

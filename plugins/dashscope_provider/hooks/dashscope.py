@@ -1,6 +1,7 @@
 """The sync hook for Alibaba Cloud DashScope (Model Studio) video synthesis (``emo-v1``, ``emoji-v1``).
 
-:class:`DashScopeHook` does HTTP to DashScope and nothing else: submit, query and cancel tasks, and detect
+:class:`DashScopeHook` does HTTP to DashScope and nothing else: submit, query, list (``list_tasks``, in
+:mod:`~dashscope_provider.hooks.task_list`) and cancel tasks, and detect
 faces (the synchronous, billed call that finds the boxes a task needs). The async
 hook (triggers) is :mod:`dashscope_provider.hooks.dashscope_async`; the answers it parses are in
 :mod:`dashscope_provider.models`; what it retries is :class:`dashscope_provider.retry.RetryPolicy`; the
@@ -39,6 +40,7 @@ from dashscope_provider.exceptions import (
     DashScopeConnectionError,
     DashScopeSubmissionUncertain,
 )
+from dashscope_provider.hooks.task_list import TaskListMixin
 from dashscope_provider.models import (
     CANCEL_ENDPOINT,
     DEFAULT_BASE_URL,
@@ -79,8 +81,8 @@ __all__ = [
 # -- the hook -----------------------------------------------------------------------------------------
 
 
-class DashScopeHook(HttpHook):
-    """Submit, query and cancel DashScope video-synthesis tasks; detect faces for them.
+class DashScopeHook(TaskListMixin, HttpHook):
+    """Submit, query, list and cancel DashScope video-synthesis tasks; detect faces for them.
 
     Connection (type ``dashscope``): ``host`` = base URL (empty: ``https://dashscope.aliyuncs.com``;
     a host name or a full URL, e.g. a workspace URL or ``http://127.0.0.1:8000`` for the emulator),

@@ -1,0 +1,348 @@
+"""Reconciliation: finding, in the account's task list, the task of a row whose submit answer was lost.
+
+A row is ``uncertain`` when its submit may have created a task whose id never came back. The service's
+task list (``detection-and-limits.md``, "Task list and cancel") carries no input, only the model and the
+creation time, so nothing else can match a task to a row. A row's *window* runs from when its intent was
+written (``intent_at``) to when the loss was seen (``lost_at``), widened by :data:`CLOCK_SKEW` for the
+difference between this machine's clock and the service's.
+
+The rule (:func:`decide`), never a guess:
+
+* leave out every task id that any row's ledger record holds or held (its ``task_id`` and its history);
+* adopt a task only when it is the one unclaimed task in the row's window, and no other uncertain or
+  in-flight (``submitting``) row of the same account and model could own it (its window holds it too);
+* anything else stays uncertain, and the verdict says why: how many candidates, and which task ids.
+
+The service keeps tasks 24 h (:data:`TASK_LIFETIME`): a row whose intent is older is not looked up.
+Listings are kept a few minutes (:class:`ListingCache`), so rows of one run whose windows are covered by
+one listing share it instead of each spending a call of the account's 20 per second. What a verdict
+does to the row is :func:`talking_heads.lifecycle.reconcile_row`'s business.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from talking_heads.media import redact
+
+if TYPE_CHECKING:
+    from dashscope_provider.hooks.dashscope import DashScopeHook
+    from dashscope_provider.models import ListedTask
+
+    from talking_heads.ledger import RowLedger
+    from talking_heads.lifecycle import RowState
+
+#: How far this machine's clock may be from the service's: each window is widened by it on both sides.
+CLOCK_SKEW = timedelta(seconds=60)
+#: How long the service keeps a task (ids answer ``UNKNOWN`` after it, and the list no longer shows it).
+TASK_LIFETIME = timedelta(hours=24)
+#: Seconds to wait after a loss before listing, so the task shows up in the list; then between tries.
+SETTLE_SECONDS = float(os.environ.get("TALKING_HEADS_RECONCILE_PAUSE_SECONDS", "2"))
+#: Seconds a listing is reused by other rows whose windows it covers.
+CACHE_SECONDS = 300.0
+
+_TASK_IN_HISTORY = re.compile(r"\btask=(\S+)")
+_OPEN = ("submitting", "uncertain")
+
+
+@dataclass(frozen=True)
+class Window:
+    """Creation times a row's lost task can have: ``[start, end]``, aware datetimes."""
+
+    start: datetime
+    end: datetime
+
+    def holds(self, moment: datetime) -> bool:
+        return self.start <= moment <= self.end
+
+    def __str__(self) -> str:
+        return f"{self.start.isoformat(timespec='seconds')} .. {self.end.isoformat(timespec='seconds')}"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What reconciliation found for one row: the task to adopt, or None and why not.
+
+    :param task_id: the adopted task, or None.
+    :param candidates: the unclaimed tasks of the row's window (the adopted one, or those a person must
+        decide between); empty when none was found or the row could not be looked up.
+    :param message: the reason, for the ledger and the outcome.
+    :param again: nothing decided yet that waiting a little could change (no candidate yet, or only rows
+        still in flight stood in the way): the submit step that saw the loss looks once more.
+    """
+
+    task_id: str | None
+    candidates: tuple[str, ...]
+    message: str
+    again: bool = False
+
+
+def lost_answer_message(detail: str | None = None) -> str:
+    """Why a row whose submit answer was lost is not sent again (one wording for plan, submit, outcome)."""
+    lead = f"{detail}: " if detail else "an earlier submission's answer was lost, so "
+    return (
+        f"{lead}a task may exist and be billed; it was not re-sent. Check the DashScope console, then rerun "
+        "with resubmit_uncertain=true to submit it again on purpose"
+    )
+
+
+def settle_uncertain(state: RowState, now: datetime, code: str) -> dict[str, Any] | None:
+    """What the plan does with a lost submission: None (generate: the submit step looks for its task) while
+    it can be looked up, else its final outcome (no submit time recorded, or more than 24 h ago)."""
+    if intent_time(state) is None:
+        message = lost_answer_message()
+    elif not too_old(state, now):
+        return None
+    else:
+        message = uncertain_message(EXPIRED)
+    candidates = " ".join(state.candidates or ()) or None
+    return {"status": "failed", "code": code, "task_id": state.task_id, "message": message, "candidates": candidates}
+
+
+def uncertain_message(found: str) -> str:
+    """What an uncertain row's record and outcome say after a look at the task list (``found``)."""
+    return (
+        f"the submit answer was lost, so a task may exist and be billed; the account's task list: {found}. "
+        "It was not re-sent: a later try or run looks again within 24 h of the submit; or check the DashScope "
+        "console, then rerun with resubmit_uncertain=true to submit it again on purpose (a possible double charge)"
+    )
+
+
+def double_charge_note(state: RowState) -> str:
+    """What the outcome of a row submitted again after a lost answer (``resubmit_uncertain``) says."""
+    named = f" (candidates: {', '.join(state.candidates)})" if state.candidates else ""
+    return (
+        "submitted again on request (resubmit_uncertain=true) after a lost submit answer: a possible double "
+        f"charge, the lost submission may have created and billed a task too{named}"
+    )
+
+
+#: Why a row whose intent is older than the service keeps tasks is not looked up.
+EXPIRED = (
+    f"the submit was more than {TASK_LIFETIME.total_seconds() / 3600:g} h ago and the service keeps tasks "
+    f"{TASK_LIFETIME.total_seconds() / 3600:g} h, so its task can no longer be found"
+)
+
+
+def with_notes(state: RowState, outcome: dict[str, Any]) -> dict[str, Any]:
+    """An outcome with what reconciliation did to the row: the ``candidates`` of a row still uncertain,
+    ``reconciled`` (its task was adopted from the task list), the possible double charge of a row submitted
+    again after a lost answer."""
+    notes = [outcome.get("message")]
+    if state.state in _OPEN:
+        outcome["candidates"] = " ".join(state.candidates or ()) or None
+    if state.reconciled:
+        outcome["reconciled"] = True
+        notes.append(f"its submit answer was lost; task {state.task_id} was found in the account's task list")
+    if state.resubmitted:
+        notes.append(double_charge_note(state))
+    outcome["message"] = "; ".join(n for n in notes if n) or None
+    return outcome
+
+
+def _parse(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def intent_time(state: RowState) -> datetime | None:
+    """When the row's last submit intent was written: ``intent_at``, else its history's last ``->submitting``."""
+    if (recorded := _parse(state.intent_at)) is not None:
+        return recorded
+    for entry in reversed(state.history):
+        stamp, _, move = entry.partition(" ")
+        if move.split(" ")[0].endswith("->submitting"):
+            return _parse(stamp)
+    return None
+
+
+def window_of(state: RowState, now: datetime) -> Window | None:
+    """The row's window: intent .. loss seen (still open for a row in flight), widened by the skew."""
+    start = intent_time(state)
+    if start is None:
+        return None
+    end = _parse(state.lost_at) or (now if state.state == "submitting" else _parse(state.updated_at)) or now
+    return Window(start - CLOCK_SKEW, max(end, start) + CLOCK_SKEW)
+
+
+def too_old(state: RowState, now: datetime) -> bool:
+    """Whether the row's intent is older than the service keeps tasks (then it cannot be looked up)."""
+    start = intent_time(state)
+    return start is not None and now - start > TASK_LIFETIME - CLOCK_SKEW
+
+
+def claimed_ids(states: Iterable[RowState]) -> set[str]:
+    """Every task id the ledger holds or held: each record's ``task_id`` and the ids in its history."""
+    claimed: set[str] = set()
+    for state in states:
+        if state.task_id:
+            claimed.add(state.task_id)
+        for entry in state.history:
+            claimed.update(_TASK_IN_HISTORY.findall(entry))
+    return claimed
+
+
+def all_states(ledger: RowLedger) -> list[RowState]:
+    """Every row record under ``state/`` (one listing, then one read each)."""
+    folder = ledger.layout.root / "state"
+    if not folder.exists():
+        return []
+    ids = [p.name.removesuffix(".json") for p in folder.iterdir() if p.name.endswith(".json")]
+    return [state for row_id in ids if (state := ledger.get(row_id)) is not None]
+
+
+def decide(
+    state: RowState,
+    window: Window,
+    tasks: Iterable[ListedTask],
+    claimed: set[str],
+    rivals: dict[str, tuple[str, Window | None]],
+) -> Verdict:
+    """The decision for one uncertain row, from the listing of its account and model.
+
+    :param tasks: the account's tasks of the row's model, created around its window.
+    :param claimed: task ids the ledger holds (:func:`claimed_ids`).
+    :param rivals: the other rows that could own a task of this account and model: row id -> (its state,
+        its window, or None when unknown: it could own any task).
+    """
+    candidates = [t for t in tasks if window.holds(t.created) and t.task_id not in claimed]
+    ids = tuple(t.task_id for t in candidates)
+    where = f"created in its window {window}"
+    if not candidates:
+        return Verdict(None, (), f"no unclaimed task {where} is in the account's task list", again=True)
+    if len(candidates) > 1:
+        return Verdict(
+            None, ids, f"{len(ids)} unclaimed tasks {where}: {', '.join(ids)}; any of them may be this row's"
+        )
+    (task,) = candidates
+    others = sorted(row for row, (_, w) in rivals.items() if w is None or w.holds(task.created))
+    if others:
+        in_flight = all(rivals[row][0] == "submitting" for row in others)
+        return Verdict(
+            None,
+            ids,
+            f"1 unclaimed task {where}: {task.task_id}, but it also fits uncertain row(s) {', '.join(others)}",
+            again=in_flight,
+        )
+    return Verdict(task.task_id, ids, f"task {task.task_id}, the one unclaimed task {where}, adopted")
+
+
+@dataclass
+class _Listing:
+    fetched: float
+    start: datetime
+    end: datetime
+    tasks: list[ListedTask]
+
+
+class ListingCache:
+    """Listings of (base URL, account, model) kept :data:`CACHE_SECONDS`, reused for a window they cover
+    when they were made after the row's loss was seen (so its task had time to show up)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._listings: dict[tuple[str, ...], list[_Listing]] = {}
+
+    def tasks(self, hook: DashScopeHook, account: str, model: str, window: Window, seen: datetime) -> list[ListedTask]:
+        key = (hook.url_from_endpoint(""), account, model)
+        wall = time.time()
+        with self._lock:
+            kept = [x for x in self._listings.get(key, []) if wall - x.fetched < CACHE_SECONDS]
+            self._listings[key] = kept
+            for listing in kept:
+                if listing.start <= window.start and window.end <= listing.end and listing.fetched >= seen.timestamp():
+                    return listing.tasks
+        # Listed up to now (or the window's end), so later rows of the run can share it.
+        end = min(max(window.end, datetime.now(UTC)), window.start + TASK_LIFETIME)
+        fetched = time.time()
+        tasks = hook.list_tasks(model, window.start, end)
+        with self._lock:
+            self._listings.setdefault(key, []).append(_Listing(fetched, window.start, end, tasks))
+        return tasks
+
+
+CACHE = ListingCache()
+
+
+def reconcile(
+    state: RowState,
+    *,
+    ledger: RowLedger,
+    hook_for: Callable[[str], DashScopeHook],
+    default_conn_id: str,
+    now: datetime | None = None,
+) -> Verdict:
+    """Look for the task of one ``uncertain`` row in its account's task list; the :class:`Verdict`."""
+    now = now or datetime.now(UTC)
+    if too_old(state, now):
+        return Verdict(None, tuple(state.candidates or ()), EXPIRED)
+    window = window_of(state, now)
+    if window is None:
+        return Verdict(None, (), "no submit time is recorded for it, so its task cannot be looked up")
+    accounts: dict[str, str | None] = {}
+
+    def account_of(conn_id: str | None) -> str | None:
+        conn_id = conn_id or default_conn_id
+        if conn_id not in accounts:
+            try:
+                accounts[conn_id] = hook_for(conn_id).account
+            except Exception:
+                accounts[conn_id] = None  # unknown: counted as the same account (it could own the task)
+        return accounts[conn_id]
+
+    hook = hook_for(state.conn_id or default_conn_id)
+    account = hook.account
+    states = all_states(ledger)
+    rivals = {
+        other.row_id: (str(other.state), window_of(other, now))
+        for other in states
+        if other.row_id != state.row_id
+        and other.state in _OPEN
+        and other.model in (state.model, "")
+        and not too_old(other, now)
+        and account_of(other.conn_id) in (account, None)
+    }
+    seen = _parse(state.lost_at) or now
+    tasks = CACHE.tasks(hook, account, state.model, window, seen)
+    return decide(state, window, tasks, claimed_ids(states), rivals)
+
+
+def look(
+    ledger: RowLedger,
+    row_id: str,
+    hook_for: Callable[[str], DashScopeHook],
+    default_conn_id: str,
+    *,
+    pause: bool = False,
+    tries: int = 1,
+) -> tuple[RowState, Verdict] | None:
+    """The row's record and the :class:`Verdict` on it, or None if it is no longer ``uncertain``.
+
+    ``pause``: first wait :data:`SETTLE_SECONDS` for a fresh task to show up; ``tries``: looks in all, while
+    waiting could change the answer (:attr:`Verdict.again`). A list that cannot be read is a verdict too.
+    """
+    for attempt in range(tries):
+        if pause or attempt:
+            time.sleep(SETTLE_SECONDS)
+        state = ledger.get(row_id)
+        if state is None or state.state != "uncertain":
+            return None
+        try:
+            verdict = reconcile(state, ledger=ledger, hook_for=hook_for, default_conn_id=default_conn_id)
+        except Exception as error:  # the row stays uncertain; a later try or run looks again
+            verdict = Verdict(None, (), f"not read ({type(error).__name__}: {redact(str(error))})", again=True)
+        if verdict.task_id is not None or not verdict.again or attempt == tries - 1:
+            return state, verdict
+    return None
