@@ -7,6 +7,7 @@ decides what the answer means for the row; this module only finds or makes the d
 from __future__ import annotations
 
 import hashlib
+import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +23,18 @@ if TYPE_CHECKING:
     from talking_heads.validation import RowRequest
 
 DETECT_MODELS = {"emo-v1": "emo-detect-v1", "emoji-v1": "emoji-detect-v1"}
+#: How long a row waits for another row's detection of the same image (a synchronous call, paced at 1/s
+#: per account at worst) before it detects itself, taking the claim's owner for gone.
+CLAIM_WAIT_SECONDS = 300.0
+
+
+def _await_detection(ledger: RowLedger, key: str, timeout: float = CLAIM_WAIT_SECONDS) -> dict[str, Any] | None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (recorded := ledger.get_detection(key)) is not None:
+            return recorded
+        time.sleep(1.0)
+    return None
 
 
 def detect_image(
@@ -45,15 +58,27 @@ def detect_image(
     if (recorded := ledger.get_detection(key)) is not None:
         log.info("Row %s: %s at %s already detected (paid by row %s)", request.row_id, model, ratio, recorded["row_id"])
         return recorded
-    detected = hook.detect_face(model, signer.url_for(request.image_url), ratio=ratio)
+    if not ledger.claim_detection(key, f"{run_id}/{request.row_id}"):
+        # Another row with this image and ratio is detecting it now: its answer serves this row too.
+        if (recorded := _await_detection(ledger, key)) is not None:
+            log.info("Row %s: %s at %s detected by row %s", request.row_id, model, ratio, recorded["row_id"])
+            return recorded
+        log.warning(
+            "Row %s: the claim on %s at %s was not followed by an answer; detecting", request.row_id, model, ratio
+        )
+    try:
+        detected = hook.detect_face(model, signer.url_for(request.image_url), ratio=ratio)
+    except BaseException:
+        ledger.release_detection(key)  # no answer, no bill: another row may detect it
+        raise
     record = {
         "key": key,
         "model": model,
         "ratio": ratio,
         "image": redact(image),
         "passed": detected.passed,
-        "face_bbox": detected.face_bbox,
-        "ext_bbox": detected.ext_bbox,
+        "face_bbox": None if detected.face_bbox is None else list(detected.face_bbox),
+        "ext_bbox": None if detected.ext_bbox is None else list(detected.ext_bbox),
         "code": detected.code,
         "message": redact(detected.message or "") or None,
         "request_id": detected.request_id,

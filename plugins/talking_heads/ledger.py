@@ -9,6 +9,7 @@ It only stores and loads. What the states mean, and which step moves a row from 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import uuid
@@ -63,6 +64,28 @@ class RowLedger:
     def put_detection(self, key: str, record: dict[str, Any]) -> dict[str, Any]:
         _write_atomically(self._detection_path(key), json.dumps(record, sort_keys=True))
         return record
+
+    def claim_detection(self, key: str, claimant: str) -> bool:
+        """Create the detection's claim exclusively: True for the one caller that did (it then detects).
+
+        An exclusive create (``O_EXCL`` on a local disk, ``If-None-Match`` on S3, forbid-overwrite on OSS)
+        makes two rows with the same image in one run pay once. A store without one answers True to all.
+        """
+        path = self.layout.root / "state" / "detections" / f"{key}.claim"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.fs.pipe_file(path.path, json.dumps({"by": claimant}).encode(), mode="create")
+        except FileExistsError:
+            return False
+        except (NotImplementedError, TypeError, ValueError):
+            path.write_text(json.dumps({"by": claimant}))  # no exclusive create here: last writer wins
+        return True
+
+    def release_detection(self, key: str) -> None:
+        """Drop a claim whose detection call failed unanswered, so another row need not wait for it."""
+        path = self.layout.root / "state" / "detections" / f"{key}.claim"
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
 
     def _detection_path(self, key: str) -> ObjectStoragePath:
         return self.layout.root / "state" / "detections" / f"{key}.json"
