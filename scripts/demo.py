@@ -40,6 +40,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--input-table", default=str(SAMPLE_TABLE))
     parser.add_argument("--output-root", default=str(REPO_ROOT / "demo-output"))
+    parser.add_argument(
+        "--storage-conn-id", default=None, help="Airflow connection of the store behind an s3:// or oss:// output root"
+    )
     parser.add_argument("--fresh", action="store_true", help="delete a local output root first")
     parser.add_argument("--speed", type=float, default=30.0, help="emulator speed factor (simulated time)")
     args = parser.parse_args()
@@ -63,7 +66,12 @@ def main() -> int:
     print(f"==> DashScope: {source}", flush=True)
 
     make_samples(SAMPLE_MEDIA_DIR)
-    conf = {"input_table": args.input_table, "output_root": args.output_root, "poll_interval_seconds": 1}
+    conf = {
+        "input_table": args.input_table,
+        "output_root": args.output_root,
+        "storage_conn_id": args.storage_conn_id,
+        "poll_interval_seconds": 1,
+    }
     with serve_directory(SAMPLE_MEDIA_DIR, port=SAMPLE_MEDIA_PORT) as media_url:
         print(f"==> Sample media served at {media_url}", flush=True)
         print(f"==> airflow dags test talking_heads --conf '{json.dumps(conf)}'", flush=True)
@@ -78,7 +86,7 @@ def main() -> int:
             )
             # The report DAG follows talking_heads through its outcomes Asset in a deployment; dags
             # test runs one DAG, so the demo runs it next.
-            report_conf = {"output_root": args.output_root}
+            report_conf = {"output_root": args.output_root, "storage_conn_id": args.storage_conn_id}
             print(f"==> airflow dags test dashscope_cost_report --conf '{json.dumps(report_conf)}'", flush=True)
             subprocess.run(
                 [
@@ -97,23 +105,30 @@ def main() -> int:
             )
     if emulator is not None:
         emulator.stop()
-    return _report(Path(args.output_root), log_path, run.returncode, time.monotonic() - started)
+    root = args.output_root
+    return _report(root, args.storage_conn_id, log_path, run.returncode, time.monotonic() - started)
 
 
-def _report(output_root: Path, log_path: Path, returncode: int, seconds: float) -> int:
+def _report(root: str, storage_conn_id: str | None, log_path: Path, returncode: int, seconds: float) -> int:
     import pandas as pd
     from talking_heads.outcomes import outcome_detail
+    from talking_heads.storage import as_storage_path, plain_url
 
-    outcomes = sorted((output_root / "outcomes").glob("*.csv"), key=lambda p: p.stat().st_mtime)
+    output_root = as_storage_path(root, storage_conn_id)
+    folder = output_root / "outcomes"
+    # Run ids start with when the run was made (manual__2026-11-29T...), so names sort in run order.
+    found = folder.iterdir() if folder.exists() else ()
+    outcomes = sorted((p for p in found if p.name.endswith(".csv")), key=lambda p: p.name)
     if returncode != 0 and not outcomes:
         print(f"!! The run failed before writing outcomes (exit {returncode}); see {log_path}")
         return 1
-    frame = pd.read_csv(outcomes[-1])
+    with outcomes[-1].open("rb") as handle:
+        frame = pd.read_csv(handle)
     counts = frame["status"].value_counts().to_dict()
     done = frame[frame["status"] == "succeeded"]
-    print(f"==> Videos:   {output_root / 'videos'}")
-    print(f"==> Outcomes: {outcomes[-1]} (and .parquet)")
-    print(f"==> Report:   {output_root / 'reports' / 'cost_report.html'} (and reports/*.csv)")
+    print(f"==> Videos:   {plain_url(output_root / 'videos')}")
+    print(f"==> Outcomes: {plain_url(outcomes[-1])} (and .parquet)")
+    print(f"==> Report:   {plain_url(output_root / 'reports' / 'cost_report.html')} (and reports/*.csv)")
     print(f"==> Run log:  {log_path}")
     for _, row in frame.iterrows():
         detail = outcome_detail(row)
@@ -126,6 +141,7 @@ def _report(output_root: Path, log_path: Path, returncode: int, seconds: float) 
         f"cost_usd={cost:.4f}"
         + (f" (+{unknown} rows with no known unit price)" if unknown else "")
         + f" wall={seconds:.0f}s"
+        + f" detections={int(frame['detection_images'].fillna(0).sum()) if 'detection_images' in frame else 0}"
     )
     return 0 if returncode == 0 else 1
 
