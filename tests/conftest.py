@@ -38,20 +38,15 @@ def airflow_db() -> str:
 @pytest.fixture(scope="session")
 def moto_s3() -> Iterator[str]:
     """A real S3-compatible server (moto in server mode) on 127.0.0.1 with one bucket; yields its URL."""
-    import boto3
     from moto.server import ThreadedMotoServer
+
+    from tests.harness.services import s3_client
 
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
     endpoint = f"http://{host}:{port}"
-    client = boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
+    client = s3_client(endpoint)
     client.create_bucket(Bucket=S3_BUCKET)
     try:
         yield endpoint

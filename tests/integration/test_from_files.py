@@ -26,7 +26,6 @@ from tests.harness.oss_double import OSSDouble
 from tests.harness.services import s3_client, s3_connection
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-KEY = "sk-from-files-0123456789"
 OSS_KEY_ID, OSS_SECRET, OSS_BUCKET = "LTAI-files-test", "oss-secret-for-files", "portraits"
 #: This module's prefix in the session's shared S3 server (other tests write their own).
 OUT = f"from-files-{uuid.uuid4().hex[:8]}"
@@ -60,16 +59,6 @@ def stores(folder: Path, moto_s3: str, monkeypatch: pytest.MonkeyPatch) -> Itera
         }.items():
             monkeypatch.setenv(name, value)
         yield {"s3": s3, "oss": oss}
-
-
-@pytest.fixture
-def emulator(monkeypatch: pytest.MonkeyPatch) -> Iterator[EmulatorServer]:
-    with EmulatorServer(api_keys=[KEY], port=0, speed=2000) as emu:
-        monkeypatch.setenv(
-            "AIRFLOW_CONN_DASHSCOPE_DEFAULT",
-            json.dumps({"conn_type": "dashscope", "host": emu.base_url, "password": KEY}),
-        )
-        yield emu
 
 
 def _table(folder: Path) -> Path:

@@ -24,8 +24,10 @@ import pytest
 import requests
 from dashscope_emulator import EmulatorServer, make_samples, serve_directory
 
+from tests.harness.services import s3_connection
+from tests.integration.conftest import KEY
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
-KEY = "sk-links-test-0123456789"
 
 
 class _SmtpHandler(socketserver.StreamRequestHandler):
@@ -76,16 +78,6 @@ def media(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict]
     make_samples(folder)
     with serve_directory(folder, port=0) as base_url:
         yield base_url, json.loads((folder / "samples.json").read_text())
-
-
-@pytest.fixture
-def emulator(monkeypatch: pytest.MonkeyPatch) -> Iterator[EmulatorServer]:
-    with EmulatorServer(api_keys=[KEY], port=0, speed=2000) as emu:
-        monkeypatch.setenv(
-            "AIRFLOW_CONN_DASHSCOPE_DEFAULT",
-            json.dumps({"conn_type": "dashscope", "host": emu.base_url, "password": KEY}),
-        )
-        yield emu
 
 
 def _table(path: Path, media_url: str, boxes: dict) -> Path:
@@ -199,11 +191,7 @@ def test_stored_video_link_on_s3_is_presigned(
 ) -> None:
     from tests.conftest import S3_BUCKET
 
-    extra = {"endpoint_url": moto_s3, "region_name": "us-east-1"}
-    monkeypatch.setenv(
-        "AIRFLOW_CONN_AWS_DEFAULT",
-        json.dumps({"conn_type": "aws", "login": "testing", "password": "testing", "extra": extra}),
-    )
+    monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", json.dumps(s3_connection(moto_s3)))
     root = f"s3://{S3_BUCKET}/links"
     table = _table(tmp_path / "table.csv", *media)
     run = _run(3, {"input_table": str(table), "output_root": root, "storage_conn_id": "aws_default"})

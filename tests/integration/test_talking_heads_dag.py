@@ -15,8 +15,10 @@ import pandas as pd
 import pytest
 from dashscope_emulator import EmulatorServer, make_samples, serve_directory
 
+from tests.harness.services import s3_client, s3_connection
+from tests.integration.conftest import KEY
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
-KEY = "sk-dag-test-0123456789"
 
 
 @pytest.fixture(scope="module")
@@ -26,16 +28,6 @@ def media(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict]
     boxes = json.loads((folder / "samples.json").read_text())
     with serve_directory(folder, port=0) as base_url:
         yield base_url, boxes
-
-
-@pytest.fixture
-def emulator(monkeypatch: pytest.MonkeyPatch) -> Iterator[EmulatorServer]:
-    with EmulatorServer(api_keys=[KEY], port=0, speed=2000) as emu:
-        monkeypatch.setenv(
-            "AIRFLOW_CONN_DASHSCOPE_DEFAULT",
-            json.dumps({"conn_type": "dashscope", "host": emu.base_url, "password": KEY}),
-        )
-        yield emu
 
 
 def _table(path: Path, media_url: str, boxes: dict) -> Path:
@@ -280,25 +272,13 @@ def test_outputs_on_s3(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Ledger, videos and outcomes on an S3 API (moto on 127.0.0.1) through ``aws_default``."""
-    import boto3
-
     from tests.conftest import S3_BUCKET
 
-    extra = {"endpoint_url": moto_s3, "region_name": "us-east-1"}
-    monkeypatch.setenv(
-        "AIRFLOW_CONN_AWS_DEFAULT",
-        json.dumps({"conn_type": "aws", "login": "testing", "password": "testing", "extra": extra}),
-    )
+    monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", json.dumps(s3_connection(moto_s3)))
     media_url, boxes = media
     table = _table(tmp_path / "table.csv", media_url, boxes)
     root = f"s3://{S3_BUCKET}/e2e"
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=moto_s3,
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
+    s3 = s3_client(moto_s3)
 
     from airflow.dag_processing.dagbag import DagBag
 
