@@ -1,4 +1,4 @@
-"""Fixtures of the ``dag.test()`` tests: the emulator as ``dashscope_default``, and ``aws_default`` on moto."""
+"""Fixtures of the ``dag.test()`` tests: the emulator as ``dashscope_default``."""
 
 from __future__ import annotations
 
@@ -7,8 +7,6 @@ from collections.abc import Iterator
 
 import pytest
 from dashscope_emulator import EmulatorServer
-
-from tests.harness.services import s3_connection
 
 #: The API key of the ``dashscope_default`` connection these tests use (searched for in every output).
 KEY = "sk-dag-test-0123456789"
@@ -23,10 +21,3 @@ def emulator(monkeypatch: pytest.MonkeyPatch) -> Iterator[EmulatorServer]:
             json.dumps({"conn_type": "dashscope", "host": emu.base_url, "password": KEY}),
         )
         yield emu
-
-
-@pytest.fixture
-def aws_default(moto_s3: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    """``aws_default`` -> the session's moto S3 server, from the environment; returns the server's URL."""
-    monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", json.dumps(s3_connection(moto_s3)))
-    return moto_s3
