@@ -284,12 +284,7 @@ class EmulatorHandler(TrackedQuietHandler):
             self._record["model"] = payload["model"]
         model, task_input, parameters = validate_submission(payload)
 
-        fault = service.faults.draw("submit")
-        self._record["fault"] = fault
-        if fault == "submit_500":
-            raise ApiError(500, "InternalError", MSG_INTERNAL)
-        if fault == "submit_503":
-            raise ApiError(503, "ServiceUnavailable", MSG_UNAVAILABLE)
+        fault = self._draw_fault("submit")
         task_id = service.submit(caller, model, task_input, parameters, self._request_id)
         self._record["task_id"] = task_id
         if fault == "drop_submit":
@@ -300,6 +295,16 @@ class EmulatorHandler(TrackedQuietHandler):
             self._send_json(
                 200, {"output": {"task_id": task_id, "task_status": "PENDING"}, "request_id": self._request_id}
             )
+
+    def _draw_fault(self, kind: str) -> str | None:
+        """Draw this request's injected fault (recorded in the request log); 5xx faults are raised here."""
+        fault = self.service.faults.draw(kind)
+        self._record["fault"] = fault
+        if fault == f"{kind}_500":
+            raise ApiError(500, "InternalError", MSG_INTERNAL)
+        if fault == f"{kind}_503":
+            raise ApiError(503, "ServiceUnavailable", MSG_UNAVAILABLE)
+        return fault
 
     def _detect(self) -> None:
         # Validated before the rate limit: the limit is per model, so the model must be known first.
@@ -312,12 +317,7 @@ class EmulatorHandler(TrackedQuietHandler):
             self._record["model"] = payload["model"]
         model, image_url, ratio = validate_detection(payload)
         service.admit(caller, model)
-        fault = service.faults.draw("detect")
-        self._record["fault"] = fault
-        if fault == "detect_500":
-            raise ApiError(500, "InternalError", MSG_INTERNAL)
-        if fault == "detect_503":
-            raise ApiError(503, "ServiceUnavailable", MSG_UNAVAILABLE)
+        fault = self._draw_fault("detect")
         answer = service.detect(caller, model, image_url, ratio)
         if fault == "drop_detect":
             self._drop(fault)
@@ -330,15 +330,10 @@ class EmulatorHandler(TrackedQuietHandler):
         caller = self._authenticate()
         self._record["task_id"] = task_id
         service.admit(caller, "query")
-        fault = service.faults.draw("query")
-        self._record["fault"] = fault
+        fault = self._draw_fault("query")
         if fault == "drop_query":
             self._drop(fault)
             return
-        if fault == "query_500":
-            raise ApiError(500, "InternalError", MSG_INTERNAL)
-        if fault == "query_503":
-            raise ApiError(503, "ServiceUnavailable", MSG_UNAVAILABLE)
         view = service.query(caller, task_id, self._client_base_url())
         self._send_json(200, {"request_id": self._request_id, **view})
 
