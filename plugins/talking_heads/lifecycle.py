@@ -322,19 +322,18 @@ def reconcile_row(
     hook_for: Callable[[str], DashScopeHook],
     default_conn_id: str,
     log: logging.Logger,
-    *,
     pause: bool = False,
 ) -> Submission | None:
-    """Look for an ``uncertain`` row's task in the task list (:func:`talking_heads.reconcile.look`); adopted, the
-    row is ``submitted`` with it (then waited on and stored) and returned, else it stays ``uncertain`` naming
-    the candidates. ``pause``: the loss was just seen: wait for the task to be listed, look up to 3 times."""
-    found = reconcile.look(ledger, row_id, hook_for, default_conn_id, pause=pause, tries=3 if pause else 1)
-    if found is None:
-        return None
-    state, verdict = found
+    """Look for an ``uncertain`` row's task in the task list (:func:`talking_heads.reconcile.look`): adopted, the
+    row is ``submitted`` with it and returned, else it stays ``uncertain`` naming the candidates. ``pause``: the
+    loss was just seen: wait for the task to be listed, look up to 3 times."""
+    state, verdict = reconcile.look(ledger, row_id, hook_for, default_conn_id, pause=pause, tries=3 if pause else 1)
+    if state is None or verdict is None:  # no record, or no longer uncertain: another try or run found its task?
+        done = state is not None and state.state in (S.SUBMITTED, S.GENERATED, S.SUCCEEDED) and state.task_id
+        return Submission(row_id, state.task_id, state.conn_id or default_conn_id) if done else None
     if verdict.task_id is None:
-        found = dict(candidates=verdict.candidates, message=reconcile.uncertain_message(verdict.message))
-        ledger.put(state.advance(S.UNCERTAIN, **found))
+        looked = dict(candidates=verdict.candidates, message=reconcile.uncertain_message(verdict.message))
+        ledger.put(state.advance(S.UNCERTAIN, **looked))
         log.warning("Row %s stays uncertain: %s", row_id, verdict.message)
         return None
     adopted = dict(task_id=verdict.task_id, candidates=verdict.candidates, reconciled=True, code=None, message=None)

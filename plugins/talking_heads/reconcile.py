@@ -327,22 +327,23 @@ def look(
     *,
     pause: bool = False,
     tries: int = 1,
-) -> tuple[RowState, Verdict] | None:
-    """The row's record and the :class:`Verdict` on it, or None if it is no longer ``uncertain``.
+) -> tuple[RowState | None, Verdict | None]:
+    """The row's record and the :class:`Verdict` on it; no verdict when it is (no longer) ``uncertain``.
 
     ``pause``: first wait :data:`SETTLE_SECONDS` for a fresh task to show up; ``tries``: looks in all, while
     waiting could change the answer (:attr:`Verdict.again`). A list that cannot be read is a verdict too.
     """
+    state, verdict = None, None
     for attempt in range(tries):
         if pause or attempt:
             time.sleep(SETTLE_SECONDS)
         state = ledger.get(row_id)
         if state is None or state.state != "uncertain":
-            return None
+            return state, None
         try:
             verdict = reconcile(state, ledger=ledger, hook_for=hook_for, default_conn_id=default_conn_id)
         except Exception as error:  # the row stays uncertain; a later try or run looks again
             verdict = Verdict(None, (), f"not read ({type(error).__name__}: {redact(str(error))})", again=True)
-        if verdict.task_id is not None or not verdict.again or attempt == tries - 1:
-            return state, verdict
-    return None
+        if verdict.task_id is not None or not verdict.again:
+            break
+    return state, verdict

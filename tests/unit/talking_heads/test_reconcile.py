@@ -249,3 +249,16 @@ def test_the_cost_report_counts_reconciled_rows_and_rows_still_uncertain_with_th
     page = (tmp_path / "reports" / "cost_report.html").read_text()
     assert "Lost submit answers" in page and "t-b t-y" in page
     assert build_report(pd.DataFrame()).uncertain.empty
+
+
+def test_a_row_whose_task_was_found_meanwhile_is_returned_not_looked_up_again(tmp_path: Path) -> None:
+    from talking_heads.lifecycle import reconcile_row
+
+    def no_hook(conn_id: str) -> DashScopeHook:
+        raise AssertionError("nothing is listed for a row that is no longer uncertain")
+
+    ledger = RowLedger(str(tmp_path))
+    # Another try or run adopted (or got the answer for) the row between this step's loss and its look.
+    ledger.put(RowState("found", "submitted", model="emo-v1", conn_id="other_conn", task_id="t-1", reconciled=True))
+    assert reconcile_row(ledger, "found", no_hook, CONN_ID, LOG) == Submission("found", "t-1", "other_conn")
+    assert reconcile_row(ledger, "never", no_hook, CONN_ID, LOG) is None
