@@ -4,6 +4,7 @@
   shutdown and keeps quiet about clients that hang up;
 * :class:`TrackedQuietHandler`: the handler base that registers its connection and keeps no access log;
 * :func:`send_file`: a file answer (200, or 206 for one ``Range``), streamed in chunks;
+* :func:`read_chunked`: a ``Transfer-Encoding: chunked`` request body, trailers consumed;
 * :func:`serve_directory`: a static file server for sample media, in a background thread (the
   emulator downloads inputs from URLs, so tests need their media served over HTTP).
 """
@@ -20,7 +21,7 @@ from collections.abc import Iterator
 from functools import partial
 from http.server import BaseHTTPRequestHandler, SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 log = logging.getLogger("dashscope_emulator")
 
@@ -81,6 +82,20 @@ class TrackedQuietHandler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:  # the stdlib's signature
         pass
+
+
+def read_chunked(rfile: BinaryIO) -> bytes:
+    """The body of a ``Transfer-Encoding: chunked`` request, read to its end (trailers consumed)."""
+    chunks = []
+    while True:
+        size = int(rfile.readline().split(b";", 1)[0].strip() or b"0", 16)
+        if size == 0:
+            while rfile.readline() not in (b"\r\n", b"\n", b""):
+                pass  # trailers
+            break
+        chunks.append(rfile.read(size))
+        rfile.readline()
+    return b"".join(chunks)
 
 
 def parse_range(header: str, size: int) -> tuple[int, int] | bool | None:

@@ -42,7 +42,7 @@ from dashscope_emulator.contract import (
     TASKS_PREFIX,
     ApiError,
 )
-from dashscope_emulator.fileserver import TrackedQuietHandler, send_file
+from dashscope_emulator.fileserver import TrackedQuietHandler, read_chunked, send_file
 from dashscope_emulator.service import EmulatorService
 from dashscope_emulator.validation import (
     parse_json_body,
@@ -196,16 +196,7 @@ class EmulatorHandler(TrackedQuietHandler):
             return self._body
         body = b""
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            chunks = []
-            while True:
-                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
-                if size == 0:
-                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                        pass  # trailers
-                    break
-                chunks.append(self.rfile.read(size))
-                self.rfile.readline()
-            body = b"".join(chunks)
+            body = read_chunked(self.rfile)
         else:
             length = int(self.headers.get("Content-Length") or 0)
             if length > _MAX_BODY:
