@@ -6,7 +6,7 @@ import json
 import socket
 import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import pytest
@@ -20,6 +20,7 @@ from dashscope_provider.exceptions import (
 from dashscope_provider.hooks.dashscope import DashScopeHook
 from dashscope_provider.models import DEFAULT_BASE_URL, DashScopeTask, SubmittedTask
 
+from tests.harness.services import send_json, serve_http
 from tests.unit.conftest import (
     CONN_ID,
     KEY,
@@ -387,12 +388,7 @@ class _Recorder(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         self.seen.append({"path": self.path, "headers": dict(self.headers)})
-        body = json.dumps({"request_id": "r", "output": {"task_id": "t", "task_status": "UNKNOWN"}}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        send_json(self, 200, {"request_id": "r", "output": {"task_id": "t", "task_status": "UNKNOWN"}})
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
@@ -401,13 +397,8 @@ class _Recorder(BaseHTTPRequestHandler):
 @pytest.fixture
 def recorder() -> Iterator[str]:
     _Recorder.seen = []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serve_http(_Recorder) as url:
+        yield url
 
 
 def test_session_is_httphooks_with_a_bearer_token(

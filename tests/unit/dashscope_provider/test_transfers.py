@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ from dashscope_provider.transfers.dashscope_to_object_storage import (
     download_video,
 )
 
+from tests.harness.services import serve_http
 from tests.unit.conftest import BUCKET, CONN_ID, is_result, logged_requests
 
 pytestmark = pytest.mark.usefixtures("no_key_in_logs")
@@ -141,19 +141,13 @@ class _FlakyStorage(BaseHTTPRequestHandler):
 
 def test_download_retries_5xx_and_truncated_bodies(tmp_path: Path) -> None:
     _FlakyStorage.answers = []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _FlakyStorage)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/v.mp4?Expires=1&Signature=abc"
+    with serve_http(_FlakyStorage) as base_url:
         stored = download_video(
-            url,
+            f"{base_url}/v.mp4?Expires=1&Signature=abc",
             str(tmp_path / "v.mp4"),
             chunk_size=128,
             retry_policy=RetryPolicy(max_attempts=4, initial_wait=0.05, max_wait=0.5),
         )
-    finally:
-        server.shutdown()
-        server.server_close()
     assert _FlakyStorage.answers == ["503", "truncated", "ok"]
     assert (stored.size_bytes, stored.sha256) == (1000, hashlib.sha256(_FlakyStorage.body).hexdigest())
     assert (tmp_path / "v.mp4").read_bytes() == _FlakyStorage.body

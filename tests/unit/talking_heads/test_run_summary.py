@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import pandas as pd
@@ -16,6 +15,8 @@ from talking_heads.outcomes import outcome_detail
 from talking_heads.progress import Progress
 from talking_heads.report import seconds_decimals
 from talking_heads.run_summary import set_run_note, summary_line
+
+from tests.harness.services import send_json, serve_http
 
 
 def test_summary_line() -> None:
@@ -65,24 +66,16 @@ def test_progress_logs_at_a_steady_pace(caplog: pytest.LogCaptureFixture) -> Non
 class _Api(BaseHTTPRequestHandler):
     calls: list[tuple[str, str, dict[str, Any], str | None]] = []
 
-    def _answer(self, code: int, body: dict[str, Any]) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
     def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         self.calls.append(("POST", self.path, body, None))
         ok = body == {"username": "robot", "password": "pw"}
-        self._answer(201 if ok else 401, {"access_token": "jwt-1"} if ok else {"detail": "no"})
+        send_json(self, 201 if ok else 401, {"access_token": "jwt-1"} if ok else {"detail": "no"})
 
     def do_PATCH(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         self.calls.append(("PATCH", self.path, body, self.headers.get("Authorization")))
-        self._answer(200, {"note": body["note"]})
+        send_json(self, 200, {"note": body["note"]})
 
     def log_message(self, *args: Any) -> None:
         pass
@@ -91,10 +84,8 @@ class _Api(BaseHTTPRequestHandler):
 @pytest.fixture
 def api() -> Iterator[str]:
     _Api.calls = []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Api)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
+    with serve_http(_Api) as url:
+        yield url
 
 
 def _api_connection(monkeypatch: pytest.MonkeyPatch, host: str, login: str, password: str) -> None:
