@@ -17,6 +17,7 @@ import re
 import shutil
 import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from tests.conftest import S3_BUCKET
 from tests.harness.cluster import AirflowCluster
+from tests.harness.samples import sample_row
 
 pytestmark = pytest.mark.integration
 
@@ -197,32 +199,11 @@ def test_connection_form_and_test_button(ui: UI) -> None:
 
 
 def _table(ui: UI, path: Path) -> Path:
-    square, emoji = ui.boxes["portrait_square.png"], ui.boxes["portrait_emoji.png"]
+    row = partial(sample_row, ui.media, ui.boxes)
     rows = [
-        {
-            "row_id": "ada",
-            "model": "emo-v1",
-            "image_url": f"{ui.media}/portrait_square.png",
-            "audio_url": f"{ui.media}/voice.wav",
-            "face_bbox": json.dumps(square["face_bbox"]),
-            "ext_bbox": json.dumps(square["ext_bbox"]),
-        },
-        {
-            "row_id": "ben",
-            "model": "emoji-v1",
-            "image_url": f"{ui.media}/portrait_emoji.png",
-            "driven_id": "mengwa_kaixin",
-            "face_bbox": json.dumps(emoji["face_bbox"]),
-            "ext_bbox": json.dumps(emoji["ext_bbox"]),
-        },
-        {
-            "row_id": "cy-bad-pose",
-            "model": "emo-v1",
-            "image_url": f"{ui.media}/portrait_square.png?emulator_error=InvalidFile.FacePose",
-            "audio_url": f"{ui.media}/voice.wav",
-            "face_bbox": json.dumps(square["face_bbox"]),
-            "ext_bbox": json.dumps(square["ext_bbox"]),
-        },
+        row("ada", "emo-v1", "portrait_square.png", "voice.wav"),
+        row("ben", "emoji-v1", "portrait_emoji.png", driven_id="mengwa_kaixin"),
+        row("cy-bad-pose", "emo-v1", "portrait_square.png", "voice.wav", emulator_error="InvalidFile.FacePose"),
     ]
     pd.DataFrame(rows).to_csv(path, index=False)
     return path

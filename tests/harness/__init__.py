@@ -1,7 +1,8 @@
 """What the tests and the benchmarks share to run things for real, in one importable place.
 
 * :mod:`tests.harness.services`: the backing services of a deployment as local processes on 127.0.0.1
-  (Postgres, Redis, an S3 server), each a context manager; ``free_port``, ``wait_until``.
+  (Postgres, Redis, an S3 server), each a context manager; ``free_port``, ``wait_until``, ``serve_http``.
+* :mod:`tests.harness.samples`: the emulator's sample media served over HTTP, and input rows that use them.
 * :mod:`tests.harness.cluster`: real Airflow components as processes: ``AirflowCluster`` (api-server,
   scheduler with LocalExecutor, dag-processor, triggerer) and ``CeleryAirflowCluster`` (docker-compose.yaml's
   topology: CeleryExecutor, Postgres, Redis, Celery workers). Used by tests/integration and benchmarks/.

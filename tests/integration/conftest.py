@@ -1,4 +1,5 @@
-"""Fixtures of the ``dag.test()`` tests: the emulator as ``dashscope_default``."""
+"""Fixtures of the ``dag.test()`` tests: the emulator as ``dashscope_default``, ``aws_default`` on moto, and the
+sample media over HTTP."""
 
 from __future__ import annotations
 
@@ -7,6 +8,9 @@ from collections.abc import Iterator
 
 import pytest
 from dashscope_emulator import EmulatorServer
+
+from tests.harness.samples import served_samples
+from tests.harness.services import s3_connection
 
 #: The API key of the ``dashscope_default`` connection these tests use (searched for in every output).
 KEY = "sk-dag-test-0123456789"
@@ -21,3 +25,17 @@ def emulator(monkeypatch: pytest.MonkeyPatch) -> Iterator[EmulatorServer]:
             json.dumps({"conn_type": "dashscope", "host": emu.base_url, "password": KEY}),
         )
         yield emu
+
+
+@pytest.fixture
+def aws_default(moto_s3: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """``aws_default`` -> the session's moto S3 server, from the environment; returns the server's URL."""
+    monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", json.dumps(s3_connection(moto_s3)))
+    return moto_s3
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict]]:
+    """The sample media over HTTP, once per test module: ``(base_url, boxes)`` (samples.json)."""
+    with served_samples(tmp_path_factory.mktemp("media")) as (base_url, boxes):
+        yield base_url, boxes

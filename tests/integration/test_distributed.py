@@ -26,6 +26,7 @@ from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ import requests
 from dashscope_emulator import EmulatorServer, make_samples, serve_directory
 
 from tests.harness.cluster import CeleryAirflowCluster
+from tests.harness.samples import sample_row
 from tests.harness.services import PostgresServer, RedisServer, S3Server, Service, wait_until
 
 pytestmark = pytest.mark.integration
@@ -99,42 +101,12 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
 
 
 def _rows(media_url: str, boxes: dict[str, Any]) -> list[dict[str, Any]]:
-    def box(name: str, key: str) -> str:
-        return json.dumps(boxes[name][key])
-
+    row = partial(sample_row, media_url, boxes)
     return [
-        {
-            "row_id": "square",
-            "model": "emo-v1",
-            "image_url": f"{media_url}/portrait_square.png",
-            "audio_url": f"{media_url}/voice.wav",
-            "face_bbox": box("portrait_square.png", "face_bbox"),
-            "ext_bbox": box("portrait_square.png", "ext_bbox"),
-        },
-        {
-            "row_id": "halfbody",
-            "model": "emo-v1",
-            "image_url": f"{media_url}/portrait_halfbody.jpg",
-            "audio_url": f"{media_url}/voice.mp3",
-            "face_bbox": box("portrait_halfbody.jpg", "face_bbox"),
-            "ext_bbox": box("portrait_halfbody.jpg", "ext_bbox"),
-        },
-        {
-            "row_id": "emoji",
-            "model": "emoji-v1",
-            "image_url": f"{media_url}/portrait_emoji.png",
-            "driven_id": "mengwa_kaixin",
-            "face_bbox": box("portrait_emoji.png", "face_bbox"),
-            "ext_bbox": box("portrait_emoji.png", "ext_bbox"),
-        },
-        {
-            "row_id": "face-pose",
-            "model": "emo-v1",
-            "image_url": f"{media_url}/portrait_square.png?emulator_error=InvalidFile.FacePose",
-            "audio_url": f"{media_url}/voice.wav",
-            "face_bbox": box("portrait_square.png", "face_bbox"),
-            "ext_bbox": box("portrait_square.png", "ext_bbox"),
-        },
+        row("square", "emo-v1", "portrait_square.png", "voice.wav"),
+        row("halfbody", "emo-v1", "portrait_halfbody.jpg", "voice.mp3"),
+        row("emoji", "emoji-v1", "portrait_emoji.png", driven_id="mengwa_kaixin"),
+        row("face-pose", "emo-v1", "portrait_square.png", "voice.wav", emulator_error="InvalidFile.FacePose"),
         {
             "row_id": "invalid",
             "model": "emo-v1",

@@ -22,9 +22,8 @@ from typing import Any
 import pandas as pd
 import pytest
 import requests
-from dashscope_emulator import EmulatorServer, make_samples, serve_directory
+from dashscope_emulator import EmulatorServer
 
-from tests.harness.services import s3_connection
 from tests.integration.conftest import KEY
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -70,14 +69,6 @@ def smtp_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
     finally:
         server.shutdown()
         server.server_close()
-
-
-@pytest.fixture(scope="module")
-def media(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict]]:
-    folder = tmp_path_factory.mktemp("media")
-    make_samples(folder)
-    with serve_directory(folder, port=0) as base_url:
-        yield base_url, json.loads((folder / "samples.json").read_text())
 
 
 def _table(path: Path, media_url: str, boxes: dict) -> Path:
@@ -185,19 +176,17 @@ def test_stored_video_link_on_s3_is_presigned(
     airflow_db: str,
     emulator: EmulatorServer,
     media: tuple[str, dict],
-    moto_s3: str,
+    aws_default: str,
     tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from tests.conftest import S3_BUCKET
 
-    monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", json.dumps(s3_connection(moto_s3)))
     root = f"s3://{S3_BUCKET}/links"
     table = _table(tmp_path / "table.csv", *media)
     run = _run(3, {"input_table": str(table), "output_root": root, "storage_conn_id": "aws_default"})
     links = _links(run.run_id)
     video = links[("generate.download", _map_index(run.run_id, "square"))]["Stored video"]
-    assert video.startswith(f"{moto_s3}/{S3_BUCKET}/links/videos/square.mp4?")
+    assert video.startswith(f"{aws_default}/{S3_BUCKET}/links/videos/square.mp4?")
     assert "Signature=" in video.split("?")[1]
     body = requests.get(video, timeout=10)  # no credentials: the URL itself is the permission
     assert body.ok and body.content[4:8] == b"ftyp"

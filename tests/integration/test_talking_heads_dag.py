@@ -7,62 +7,27 @@ the same table pays for nothing (checked against the emulator's own billing log)
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from dashscope_emulator import EmulatorServer, make_samples, serve_directory
+from dashscope_emulator import EmulatorServer
 
-from tests.harness.services import s3_client, s3_connection
+from tests.harness.samples import sample_row
+from tests.harness.services import s3_client
 from tests.integration.conftest import KEY
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
-def media(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict]]:
-    folder = tmp_path_factory.mktemp("media")
-    make_samples(folder)
-    boxes = json.loads((folder / "samples.json").read_text())
-    with serve_directory(folder, port=0) as base_url:
-        yield base_url, boxes
-
-
 def _table(path: Path, media_url: str, boxes: dict) -> Path:
-    def box(name: str, key: str) -> str:
-        return json.dumps(boxes[name][key])
-
+    row = partial(sample_row, media_url, boxes)
     rows = [
-        {
-            "row_id": "square",
-            "model": "emo-v1",
-            "image_url": f"{media_url}/portrait_square.png",
-            "audio_url": f"{media_url}/voice.wav",
-            "face_bbox": box("portrait_square.png", "face_bbox"),
-            "ext_bbox": box("portrait_square.png", "ext_bbox"),
-            "style_level": "calm",
-            "speaker": "Ada",
-        },
-        {
-            "row_id": "halfbody",
-            "model": "emo-v1",
-            "image_url": f"{media_url}/portrait_halfbody.jpg",
-            "audio_url": f"{media_url}/voice.mp3",
-            "face_bbox": box("portrait_halfbody.jpg", "face_bbox"),
-            "ext_bbox": box("portrait_halfbody.jpg", "ext_bbox"),
-            "speaker": "Ada",
-        },
-        {
-            "row_id": "emoji",
-            "model": "emoji-v1",
-            "image_url": f"{media_url}/portrait_emoji.png",
-            "driven_id": "mengwa_kaixin",
-            "face_bbox": box("portrait_emoji.png", "face_bbox"),
-            "ext_bbox": box("portrait_emoji.png", "ext_bbox"),
-            "speaker": "Ben",
-        },
+        row("square", "emo-v1", "portrait_square.png", "voice.wav", style_level="calm", speaker="Ada"),
+        row("halfbody", "emo-v1", "portrait_halfbody.jpg", "voice.mp3", speaker="Ada"),
+        row("emoji", "emoji-v1", "portrait_emoji.png", driven_id="mengwa_kaixin", speaker="Ben"),
         {
             "row_id": "too-small",
             "model": "emo-v1",
@@ -72,15 +37,14 @@ def _table(path: Path, media_url: str, boxes: dict) -> Path:
             "ext_bbox": "[0, 0, 290, 290]",
             "speaker": "Cy",
         },
-        {
-            "row_id": "face-pose",
-            "model": "emo-v1",
-            "image_url": f"{media_url}/portrait_square.png?emulator_error=InvalidFile.FacePose",
-            "audio_url": f"{media_url}/voice.wav",
-            "face_bbox": box("portrait_square.png", "face_bbox"),
-            "ext_bbox": box("portrait_square.png", "ext_bbox"),
-            "speaker": "Eve",
-        },
+        row(
+            "face-pose",
+            "emo-v1",
+            "portrait_square.png",
+            "voice.wav",
+            emulator_error="InvalidFile.FacePose",
+            speaker="Eve",
+        ),
         {
             "row_id": "invalid",
             "model": "emo-v1",
@@ -267,18 +231,16 @@ def test_outputs_on_s3(
     airflow_db: str,
     emulator: EmulatorServer,
     media: tuple[str, dict],
-    moto_s3: str,
+    aws_default: str,
     tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Ledger, videos and outcomes on an S3 API (moto on 127.0.0.1) through ``aws_default``."""
     from tests.conftest import S3_BUCKET
 
-    monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", json.dumps(s3_connection(moto_s3)))
     media_url, boxes = media
     table = _table(tmp_path / "table.csv", media_url, boxes)
     root = f"s3://{S3_BUCKET}/e2e"
-    s3 = s3_client(moto_s3)
+    s3 = s3_client(aws_default)
 
     from airflow.dag_processing.dagbag import DagBag
 

@@ -20,12 +20,9 @@ os.environ["TALKING_HEADS_RETRY_DELAY_SECONDS"] = "1"
 
 @pytest.fixture(scope="session")
 def media(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Media]:
-    from dashscope_emulator import make_samples, serve_directory
+    from tests.harness.samples import served_samples
 
-    folder = tmp_path_factory.mktemp("reliability-media")
-    make_samples(folder)
-    boxes = json.loads((folder / "samples.json").read_text())
-    with serve_directory(folder, port=0) as base_url:
+    with served_samples(tmp_path_factory.mktemp("reliability-media")) as (base_url, boxes):
         yield Media(base_url, boxes)
 
 

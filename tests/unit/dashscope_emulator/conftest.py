@@ -8,14 +8,14 @@ cached in one folder for the session, so each distinct video is rendered once.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from dashscope_emulator import EmulatorServer, make_samples, serve_directory
+from dashscope_emulator import EmulatorServer
 
+from tests.harness.samples import served_samples
 from tests.unit.dashscope_emulator.helpers import KEYS, PHOTO_OVAL
 
 
@@ -23,9 +23,7 @@ from tests.unit.dashscope_emulator.helpers import KEYS, PHOTO_OVAL
 def media(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """The sample media, served over HTTP; ``url``, ``dir`` and ``boxes`` (samples.json)."""
     folder = tmp_path_factory.mktemp("emulator-media")
-    make_samples(folder)
-    boxes = json.loads((folder / "samples.json").read_text())
-    with serve_directory(folder, port=0) as base_url:
+    with served_samples(folder) as (base_url, boxes):
         yield {"url": base_url, "dir": folder, "boxes": boxes}
 
 
