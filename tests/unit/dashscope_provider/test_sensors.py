@@ -18,18 +18,23 @@ def _task(status: str, **extra: Any) -> dict[str, Any]:
     return {"task_id": "t-1", "status": status, **extra}
 
 
+def _sensor_on_new_task(
+    make_hook: Any, dashscope_conn: str, inputs: dict[str, Any], **sensor_args: Any
+) -> tuple[str, DashScopeTaskSensor]:
+    """Submit an ``emo-v1`` task of ``inputs``; its id and a sensor ``wait`` on it (with ``sensor_args``)."""
+    task_id = make_hook().submit_task("emo-v1", inputs).task_id
+    sensor = DashScopeTaskSensor(
+        task_id="wait", dashscope_task_id=task_id, dashscope_conn_id=dashscope_conn, **sensor_args
+    )
+    return task_id, sensor
+
+
 @pytest.mark.usefixtures("quick_retries")
 def test_sensor_defers_then_completes_through_the_trigger(
     dashscope_conn: str, emo_input: dict[str, Any], make_hook: Any
 ) -> None:
-    task_id = make_hook().submit_task("emo-v1", emo_input).task_id
-    sensor = DashScopeTaskSensor(
-        task_id="wait",
-        dashscope_task_id=task_id,
-        dashscope_conn_id=dashscope_conn,
-        poll_interval=0.05,
-        timeout=600,
-        deferrable=True,
+    task_id, sensor = _sensor_on_new_task(
+        make_hook, dashscope_conn, emo_input, poll_interval=0.05, timeout=600, deferrable=True
     )
     with pytest.raises(TaskDeferred) as info:
         sensor.execute({})  # type: ignore[arg-type]
@@ -68,14 +73,8 @@ def test_sensor_returns_at_once_when_already_terminal(
 
 
 def test_sensor_poke_mode(dashscope_conn: str, emo_input: dict[str, Any], make_hook: Any) -> None:
-    task_id = make_hook().submit_task("emo-v1", emo_input).task_id
-    sensor = DashScopeTaskSensor(
-        task_id="wait",
-        dashscope_task_id=task_id,
-        dashscope_conn_id=dashscope_conn,
-        poll_interval="0.05",
-        deferrable=False,
-        timeout=60,
+    _, sensor = _sensor_on_new_task(
+        make_hook, dashscope_conn, emo_input, poll_interval="0.05", deferrable=False, timeout=60
     )
     result = sensor.execute({})  # type: ignore[arg-type]
     assert result["status"] == "SUCCEEDED"
@@ -84,14 +83,8 @@ def test_sensor_poke_mode(dashscope_conn: str, emo_input: dict[str, Any], make_h
 
 def test_sensor_poke_mode_failed_task(dashscope_conn: str, emo_input: dict[str, Any], make_hook: Any) -> None:
     bad = {**emo_input, "image_url": emo_input["image_url"] + "?emulator_error=InvalidFile.FullFace"}
-    task_id = make_hook().submit_task("emo-v1", bad).task_id
-    sensor = DashScopeTaskSensor(
-        task_id="wait",
-        dashscope_task_id=task_id,
-        dashscope_conn_id=dashscope_conn,
-        poll_interval=0.05,
-        deferrable=False,
-        timeout=60,
+    task_id, sensor = _sensor_on_new_task(
+        make_hook, dashscope_conn, bad, poll_interval=0.05, deferrable=False, timeout=60
     )
     with pytest.raises(DashScopeTaskFailed) as info:
         sensor.execute({})  # type: ignore[arg-type]

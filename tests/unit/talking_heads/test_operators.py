@@ -26,6 +26,15 @@ def _submit_row_operator(conn_id: str, emoji_input: dict[str, Any], output_root:
     )
 
 
+def _ledger_outcome(output_root: Path, row_id: str) -> tuple[str, str | None, bool]:
+    """``(state, code, billed)`` of the row's entry in the ledger under ``output_root`` (it must have one)."""
+    from talking_heads.ledger import RowLedger
+
+    state = RowLedger(str(output_root)).get(row_id)
+    assert state is not None
+    return state.state, state.code, state.billed
+
+
 def test_submit_row_transient_refusal_is_left_to_task_retries(
     dashscope_conn: str, emulator: Any, emoji_input: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -39,9 +48,7 @@ def test_submit_row_transient_refusal_is_left_to_task_retries(
     with pytest.raises(DashScopeAPIError) as info:
         op.execute({"run_id": "run-1"})  # type: ignore[arg-type]
     assert not isinstance(info.value, AirflowFailException)  # the Airflow task's retries apply
-    state = RowLedger(str(tmp_path)).get("r-1")
-    assert state is not None
-    assert (state.state, state.code, state.billed) == ("failed", "InternalError", False)
+    assert _ledger_outcome(tmp_path, "r-1") == ("failed", "InternalError", False)
     assert emulator.tasks() == []
 
     submission = op.execute({"run_id": "run-1"})  # the retry: nothing was created, so it submits again
@@ -53,31 +60,23 @@ def test_submit_row_transient_refusal_is_left_to_task_retries(
 def test_submit_row_permanent_refusal_fails_without_retries(
     emulator: Any, emoji_input: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from talking_heads.ledger import RowLedger
-
     from tests.unit.conftest import conn_json
 
     monkeypatch.setenv("AIRFLOW_CONN_DASHSCOPE_WRONG_KEY", conn_json(emulator.base_url, password="sk-not-a-key"))
     op = _submit_row_operator("dashscope_wrong_key", emoji_input, tmp_path, "r-2")
     with pytest.raises(AirflowFailException, match="row r-2: submit refused"):
         op.execute({"run_id": "run-1"})  # type: ignore[arg-type]
-    state = RowLedger(str(tmp_path)).get("r-2")
-    assert state is not None
-    assert (state.state, state.code, state.billed) == ("failed", "InvalidApiKey", False)
+    assert _ledger_outcome(tmp_path, "r-2") == ("failed", "InvalidApiKey", False)
 
 
 def test_submit_row_without_a_usable_connection_sends_nothing_and_is_not_uncertain(
     emulator: Any, emoji_input: dict[str, Any], tmp_path: Path
 ) -> None:
-    from talking_heads.ledger import RowLedger
-
     op = _submit_row_operator("no_such_connection", emoji_input, tmp_path, "r-3")
     with pytest.raises(DashScopeConfigError, match="no_such_connection"):
         op.execute({"run_id": "run-1"})  # type: ignore[arg-type]
-    state = RowLedger(str(tmp_path)).get("r-3")
-    assert state is not None
     # Nothing can have been sent: a plain failure (the task's retries apply), not "uncertain".
-    assert (state.state, state.code, state.billed) == ("failed", "DashScopeConfigError", False)
+    assert _ledger_outcome(tmp_path, "r-3") == ("failed", "DashScopeConfigError", False)
     assert emulator.request_log() == []
 
 
