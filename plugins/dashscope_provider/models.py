@@ -11,12 +11,15 @@ one, ``GET /api/v1/tasks/`` lists the account's tasks of a window (:class:`Liste
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime, timedelta, timezone
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
 
-from dashscope_provider.exceptions import DashScopeAPIError
+from dashscope_provider.exceptions import DashScopeAPIError, DashScopeConnectionError
+
+T = TypeVar("T")
 
 #: ``[x1, y1, x2, y2]`` in pixels.
 Box = tuple[int, int, int, int]
@@ -223,6 +226,21 @@ def api_error(status: int, body: str, content_type: str | None, operation: str) 
     return DashScopeAPIError(
         status, None, f"answer without a DashScope error body ({kind}, {len(body)} chars)", None, operation
     )
+
+
+def read_answer(
+    status: int, body: str, content_type: str | None, operation: str, parse: Callable[[Any], T], what: str
+) -> T:
+    """A 200 answer's JSON as ``parse`` reads it; any other status raises :func:`api_error`.
+
+    :raises DashScopeConnectionError: a 200 answer ``parse`` can't read ("unreadable <what> answer").
+    """
+    if status == 200:
+        try:
+            return parse(json.loads(body))
+        except ValueError as exc:
+            raise DashScopeConnectionError(f"unreadable {what} answer ({exc})") from None
+    raise api_error(status, body, content_type, operation)
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,6 @@ from dashscope_provider.connection import (
 from dashscope_provider.exceptions import (
     DashScopeAPIError,
     DashScopeConfigError,
-    DashScopeConnectionError,
     DashScopeSubmissionUncertain,
 )
 from dashscope_provider.hooks.task_list import TaskListMixin
@@ -57,6 +56,7 @@ from dashscope_provider.models import (
     parse_detection,
     parse_submission,
     parse_task,
+    read_answer,
 )
 from dashscope_provider.rate_limit import RateLimiter, get_sync_rate_limiter
 from dashscope_provider.retry import DEFAULT_THROTTLE_TIMEOUT, RetryPolicy, describe, transport_error
@@ -324,12 +324,8 @@ class DashScopeHook(TaskListMixin, HttpHook):
         """
 
         def handle(response: requests.Response, text: str) -> DashScopeTask:
-            if response.status_code == 200:
-                try:
-                    return parse_task(json.loads(text))
-                except ValueError as exc:
-                    raise DashScopeConnectionError(f"unreadable query answer ({exc})") from None
-            raise api_error(response.status_code, text, response.headers.get("Content-Type"), "query")
+            content_type = response.headers.get("Content-Type")
+            return read_answer(response.status_code, text, content_type, "query", parse_task, "query")
 
         return self._idempotent_call("GET", TASK_ENDPOINT.format(task_id=quote(task_id, safe="")), "query", handle)
 

@@ -6,21 +6,19 @@ stays readable); it uses the hook's session, retry policy and connection, like e
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 from typing import TYPE_CHECKING
 
 from dashscope_provider.connection import account_from_connection, base_url_from_connection
-from dashscope_provider.exceptions import DashScopeConnectionError
 from dashscope_provider.models import (
     TASK_LIST_ENDPOINT,
     TASK_LIST_MARGIN,
     TASK_LIST_MAX_WINDOW,
     ListedTask,
     TaskPage,
-    api_error,
     list_time,
     parse_task_page,
+    read_answer,
 )
 from dashscope_provider.rate_limit import DEFAULT_QUERY_QPS, RateLimiter, get_sync_rate_limiter
 
@@ -79,12 +77,8 @@ class TaskListMixin:
         limiter = self.task_list_limiter()
 
         def handle(response: requests.Response, text: str) -> TaskPage:
-            if response.status_code == 200:
-                try:
-                    return parse_task_page(json.loads(text))
-                except ValueError as exc:
-                    raise DashScopeConnectionError(f"unreadable task-list answer ({exc})") from None
-            raise api_error(response.status_code, text, response.headers.get("Content-Type"), "list")
+            content_type = response.headers.get("Content-Type")
+            return read_answer(response.status_code, text, content_type, "list", parse_task_page, "task-list")
 
         found: dict[str, ListedTask] = {}
         for page_no in range(1, TASK_LIST_MAX_PAGES + 1):
