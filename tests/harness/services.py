@@ -35,6 +35,13 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+class QuietHandler(BaseHTTPRequestHandler):
+    """A request handler that keeps no access log (the base of the tests' HTTP stubs)."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
 @contextlib.contextmanager
 def serve_http(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
     """``handler`` served on a free port of 127.0.0.1 from a background thread; yields the base URL."""

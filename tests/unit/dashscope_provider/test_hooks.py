@@ -6,7 +6,6 @@ import json
 import socket
 import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import pytest
@@ -20,7 +19,7 @@ from dashscope_provider.exceptions import (
 from dashscope_provider.hooks.dashscope import DashScopeHook
 from dashscope_provider.models import DEFAULT_BASE_URL, DashScopeTask, SubmittedTask
 
-from tests.harness.services import send_json, serve_http
+from tests.harness.services import QuietHandler, send_json, serve_http
 from tests.unit.conftest import (
     CONN_ID,
     KEY,
@@ -381,7 +380,7 @@ def test_cancel_pending_task_only(
 # -- HttpHook's surface --------------------------------------------------------------------------------
 
 
-class _Recorder(BaseHTTPRequestHandler):
+class _Recorder(QuietHandler):
     """Answers every request with an UNKNOWN task and records what it received."""
 
     seen: list[dict[str, Any]] = []
@@ -389,9 +388,6 @@ class _Recorder(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         self.seen.append({"path": self.path, "headers": dict(self.headers)})
         send_json(self, 200, {"request_id": "r", "output": {"task_id": "t", "task_status": "UNKNOWN"}})
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ from dashscope_provider.transfers.dashscope_to_object_storage import (
     download_video,
 )
 
-from tests.harness.services import serve_http
+from tests.harness.services import QuietHandler, serve_http
 from tests.unit.conftest import BUCKET, CONN_ID, is_result, logged_requests
 
 pytestmark = pytest.mark.usefixtures("no_key_in_logs")
@@ -113,7 +112,7 @@ def test_download_tampered_url_is_not_retried(emo_video_url: str, emulator: Any,
     assert len(logged_requests(emulator, is_result)) == 1
 
 
-class _FlakyStorage(BaseHTTPRequestHandler):
+class _FlakyStorage(QuietHandler):
     """Serves one 1000-byte file: first a 503, then a body cut short, then the whole file."""
 
     protocol_version = "HTTP/1.1"
@@ -134,9 +133,6 @@ class _FlakyStorage(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(self.body if turn == "ok" else self.body[:500])
         self.close_connection = True
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
 
 
 def test_download_retries_5xx_and_truncated_bodies(tmp_path: Path) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import pandas as pd
@@ -16,7 +15,7 @@ from talking_heads.progress import Progress
 from talking_heads.report import seconds_decimals
 from talking_heads.run_summary import set_run_note, summary_line
 
-from tests.harness.services import send_json, serve_http
+from tests.harness.services import QuietHandler, send_json, serve_http
 
 
 def test_summary_line() -> None:
@@ -63,7 +62,7 @@ def test_progress_logs_at_a_steady_pace(caplog: pytest.LogCaptureFixture) -> Non
     assert len(caplog.records) == 4  # nothing between two paces; finish() always says where it ended
 
 
-class _Api(BaseHTTPRequestHandler):
+class _Api(QuietHandler):
     calls: list[tuple[str, str, dict[str, Any], str | None]] = []
 
     def do_POST(self) -> None:
@@ -76,9 +75,6 @@ class _Api(BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         self.calls.append(("PATCH", self.path, body, self.headers.get("Authorization")))
         send_json(self, 200, {"note": body["note"]})
-
-    def log_message(self, *args: Any) -> None:
-        pass
 
 
 @pytest.fixture
