@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 
 from tests.conftest import S3_BUCKET
 from tests.harness.services import s3_client as harness_s3_client
@@ -198,3 +199,38 @@ def aws_conn(moto_s3: str, monkeypatch: pytest.MonkeyPatch) -> str:
 @pytest.fixture
 def s3_client(moto_s3: str) -> Any:
     return harness_s3_client(moto_s3)
+
+
+#: A second key of the account ``account_emulator`` gives ``KEY`` (another program, or another connection, of it).
+SAME_ACCOUNT_KEY = "sk-same-account-other-key"
+#: A key of another Alibaba Cloud account on the same emulator.
+OTHER_ACCOUNT_KEY = "sk-other-account-key"
+
+
+@pytest.fixture
+def account_emulator(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """An emulator where ``KEY`` and ``SAME_ACCOUNT_KEY`` are one account's and ``OTHER_ACCOUNT_KEY`` another's;
+    the connection ``dashscope_test`` points at it with ``KEY``."""
+    from dashscope_emulator import EmulatorServer
+
+    accounts = {"acct": [KEY, SAME_ACCOUNT_KEY]}
+    with EmulatorServer(api_keys=[OTHER_ACCOUNT_KEY], accounts=accounts, port=0, speed=1000) as server:
+        monkeypatch.setenv(f"AIRFLOW_CONN_{CONN_ID.upper()}", conn_json(server.base_url))
+        yield server
+
+
+def submit_as(emulator: Any, key: str, body: dict[str, Any]) -> str:
+    """Submit ``body`` straight to the emulator with ``key`` (as another program would); its task id.
+    Waits out the account's submit limit (429) instead of failing."""
+    for _ in range(40):
+        answer = requests.post(
+            emulator.base_url + "/api/v1/services/aigc/image2video/video-synthesis",
+            json=body,
+            headers={"Authorization": f"Bearer {key}", "X-DashScope-Async": "enable"},
+            timeout=10,
+        )
+        if answer.status_code != 429:
+            assert answer.status_code == 200, answer.text
+            return answer.json()["output"]["task_id"]
+        time.sleep(0.25)
+    raise AssertionError("throttled")

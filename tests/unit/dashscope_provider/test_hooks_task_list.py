@@ -4,7 +4,6 @@ window sent in UTC+8 and widened, then cut exactly by ``gmt_create``; typed resu
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -15,42 +14,13 @@ from dashscope_provider.hooks import task_list
 from dashscope_provider.hooks.dashscope import DashScopeHook
 from dashscope_provider.models import ListedTask, TaskStatus
 
-from tests.unit.conftest import CONN_ID, KEY, conn_json
-
-OTHER_ACCOUNT_KEY = "sk-list-other-account"
-SAME_ACCOUNT_KEY = "sk-list-same-account"
-SUBMIT = "/api/v1/services/aigc/image2video/video-synthesis"
+from tests.unit.conftest import CONN_ID, KEY, OTHER_ACCOUNT_KEY, SAME_ACCOUNT_KEY, submit_as
 
 pytestmark = pytest.mark.usefixtures("no_key_in_logs")
 
 
-@pytest.fixture
-def accounts_emulator(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    from dashscope_emulator import EmulatorServer
-
-    accounts = {"acct": [KEY, SAME_ACCOUNT_KEY]}
-    with EmulatorServer(api_keys=[OTHER_ACCOUNT_KEY], accounts=accounts, port=0, speed=1000) as server:
-        monkeypatch.setenv(f"AIRFLOW_CONN_{CONN_ID.upper()}", conn_json(server.base_url))
-        yield server
-
-
-def _submit(emulator: Any, key: str, body: dict[str, Any]) -> str:
-    for _ in range(40):
-        answer = requests.post(
-            emulator.base_url + SUBMIT,
-            json=body,
-            headers={"Authorization": f"Bearer {key}", "X-DashScope-Async": "enable"},
-            timeout=10,
-        )
-        if answer.status_code != 429:
-            assert answer.status_code == 200, answer.text
-            return answer.json()["output"]["task_id"]
-        time.sleep(0.25)
-    raise AssertionError("throttled")
-
-
 def test_list_tasks_reads_every_page_of_the_accounts_tasks_in_the_window(
-    accounts_emulator: Any,
+    account_emulator: Any,
     emoji_input: dict[str, Any],
     emo_input: dict[str, Any],
     monkeypatch: pytest.MonkeyPatch,
@@ -58,15 +28,15 @@ def test_list_tasks_reads_every_page_of_the_accounts_tasks_in_the_window(
 ) -> None:
     monkeypatch.setattr(task_list, "TASK_LIST_PAGE_SIZE", 2)
     emoji = {"model": "emoji-v1", "input": emoji_input}
-    before = _submit(accounts_emulator, KEY, emoji)  # made before the window
+    before = submit_as(account_emulator, KEY, emoji)  # made before the window
     time.sleep(1.1)
     start = datetime.now(UTC)
-    ours = [_submit(accounts_emulator, k, emoji) for k in (KEY, SAME_ACCOUNT_KEY, KEY, KEY, SAME_ACCOUNT_KEY)]
-    _submit(accounts_emulator, KEY, {"model": "emo-v1", "input": emo_input})  # another model
-    _submit(accounts_emulator, OTHER_ACCOUNT_KEY, emoji)  # another account
+    ours = [submit_as(account_emulator, k, emoji) for k in (KEY, SAME_ACCOUNT_KEY, KEY, KEY, SAME_ACCOUNT_KEY)]
+    submit_as(account_emulator, KEY, {"model": "emo-v1", "input": emo_input})  # another model
+    submit_as(account_emulator, OTHER_ACCOUNT_KEY, emoji)  # another account
     end = datetime.now(UTC)
     time.sleep(1.1)
-    after = _submit(accounts_emulator, KEY, emoji)  # made after the window
+    after = submit_as(account_emulator, KEY, emoji)  # made after the window
 
     hook = DashScopeHook(dashscope_conn_id=CONN_ID)
     listed = hook.list_tasks("emoji-v1", start, end)
@@ -76,7 +46,7 @@ def test_list_tasks_reads_every_page_of_the_accounts_tasks_in_the_window(
     # The widened window reached the tasks just outside it; gmt_create cut them off.
     assert before not in {t.task_id for t in listed} and after not in {t.task_id for t in listed}
 
-    calls = [r for r in accounts_emulator.request_log() if r["path"] == "/api/v1/tasks/"]
+    calls = [r for r in account_emulator.request_log() if r["path"] == "/api/v1/tasks/"]
     assert len(calls) == len(sent) == 4  # 7 emoji tasks of the account in the widened window, 2 a page
     assert [q["page_no"] for q in sent] == ["1", "2", "3", "4"]
     # The window was sent as YYYYMMDDhhmmss in UTC+8, widened on both sides.
@@ -105,7 +75,7 @@ def sent(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, str]]:
     return queries
 
 
-def test_list_tasks_refuses_a_window_it_cannot_send(accounts_emulator: Any) -> None:
+def test_list_tasks_refuses_a_window_it_cannot_send(account_emulator: Any) -> None:
     hook = DashScopeHook(dashscope_conn_id=CONN_ID)
     now = datetime.now(UTC)
     with pytest.raises(ValueError, match="24 h"):

@@ -10,13 +10,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 from airflow.sdk.exceptions import AirflowFailException
 from dashscope_provider.hooks.dashscope import DashScopeHook
 from talking_heads import reconcile
@@ -26,26 +24,18 @@ from talking_heads.media import MediaSigner
 from talking_heads.payloads import Submission, WorkItem
 from talking_heads.validation import RowRequest
 
-from tests.unit.conftest import CONN_ID, KEY, conn_json
+from tests.unit.conftest import CONN_ID, KEY, SAME_ACCOUNT_KEY, submit_as
 
 LOG = logging.getLogger(__name__)
-OTHER_KEY = "sk-another-program-of-the-account"
 LIST_PATH = "/api/v1/tasks/"
-SUBMIT_PATH = "/api/v1/services/aigc/image2video/video-synthesis"
 
 pytestmark = pytest.mark.usefixtures("no_key_in_logs")
 
 
-@pytest.fixture
-def account_emulator(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    """An emulator whose account holds the pipeline's key and another program's; ``dashscope_test`` -> it."""
-    from dashscope_emulator import EmulatorServer
-
+@pytest.fixture(autouse=True)
+def quick_reconciliation(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(reconcile, "SETTLE_SECONDS", 0.2)
     monkeypatch.setitem(DashScopeHook.__init__.__kwdefaults__, "retry_initial", 0.05)
-    with EmulatorServer(accounts={"acct": [KEY, OTHER_KEY]}, port=0, speed=1000) as server:
-        monkeypatch.setenv(f"AIRFLOW_CONN_{CONN_ID.upper()}", conn_json(server.base_url))
-        yield server
 
 
 def _submit(ledger: RowLedger, row_id: str, emoji_input: dict[str, Any], resubmit: bool = False) -> Submission:
@@ -67,15 +57,7 @@ def _lists(emulator: Any) -> list[dict[str, Any]]:
 
 
 def _other_program_submits(emulator: Any, emoji_input: dict[str, Any]) -> str:
-    body = {"model": "emoji-v1", "input": {**emoji_input, "face_bbox": emoji_input["face_bbox"]}}
-    answer = requests.post(
-        emulator.base_url + SUBMIT_PATH,
-        json=body,
-        headers={"Authorization": f"Bearer {OTHER_KEY}", "X-DashScope-Async": "enable"},
-        timeout=10,
-    )
-    assert answer.status_code == 200, answer.text
-    return answer.json()["output"]["task_id"]
+    return submit_as(emulator, SAME_ACCOUNT_KEY, {"model": "emoji-v1", "input": emoji_input})
 
 
 def test_a_lost_answer_is_adopted_then_waited_on_and_billed_once(
@@ -167,7 +149,7 @@ def test_another_programs_task_in_the_window_is_never_adopted(
     assert foreign in str(info.value) and own in str(info.value)
     message = outcome_of(state, "run-1")["message"]
     assert "2 unclaimed tasks" in message and foreign in message and own in message
-    assert KEY not in message and OTHER_KEY not in message
+    assert KEY not in message and SAME_ACCOUNT_KEY not in message
 
     # A later try looks again and still adopts neither.
     with pytest.raises(AirflowFailException, match="2 unclaimed tasks"):
