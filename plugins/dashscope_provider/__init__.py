@@ -39,12 +39,12 @@ UI_FIELD_BEHAVIOUR: dict[str, Any] = {
 
 
 def _register_oss_filesystem() -> None:
-    """Make ``dashscope_provider.fs.oss.AirflowOSSFileSystem`` fsspec's ``oss`` class (by name: imported on
+    """Make ``dashscope_provider.fs.oss_filesystem.AirflowOSSFileSystem`` fsspec's ``oss`` class (by name: imported on
     first use). Without it, an ``oss://`` path without ``conn_id`` runs on a bare, anonymous ossfs (whose
     ``exists()`` answers False on AccessDenied) and is parsed with no bucket (``oss:///bucket/key``)."""
     import fsspec
 
-    fsspec.register_implementation("oss", "dashscope_provider.fs.oss.AirflowOSSFileSystem", clobber=True)
+    fsspec.register_implementation("oss", "dashscope_provider.fs.oss_filesystem.AirflowOSSFileSystem", clobber=True)
 
 
 _register_oss_filesystem()

@@ -10,7 +10,7 @@ from oss2.models import PartInfo
 from ossfs.file import OSSFile
 
 if TYPE_CHECKING:
-    from dashscope_provider.fs.oss import AirflowOSSFileSystem
+    from dashscope_provider.fs.oss_filesystem import AirflowOSSFileSystem
 
 log = logging.getLogger(__name__)
 
