@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
+from airflow.configuration import conf
 from airflow.sdk import BaseOperator, Context, ObjectStoragePath
 from airflow.sdk.exceptions import AirflowSensorTimeout
 from dashscope_provider.exceptions import DashScopeError
@@ -110,7 +111,8 @@ class WaitRowOperator(_RowStep):
     :param submission: the submit step's :class:`~talking_heads.payloads.Submission` as a dict; its
         ``conn_id`` (the key that created the task, the only one that can query it) is used to poll.
     :param poll_interval: seconds between status queries (templated; a rendered string is accepted).
-    :param deferrable: wait in the triggerer (default) instead of polling from the worker.
+    :param deferrable: wait in the triggerer instead of polling from the worker; by default Airflow's
+        ``[operators] default_deferrable``, as providers do (the ``talking_heads`` DAG always defers).
     :param timeout: seconds the wait may last in all.
     """
 
@@ -122,7 +124,7 @@ class WaitRowOperator(_RowStep):
         *,
         submission: Any,
         poll_interval: float | str = 15.0,
-        deferrable: bool = True,
+        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         timeout: float = timedelta(hours=23).total_seconds(),
         **kwargs: Any,
     ) -> None:
