@@ -12,13 +12,11 @@ from typing import Any
 
 from airflow.configuration import conf
 from airflow.sdk import BaseOperator, Context, ObjectStoragePath
-from airflow.sdk.exceptions import AirflowSensorTimeout
-from dashscope_provider.exceptions import DashScopeError
 from dashscope_provider.hooks.dashscope import DashScopeHook
 from dashscope_provider.links import DashScopeTaskLink
-from dashscope_provider.models import DashScopeTask, TaskStatus
+from dashscope_provider.models import TaskStatus
 from dashscope_provider.transfers.dashscope_to_object_storage import download_video
-from dashscope_provider.triggers.dashscope import DashScopeTaskTrigger
+from dashscope_provider.triggers.dashscope import DashScopeTaskTrigger, task_from_event
 
 from talking_heads import lifecycle
 from talking_heads.ledger import RowLedger
@@ -135,8 +133,7 @@ class WaitRowOperator(_RowStep):
         self.timeout = timeout
 
     def _submission(self) -> Submission:
-        submission = Submission.from_dict(self.submission)
-        return submission if submission.conn_id else Submission(submission.row_id, submission.task_id, "")
+        return Submission.from_dict(self.submission)
 
     def _conn_id(self, submission: Submission) -> str:
         return submission.conn_id or self.dashscope_conn_id
@@ -173,12 +170,7 @@ class WaitRowOperator(_RowStep):
     def execute_complete(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
         """Resume after the trigger fired: record the task's end."""
         submission = self._submission()
-        message = event.get("message") or ""
-        if event.get("status") == "timeout":
-            raise AirflowSensorTimeout(message)
-        if event.get("status") == "error" or not event.get("task"):
-            raise DashScopeError(f"Waiting for DashScope task {submission.task_id} failed: {message}")
-        task = DashScopeTask.from_dict(event["task"])
+        task = task_from_event(event, submission.task_id)
         return lifecycle.record_task_end(self.ledger(), submission, task).to_dict()
 
     def on_kill(self) -> None:

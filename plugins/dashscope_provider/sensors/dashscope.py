@@ -9,12 +9,11 @@ from typing import Any
 
 from airflow.providers.common.compat.sdk import conf
 from airflow.sdk import BaseSensorOperator, Context, PokeReturnValue
-from airflow.sdk.exceptions import AirflowSensorTimeout
 
-from dashscope_provider.exceptions import DashScopeError, DashScopeTaskFailed
+from dashscope_provider.exceptions import DashScopeTaskFailed
 from dashscope_provider.hooks.dashscope import DashScopeHook
 from dashscope_provider.models import DashScopeTask, TaskStatus
-from dashscope_provider.triggers.dashscope import DashScopeTaskTrigger
+from dashscope_provider.triggers.dashscope import DashScopeTaskTrigger, task_from_event
 
 
 class DashScopeTaskSensor(BaseSensorOperator):
@@ -108,13 +107,7 @@ class DashScopeTaskSensor(BaseSensorOperator):
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
         """Resume after the trigger fired: return the task dict, or raise (see the class doc)."""
-        status = event.get("status")
-        message = event.get("message") or ""
-        if status == "timeout":
-            raise AirflowSensorTimeout(message)
-        if status == "error" or not event.get("task"):
-            raise DashScopeError(f"Waiting for DashScope task {self.dashscope_task_id} failed: {message}")
-        return self._outcome(DashScopeTask.from_dict(event["task"]))
+        return self._outcome(task_from_event(event, self.dashscope_task_id))
 
     def _outcome(self, task: DashScopeTask) -> dict[str, Any]:
         if task.succeeded:

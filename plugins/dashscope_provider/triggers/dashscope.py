@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
-from airflow.sdk.exceptions import AirflowNotFoundException
+from airflow.sdk.exceptions import AirflowNotFoundException, AirflowSensorTimeout
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from dashscope_provider.exceptions import DashScopeAPIError, DashScopeConfigError, DashScopeError
@@ -145,3 +145,17 @@ class DashScopeTaskTrigger(BaseTrigger):
         detail = ": ".join(part for part in (task.code, task.message) if part)
         message = f"DashScope task {task.task_id} ended {task.status}" + (f": {detail}" if detail else "")
         return self._event("failed", task, message)
+
+
+def task_from_event(event: dict[str, Any], task_id: str) -> DashScopeTask:
+    """The task a :class:`DashScopeTaskTrigger` event carries, for the operator that resumes from it.
+
+    :raises AirflowSensorTimeout: the event says the wait timed out.
+    :raises DashScopeError: the event says the wait failed (or carries no task).
+    """
+    message = event.get("message") or ""
+    if event.get("status") == "timeout":
+        raise AirflowSensorTimeout(message)
+    if event.get("status") == "error" or not event.get("task"):
+        raise DashScopeError(f"Waiting for DashScope task {task_id} failed: {message}")
+    return DashScopeTask.from_dict(event["task"])
