@@ -69,16 +69,23 @@ class RowLedger:
         """Create the detection's claim exclusively: True for the one caller that did (it then detects).
 
         An exclusive create (``O_EXCL`` on a local disk, ``If-None-Match`` on S3, forbid-overwrite on OSS)
-        makes two rows with the same image in one run pay once. A store without one answers True to all.
+        makes two rows with the same image in one run pay once. Other stores get fsspec's own ``create``
+        (an existence check, then a write: best effort), or none at all: then every caller answers True.
         """
         path = self.layout.root / "state" / "detections" / f"{key}.claim"
         path.parent.mkdir(parents=True, exist_ok=True)
+        body = json.dumps({"by": claimant}).encode()
         try:
-            path.fs.pipe_file(path.path, json.dumps({"by": claimant}).encode(), mode="create")
+            if path.protocol in ("file", "local", ""):
+                # fsspec's local pipe_file(mode="create") checks, then writes: two threads can both pass.
+                with open(path.path, "xb") as handle:
+                    handle.write(body)
+            else:
+                path.fs.pipe_file(path.path, body, mode="create")
         except FileExistsError:
             return False
         except (NotImplementedError, TypeError, ValueError):
-            path.write_text(json.dumps({"by": claimant}))  # no exclusive create here: last writer wins
+            path.write_bytes(body)  # no exclusive create here: last writer wins
         return True
 
     def release_detection(self, key: str) -> None:
