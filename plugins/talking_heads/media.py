@@ -13,6 +13,7 @@ A presigned URL is a credential: :func:`redact` takes it out of any text before 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 import os
@@ -99,18 +100,24 @@ def private_address_problem(request: RowRequest) -> str | None:
         if kind_of(location) != "http":
             continue
         host = urlsplit(location).hostname or ""
-        try:
-            addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
-        except (socket.gaierror, UnicodeError):
-            continue  # unresolvable here: the pre-flight check (or the service) reports it
-        for address in addresses:
-            ip = ipaddress.ip_address(address.split("%")[0])
+        for ip in _addresses(host):
             if ip.is_loopback or ip.is_private or ip.is_link_local or ip.is_reserved or ip.is_unspecified:
                 return (
                     f"field '{field}': {host} is a {_address_kind(ip)} address ({ip}); the service fetches media "
                     "from the internet and cannot reach it. Use a public URL, a store URL or a local file"
                 )
     return None
+
+
+@functools.lru_cache(maxsize=1024)
+def _addresses(host: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...]:
+    """The host's addresses, resolved once per process (a table's media share a few hosts; the plan asks per
+    row). Unresolvable here: none, and the pre-flight check (or the service) reports it."""
+    try:
+        found = {info[4][0] for info in socket.getaddrinfo(host, None)}
+    except (socket.gaierror, UnicodeError):
+        return ()
+    return tuple(ipaddress.ip_address(address.split("%")[0]) for address in sorted(found))
 
 
 def _address_kind(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
