@@ -5,6 +5,15 @@ or two runs with the same image and ratio share one detection).
 
 It only stores and loads. What the states mean, and which step moves a row from one to another, is
 :mod:`talking_heads.lifecycle`.
+
+Writes are a compare-and-set, so no move overwrites a newer one (two overlapping runs, a zombie try):
+a record read at revision ``n`` is written as revision ``n + 1``, and first created *exclusively* as
+``state/revisions/{row_id}/{n+1}.json``. Only one writer can create it; the others get a
+:class:`LedgerConflict` carrying the row's newer record, and decide again from it. ``state/{row_id}.json``
+is then a copy of the newest revision, for fast reads. The exclusive create is ``link()`` (as ``O_EXCL``) on a local disk,
+``If-None-Match: *`` on S3, ``x-oss-forbid-overwrite`` on OSS, and fsspec's ``mode="create"`` elsewhere
+(GCS: ``ifGenerationMatch=0``; a store without the primitive gets an existence check, then a write:
+today's last-writer-wins behaviour).
 """
 
 from __future__ import annotations
@@ -13,13 +22,18 @@ import contextlib
 import json
 import os
 import uuid
+from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from airflow.sdk import ObjectStoragePath
 
-from talking_heads.lifecycle import RowState
+from talking_heads.lifecycle.states import LedgerConflict, RowState
 from talking_heads.progress import Progress
 from talking_heads.storage import OutputLayout
+
+#: How many newer revisions a conflicting writer reads forward at most (a row moves a handful of times).
+_MAX_REVISIONS = 10_000
 
 
 class RowLedger:
@@ -52,7 +66,51 @@ class RowLedger:
         return found
 
     def put(self, record: RowState) -> RowState:
-        _write_atomically(self.layout.state(record.row_id), json.dumps(record.to_dict(), sort_keys=True))
+        """Record ``record`` if nobody wrote the row since the record it was made from was read.
+
+        ``record.revision`` is one more than the revision it was made from (:meth:`RowState.advance`
+        counts); a new record is revision 1. Raises :class:`LedgerConflict` when that revision exists.
+        """
+        if record.revision < 1:
+            record = replace(record, revision=1)
+        body = json.dumps(record.to_dict(), sort_keys=True)
+        if not create_exclusively(self.layout.revision(record.row_id, record.revision), body.encode()):
+            raise LedgerConflict(record.row_id, self._newest(record.row_id, record.revision))
+        _write_atomically(self.layout.state(record.row_id), body)
+        return record
+
+    def update(
+        self, row_id: str, change: Callable[[RowState | None], RowState | None], attempts: int = 50
+    ) -> RowState | None:
+        """Apply ``change`` to the row's newest record until it lands: ``change(current)`` returns the new
+        record, or None to leave the row as it is (then ``current`` is returned)."""
+        current = self.get(row_id)
+        for _ in range(attempts):
+            if (record := change(current)) is None:
+                return current
+            try:
+                return self.put(record)
+            except LedgerConflict as conflict:
+                current = conflict.current
+        raise RuntimeError(f"row {row_id}: the ledger kept moving under {attempts} writes in a row")
+
+    def _newest(self, row_id: str, taken: int) -> RowState:
+        """The newest revision from ``taken`` on; ``state/{row_id}.json`` is brought up to it, in case the
+        writer that made it died before copying it there."""
+        newest = None
+        for revision in range(taken, taken + _MAX_REVISIONS):
+            try:
+                newest = self.layout.revision(row_id, revision).read_text()
+            except FileNotFoundError:
+                break
+        if newest is None:  # refused, yet gone: only a store that deletes behind our back does this
+            if (copy := self.get(row_id)) is not None:
+                return copy
+            raise RuntimeError(f"row {row_id}: revision {taken} was refused but cannot be read")
+        record = RowState.from_dict(json.loads(newest))
+        copy = self.get(row_id)
+        if copy is None or copy.revision < record.revision:
+            _write_atomically(self.layout.state(row_id), newest)
         return record
 
     def get_detection(self, key: str) -> dict[str, Any] | None:
@@ -73,20 +131,7 @@ class RowLedger:
         (an existence check, then a write: best effort), or none at all: then every caller answers True.
         """
         path = self.layout.root / "state" / "detections" / f"{key}.claim"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        body = json.dumps({"by": claimant}).encode()
-        try:
-            if path.protocol in ("file", "local", ""):
-                # fsspec's local pipe_file(mode="create") checks, then writes: two threads can both pass.
-                with open(path.path, "xb") as handle:
-                    handle.write(body)
-            else:
-                path.fs.pipe_file(path.path, body, mode="create")
-        except FileExistsError:
-            return False
-        except (NotImplementedError, TypeError, ValueError):
-            path.write_bytes(body)  # no exclusive create here: last writer wins
-        return True
+        return create_exclusively(path, json.dumps({"by": claimant}).encode())
 
     def release_detection(self, key: str) -> None:
         """Drop a claim whose detection call failed unanswered, so another row need not wait for it."""
@@ -96,6 +141,36 @@ class RowLedger:
 
     def _detection_path(self, key: str) -> ObjectStoragePath:
         return self.layout.root / "state" / "detections" / f"{key}.json"
+
+
+def create_exclusively(path: ObjectStoragePath, body: bytes) -> bool:
+    """Create ``path`` unless it exists: True for the one caller that did.
+
+    ``link()`` on a local disk (exclusive like ``O_EXCL``, and the content is there before the name;
+    fsspec's local ``mode="create"`` checks, then writes: two threads could both pass), ``If-None-Match: *`` on S3, forbid-overwrite on OSS, fsspec's ``mode="create"`` elsewhere.
+    A store that has no such mode at all is written unconditionally (last writer wins) and answers True.
+    """
+    if path.protocol in ("file", "local", ""):
+        # Written aside, then hard-linked into place: link() fails if the name exists, and a reader never
+        # sees the file before its content.
+        os.makedirs(os.path.dirname(path.path), exist_ok=True)
+        aside = f"{path.path}.{uuid.uuid4().hex}.tmp"
+        with open(aside, "wb") as handle:
+            handle.write(body)
+        try:
+            os.link(aside, path.path)
+        except FileExistsError:
+            return False
+        finally:
+            os.unlink(aside)
+        return True
+    try:
+        path.fs.pipe_file(path.path, body, mode="create")
+    except FileExistsError:
+        return False
+    except (NotImplementedError, TypeError, ValueError):
+        path.write_bytes(body)
+    return True
 
 
 def _write_atomically(path: ObjectStoragePath, text: str) -> None:

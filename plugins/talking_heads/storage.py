@@ -39,6 +39,10 @@ class OutputLayout:
     def state(self, row_id: str) -> ObjectStoragePath:
         return self.root / "state" / f"{row_id}.json"
 
+    def revision(self, row_id: str, revision: int) -> ObjectStoragePath:
+        """Revision ``n`` of a row's record, created exclusively: the ledger's compare-and-set."""
+        return self.root / "state" / "revisions" / row_id / f"{revision:06d}.json"
+
     def outcomes(self, run_id: str, suffix: str) -> ObjectStoragePath:
         return self.root / "outcomes" / f"{safe_name(run_id)}.{suffix}"
 

@@ -1,0 +1,146 @@
+"""A row's recorded states, the moves allowed between them, and the record itself (:class:`RowState`).
+
+The table of what each step does in each state is :mod:`talking_heads.lifecycle`'s docstring.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+
+class RowStatus(StrEnum):
+    """The recorded state of a row (see the module's table)."""
+
+    SUBMITTING = "submitting"
+    UNCERTAIN = "uncertain"
+    SUBMITTED = "submitted"
+    GENERATED = "generated"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+S = RowStatus
+#: Every move a row may make. A submit starts from nothing, a refused or unbilled failure, or (on
+#: purpose) an uncertain one; the wait may see the end of a task whatever an overlapping writer left;
+#: a succeeded row never moves again.
+TRANSITIONS: dict[RowStatus, frozenset[RowStatus]] = {
+    S.SUBMITTING: frozenset({S.SUBMITTING, S.UNCERTAIN, S.SUBMITTED, S.FAILED}),
+    S.UNCERTAIN: frozenset({S.UNCERTAIN, S.SUBMITTING, S.SUBMITTED, S.GENERATED, S.FAILED}),
+    S.SUBMITTED: frozenset({S.SUBMITTING, S.GENERATED, S.FAILED}),
+    S.GENERATED: frozenset({S.GENERATED, S.SUCCEEDED, S.FAILED}),
+    S.SUCCEEDED: frozenset(),
+    S.FAILED: frozenset({S.SUBMITTING, S.GENERATED, S.FAILED}),
+}
+
+
+class OutcomeCode(StrEnum):
+    """Every ``code`` the pipeline itself writes into an outcome (the service's codes pass through as-is)."""
+
+    #: the row failed validation (the message names the row and the field)
+    INVALID_INPUT = "InvalidInput"
+    #: the row's media failed the pre-flight checks (format, size, duration) before any spend
+    PREFLIGHT = "PreflightCheck"
+    #: the submit answer was lost: a task may exist and be billed
+    SUBMISSION_UNCERTAIN = "SubmissionUncertain"
+    #: the run ended with the row still in flight
+    INCOMPLETE = "Incomplete"
+    #: the video was generated (billed) but could not be stored
+    STORE_FAILED = "StoreFailed"
+    #: the result URL died (24 h) before the video was stored
+    RESULT_EXPIRED = "ResultExpired"
+    #: the service no longer knows the task (task ids live 24 h); it may have run and been billed
+    UNKNOWN = "UNKNOWN"
+
+
+class RowTransitionError(ValueError):
+    """A step tried to move a row in a way :data:`TRANSITIONS` does not allow."""
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+@dataclass(frozen=True)
+class RowState:
+    """The recorded progress of one row (the ledger's record; JSON-serialisable)."""
+
+    row_id: str
+    state: RowStatus
+    model: str = ""
+    fingerprint: str = ""
+    #: The connection (API key) the task was submitted with: only that key can query it.
+    conn_id: str | None = None
+    task_id: str | None = None
+    code: str | None = None
+    message: str | None = None
+    billed: bool = False
+    video_url: str | None = None
+    video_uri: str | None = None
+    video_bytes: int | None = None
+    video_sha256: str | None = None
+    video_duration: float | None = None
+    video_ratio: str | None = None
+    run_id: str | None = None
+    #: The face detection that gave this row its boxes: ``key``, ``model``, ``ratio``, ``passed`` and who
+    #: paid for it (``run_id``, ``row_id``); a detection is billed once per image and ratio, not per row.
+    detection: dict[str, Any] | None = None
+    #: When the last submit intent was written and its answer seen lost (ISO, UTC); the unclaimed tasks of
+    #: that window (None: never looked), whether one was adopted, whether it was sent again (may pay twice).
+    #: See :mod:`talking_heads.reconcile`.
+    intent_at: str | None = None
+    lost_at: str | None = None
+    candidates: tuple[str, ...] | None = None
+    reconciled: bool = False
+    resubmitted: bool = False
+    #: Who wrote the last submit intent, the row's claim: ``"{run_id} {task_id}[{map_index}] try {n}"``.
+    owner: str | None = None
+    updated_at: str = field(default_factory=now_iso)
+    history: tuple[str, ...] = ()
+    #: How many times the row was written: the ledger's compare-and-set (0: never stored).
+    revision: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "state", RowStatus(self.state))
+
+    def advance(self, state: RowStatus, **changes: Any) -> RowState:
+        """A copy in a new state; the history keeps every state the row went through, with when."""
+        if state not in TRANSITIONS[self.state]:
+            raise RowTransitionError(f"row {self.row_id}: {self.state} -> {state} is not an allowed move")
+        entry = f"{now_iso()} {self.state}->{state}" + (f" task={self.task_id}" if self.task_id else "")
+        return replace(
+            self,
+            state=state,
+            updated_at=now_iso(),
+            history=(*self.history, entry),
+            revision=self.revision + 1,
+            **changes,
+        )
+
+    def lose(self, message: str | None) -> RowState:
+        """A copy ``uncertain``: the submit answer was lost, seen now (a task may exist)."""
+        return self.advance(S.UNCERTAIN, code=OutcomeCode.SUBMISSION_UNCERTAIN, message=message, lost_at=now_iso())
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["state"] = str(self.state)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RowState:
+        data = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        data["history"] = tuple(data.get("history", ()))
+        if data.get("candidates") is not None:
+            data["candidates"] = tuple(data["candidates"])
+        return cls(**data)
+
+
+class LedgerConflict(Exception):
+    """Another writer moved the row first; ``current`` is the row's newer record (decide again from it)."""
+
+    def __init__(self, row_id: str, current: RowState) -> None:
+        super().__init__(f"row {row_id} was moved by another writer to {current.state} (revision {current.revision})")
+        self.row_id = row_id
+        self.current = current
