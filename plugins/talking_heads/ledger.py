@@ -10,10 +10,10 @@ Writes are a compare-and-set, so no move overwrites a newer one (two overlapping
 a record read at revision ``n`` is written as revision ``n + 1``, and first created *exclusively* as
 ``state/revisions/{row_id}/{n+1}.json``. Only one writer can create it; the others get a
 :class:`LedgerConflict` carrying the row's newer record, and decide again from it. ``state/{row_id}.json``
-is then a copy of the newest revision, for fast reads. The exclusive create is ``link()`` (as ``O_EXCL``) on a local disk,
-``If-None-Match: *`` on S3, ``x-oss-forbid-overwrite`` on OSS, and fsspec's ``mode="create"`` elsewhere
-(GCS: ``ifGenerationMatch=0``; a store without the primitive gets an existence check, then a write:
-today's last-writer-wins behaviour).
+is then a copy of the newest revision, for fast reads. The exclusive create is ``link()`` (as
+``O_EXCL``) on a local disk, ``If-None-Match: *`` on S3, ``x-oss-forbid-overwrite`` on OSS, and fsspec's
+``mode="create"`` elsewhere (GCS: ``ifGenerationMatch=0``; a store without the primitive gets an
+existence check, then a write: today's last-writer-wins behaviour).
 """
 
 from __future__ import annotations
@@ -147,7 +147,8 @@ def create_exclusively(path: ObjectStoragePath, body: bytes) -> bool:
     """Create ``path`` unless it exists: True for the one caller that did.
 
     ``link()`` on a local disk (exclusive like ``O_EXCL``, and the content is there before the name;
-    fsspec's local ``mode="create"`` checks, then writes: two threads could both pass), ``If-None-Match: *`` on S3, forbid-overwrite on OSS, fsspec's ``mode="create"`` elsewhere.
+    fsspec's local ``mode="create"`` checks, then writes: two threads could both pass), ``If-None-Match: *``
+    on S3, forbid-overwrite on OSS, fsspec's ``mode="create"`` elsewhere.
     A store that has no such mode at all is written unconditionally (last writer wins) and answers True.
     """
     if path.protocol in ("file", "local", ""):

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from talking_heads.ledger import LedgerConflict, RowLedger
 from talking_heads.lifecycle import RowState
+
 from tests.conftest import S3_BUCKET
 from tests.unit.dashscope_provider.test_fs_oss import OSS_BUCKET, make_oss_conn, oss_double  # noqa: F401 (fixtures)
 
