@@ -12,8 +12,9 @@ a record read at revision ``n`` is written as revision ``n + 1``, and first crea
 :class:`LedgerConflict` carrying the row's newer record, and decide again from it. ``state/{row_id}.json``
 is then a copy of the newest revision, for fast reads. The exclusive create is ``link()`` (as
 ``O_EXCL``) on a local disk, ``If-None-Match: *`` on S3, ``x-oss-forbid-overwrite`` on OSS, and fsspec's
-``mode="create"`` elsewhere (GCS: ``ifGenerationMatch=0``; a store without the primitive gets an
-existence check, then a write: today's last-writer-wins behaviour).
+``mode="create"`` elsewhere: exclusive where the store's filesystem implements it as such (for GCS, a
+generation match; gcsfs is not installed here, so untested), else an existence check, then a write
+(today's last-writer-wins behaviour, said in docs/storage.md).
 """
 
 from __future__ import annotations
