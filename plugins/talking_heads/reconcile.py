@@ -106,10 +106,12 @@ def settle_uncertain(state: RowState, now: datetime, code: str) -> dict[str, Any
     return {"status": "failed", "code": code, "task_id": state.task_id, "message": message, "candidates": candidates}
 
 
-def uncertain_message(found: str) -> str:
-    """What an uncertain row's record and outcome say after a look at the task list (``found``)."""
+def uncertain_message(found: str, owner: str | None = None) -> str:
+    """What an uncertain row's record and outcome say after a look at the task list (``found``); ``owner``:
+    who sent the submit whose answer was lost (the claim's owner, e.g. an overlapping run's task)."""
+    sent_by = f" of {owner}" if owner else ""
     return (
-        f"the submit answer was lost, so a task may exist and be billed; the account's task list: {found}. "
+        f"the submit answer{sent_by} was lost, so a task may exist and be billed; the account's task list: {found}. "
         "It was not re-sent: a later try or run looks again within 24 h of the submit; or check the DashScope "
         "console, then rerun with resubmit_uncertain=true to submit it again on purpose (a possible double charge)"
     )

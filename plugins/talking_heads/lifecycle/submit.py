@@ -254,7 +254,8 @@ def reconcile_row(
     if state is None or verdict is None:  # no record, or no longer uncertain: another try or run found its task?
         return _in_flight(state, default_conn_id)
     if verdict.task_id is None:
-        looked = dict(candidates=verdict.candidates, message=reconcile.uncertain_message(verdict.message))
+        claim = f"{state.owner} (claimed at {state.intent_at})" if state.owner else None
+        looked = dict(candidates=verdict.candidates, message=reconcile.uncertain_message(verdict.message, claim))
         state = ledger.update(row_id, lambda cur: cur.advance(S.UNCERTAIN, **looked) if _uncertain(cur) else None)
         if state is not None and state.state == S.UNCERTAIN:
             log.warning("Row %s stays uncertain: %s", row_id, verdict.message)
