@@ -10,6 +10,8 @@ Use it where the real service can't be reached (tests, demos, CI)::
 
     # Two keys of one Alibaba Cloud account: they share its rate limits and its one running task.
     EmulatorServer(accounts={"acct": ["sk-a", "sk-b"]})
+    # A free-only account: 3 submits, then 429 Throttling.AllocationQuota "Free allocated quota exceeded."
+    EmulatorServer(accounts={"acct": ["sk-a", "sk-b"]}, free_quota={"acct": 3})
 
 See :mod:`dashscope_emulator.server` for what is emulated and which module does what, and
 ``python -m dashscope_emulator --help`` for the command line.

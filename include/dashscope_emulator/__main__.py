@@ -6,7 +6,9 @@ NAME=KEY[,KEY...]`` (repeatable: keys of one Alibaba Cloud account, which share 
 one running task), else from ``$DASHSCOPE_EMULATOR_API_KEYS`` (comma-separated), else the single key
 ``sk-emulator``; they are never printed. ``--fault-rate R`` makes each request fail with probability
 R: a submit half of the time with a 5xx (no task) and half of the time by a dropped connection (task
-created); a query with a 5xx.
+created); a query with a 5xx. ``--free-quota NAME=N`` (repeatable) makes an account free-only: N
+submits, then 429 ``Throttling.AllocationQuota`` "Free allocated quota exceeded." (NAME: an
+``--account`` name, or the fingerprint of an ``--api-key``).
 """
 
 from __future__ import annotations
@@ -53,6 +55,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="R",
         help="probability in [0, 1] that a request is faulted (default 0)",
     )
+    parser.add_argument(
+        "--free-quota",
+        action="append",
+        dest="free_quotas",
+        default=[],
+        metavar="NAME=N",
+        help="account NAME is free-only: N submits, then 429 'Free allocated quota exceeded.' (repeatable)",
+    )
     parser.add_argument("--seed", type=int, default=None, help="seed for the fault dice (reproducible runs)")
     parser.add_argument("--quiet", action="store_true", help="no per-request log lines on stderr")
     return parser.parse_args(argv)
@@ -70,6 +80,17 @@ def parse_accounts(values: list[str]) -> dict[str, list[str]]:
     return accounts
 
 
+def parse_free_quotas(values: list[str]) -> dict[str, int]:
+    """``["acct=3", ...]`` -> ``{"acct": 3}``; ValueError if malformed."""
+    quotas: dict[str, int] = {}
+    for value in values:
+        name, sep, number = value.partition("=")
+        if not sep or not name.strip() or not number.strip().isdigit():
+            raise ValueError(f"--free-quota needs NAME=N, N a whole number (got {value!r})")
+        quotas[name.strip()] = int(number)
+    return quotas
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if not 0.0 <= args.fault_rate <= 1.0:
@@ -77,19 +98,21 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         accounts = parse_accounts(args.accounts)
+        free_quota = parse_free_quotas(args.free_quotas)
+        logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(message)s")
+        emulator = EmulatorServer(
+            api_keys=args.api_keys or None,
+            accounts=accounts or None,
+            host=args.host,
+            port=args.port,
+            speed=args.speed,
+            seed=args.seed,
+            log_requests=not args.quiet,
+            free_quota=free_quota or None,
+        )
     except ValueError as exc:
         print(exc, file=sys.stderr)
         return 2
-    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(message)s")
-    emulator = EmulatorServer(
-        api_keys=args.api_keys or None,
-        accounts=accounts or None,
-        host=args.host,
-        port=args.port,
-        speed=args.speed,
-        seed=args.seed,
-        log_requests=not args.quiet,
-    )
     rate = args.fault_rate
     emulator.set_faults(submit_5xx=rate / 2, drop_submit=rate / 2, query_5xx=rate, seed=args.seed)
     stop = threading.Event()

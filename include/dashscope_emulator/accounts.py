@@ -1,9 +1,16 @@
-"""Who is calling and how often they may: API keys, Alibaba Cloud accounts, per-account rate limits.
+"""Who is calling and how often they may: API keys, Alibaba Cloud accounts, per-account rate limits and
+free quotas.
 
 The rate-limit page counts limits per *main account*: all its API keys together, and the one task
 running at a time is the account's too. So the emulator groups keys into accounts: ``accounts`` maps an
 account name to its keys; a key in no account is an account of its own (named by its fingerprint), so
 with no accounts configured every key has its own limits and queue, as before accounts existed.
+
+A *free quota* (:class:`FreeQuota`, off unless configured) makes an account free-only: after a given
+number of accepted submissions, every further one is refused with 429 ``Throttling.AllocationQuota``
+"Free allocated quota exceeded." (the rate-limit page's answer when a free-only account has used its
+quota; waiting does not cure it). The real quota is in video seconds per model; the emulator counts
+submissions of any model, which is enough to reach the answer.
 
 Keys are kept only as SHA-256 hashes; a caller is named by the key's fingerprint
 (:func:`~.contract.key_fingerprint`) and its account's name, never by the key.
@@ -18,7 +25,14 @@ from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from dashscope_emulator.contract import MSG_BAD_KEY, MSG_THROTTLED, ApiError, key_fingerprint
+from dashscope_emulator.contract import (
+    CODE_FREE_QUOTA,
+    MSG_BAD_KEY,
+    MSG_FREE_QUOTA,
+    MSG_THROTTLED,
+    ApiError,
+    key_fingerprint,
+)
 from dashscope_emulator.validation import bearer_token
 
 
@@ -99,3 +113,50 @@ class RateLimiter:
             if len(window) >= self._limits[kind]:
                 raise ApiError(429, "Throttling.RateQuota", MSG_THROTTLED)
             window.append(now)
+
+
+class FreeQuota:
+    """Per account, how many submissions its free quota allows (no entry: unlimited); thread-safe.
+
+    ``limits``: account name (a key of its own account: its fingerprint) -> submissions allowed.
+    ``known``: the account names there are (a quota for another name is a ValueError: a typo would
+    otherwise leave the quota silently unused).
+    """
+
+    def __init__(self, limits: Mapping[str, int] | None = None, known: Iterable[str] = ()) -> None:
+        self._known = set(known)
+        self._limits: dict[str, int] = {}
+        self._used: dict[str, int] = {}
+        self._lock = threading.Lock()
+        for account, submits in (limits or {}).items():
+            self.set(account, submits)
+
+    def set(self, account: str, submits: int | None) -> None:
+        """Allow ``account`` ``submits`` more submissions from now on (None: unlimited again)."""
+        if submits is not None and (isinstance(submits, bool) or not isinstance(submits, int) or submits < 0):
+            raise ValueError(f"a free quota is a number of submissions >= 0 (or null), got {submits!r}")
+        if account not in self._known:
+            raise ValueError(f"no account {account!r}: a free quota needs an account name or a key's fingerprint")
+        with self._lock:
+            self._used.pop(account, None)
+            if submits is None:
+                self._limits.pop(account, None)
+            else:
+                self._limits[account] = submits
+
+    def check(self, account: str) -> None:
+        """Raise the 429 ``Throttling.AllocationQuota`` if ``account`` has used its free quota."""
+        with self._lock:
+            limit = self._limits.get(account)
+            if limit is not None and self._used.get(account, 0) >= limit:
+                raise ApiError(429, CODE_FREE_QUOTA, MSG_FREE_QUOTA)
+
+    def use(self, account: str) -> None:
+        """Count one submission (a task created) against ``account``'s free quota."""
+        with self._lock:
+            self._used[account] = self._used.get(account, 0) + 1
+
+    def settings(self) -> dict[str, dict[str, int]]:
+        """Account -> ``{"submits": allowed, "used": used}``, for the accounts that have a free quota."""
+        with self._lock:
+            return {a: {"submits": n, "used": self._used.get(a, 0)} for a, n in self._limits.items()}

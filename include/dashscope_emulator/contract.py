@@ -64,9 +64,9 @@ DETECT_MODELS: dict[str, tuple[str, ...]] = {"emo-detect-v1": ("1:1", "3:4"), "e
 #: task_id validity and video_url validity, simulated seconds (both 24 h in the reference).
 TASK_TTL = 86_400.0
 URL_TTL = 86_400.0
-#: Requests per second per Alibaba Cloud account (all its keys together): submissions (emo-v1's 5;
-#: the emulator applies it to both models) and task queries (20).
-SUBMIT_QPS = 5
+#: Requests per second per Alibaba Cloud account (all its keys together), each model on its own:
+#: submissions (emo-v1 5, emoji-v1 1: the rate-limit page) and task queries (20).
+SUBMIT_QPS = {"emo-v1": 5, "emoji-v1": 1}
 QUERY_QPS = 20
 #: Face-detect calls per second per account, per model.
 DETECT_QPS = {"emo-detect-v1": 5, "emoji-detect-v1": 1}
@@ -98,6 +98,10 @@ EMOJI_RATIO_TOLERANCE = 0.10  # the emoji page only says "about 1:1"
 MSG_NO_KEY = "No API-key provided."
 MSG_BAD_KEY = "Invalid API-key provided."
 MSG_THROTTLED = "Requests rate limit exceeded, please try again later."
+#: A free-only account that has used its free quota (429; the rate-limit page gives the code and the
+#: phrase, the emulator adds the full stop).
+CODE_FREE_QUOTA = "Throttling.AllocationQuota"
+MSG_FREE_QUOTA = "Free allocated quota exceeded."
 MSG_SYNC = "current user api does not support synchronous calls"
 #: The answer to ``X-DashScope-Async: enable`` on a synchronous call. Not in the reference pages: the
 #: message (and the 403) as users report it for DashScope's synchronous models.
@@ -131,6 +135,10 @@ MSG_CANCEL = "Failed to cancel the task, please confirm if the task is in PENDIN
 MSG_INTERNAL = "An internal error has occured, please try again later or contact service support."
 #: Not from the reference: the pages list 503 but give no message for it.
 MSG_UNAVAILABLE = "The service is temporarily unavailable, please try again later."
+#: 400 ``DataInspectionFailed`` (content moderation; the rate-limit page names the code, not the message:
+#: this is the message as users report it).
+CODE_INSPECTION = "DataInspectionFailed"
+MSG_INSPECTION = "Input data may contain inappropriate content."
 
 #: ``?emulator_error=<token>`` on the image URL -> the FAILED code and message (verbatim from the reference).
 EMULATOR_ERRORS: dict[str, tuple[str, str]] = {

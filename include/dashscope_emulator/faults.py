@@ -18,6 +18,8 @@ Fault names and what the client sees:
 ``submit_503``         503 ``ServiceUnavailable``, no task is created
 ``submit_502_no_body`` the task IS created, then a gateway-style 502 with an HTML body
 ``drop_submit``        the task IS created, then the connection is closed without any answer
+``submit_inspection``  400 ``DataInspectionFailed`` (content moderation refused the input), no task;
+                       forced only (:meth:`FaultInjector.force_next`), never drawn at random
 ``query_500``          500 ``InternalError`` instead of the task
 ``query_503``          503 ``ServiceUnavailable`` instead of the task
 ``drop_query``         the connection is closed without any answer
@@ -25,6 +27,9 @@ Fault names and what the client sees:
 ``detect_503``         503 ``ServiceUnavailable``, no detection (not billed)
 ``drop_detect``        the detection IS made and billed, then the connection is closed unanswered
 =====================  =========================================================================
+
+Not a fault but an account setting: a used-up free quota (429 ``Throttling.AllocationQuota``), see
+:class:`~.accounts.FreeQuota`.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ import threading
 from collections import deque
 from typing import Any, Literal
 
-SUBMIT_FAULTS = ("submit_500", "submit_503", "submit_502_no_body", "drop_submit")
+SUBMIT_FAULTS = ("submit_500", "submit_503", "submit_502_no_body", "drop_submit", "submit_inspection")
 QUERY_FAULTS = ("query_500", "query_503", "drop_query")
 DETECT_FAULTS = ("detect_500", "detect_503", "drop_detect")
 FAULTS = SUBMIT_FAULTS + QUERY_FAULTS + DETECT_FAULTS

@@ -10,8 +10,9 @@ The DashScope API: ``POST`` submit, ``GET`` query, ``GET`` the account's task li
 ``POST`` face-detect (synchronous), and ``GET``/``HEAD`` of result videos.
 
 Emulator-only admin endpoints (no key needed): ``GET /_emulator/health``, ``/billing``,
-``/detections``, ``/accounts``, ``/requests``, ``/tasks``; ``POST /_emulator/advance {"seconds": N}``,
-``/faults {"submit_5xx": p, ...}``, ``/force {"fault": "drop_submit"}``. The emulator's own 404/405
+``/detections``, ``/accounts``, ``/requests``, ``/tasks``, ``/free_quota``; ``POST /_emulator/advance
+{"seconds": N}``, ``/faults {"submit_5xx": p, ...}``, ``/force {"fault": "drop_submit"}``,
+``/free_quota {"account": NAME, "submits": N}`` (``null``: unlimited). The emulator's own 404/405
 answers are not from the reference.
 """
 
@@ -31,9 +32,11 @@ from dashscope_emulator.accounts import Caller
 from dashscope_emulator.clock import format_time
 from dashscope_emulator.contract import (
     ADMIN_PREFIX,
+    CODE_INSPECTION,
     DETECT_PATH,
     MSG_CANCEL,
     MSG_FORMAT,
+    MSG_INSPECTION,
     MSG_INTERNAL,
     MSG_UNAVAILABLE,
     RESULTS_PREFIX,
@@ -76,6 +79,7 @@ def admin(service: EmulatorService, method: str, name: str, body: dict[str, Any]
         "requests": service.request_log,
         "tasks": service.tasks,
         "health": service.health,
+        "free_quota": service.free_quota.settings,
     }
     try:
         if method == "GET" and name in reads:
@@ -90,6 +94,8 @@ def admin(service: EmulatorService, method: str, name: str, body: dict[str, Any]
             return service.set_faults(**body)
         if method == "POST" and name == "force":
             return service.force_next(str(body.get("fault")))
+        if method == "POST" and name == "free_quota":
+            return service.set_free_quota(str(body.get("account")), body.get("submits"))
     except (TypeError, ValueError) as exc:
         raise ApiError(400, "InvalidParameter", str(exc)) from None
     raise ApiError(404, "NotFound", f"No emulator admin endpoint {method} /_emulator/{name}.")
@@ -265,15 +271,16 @@ class EmulatorHandler(TrackedQuietHandler):
     # -- the DashScope API ------------------------------------------------------------------------
 
     def _submit(self) -> None:
+        # Validated before the limits: they are per model, so the model must be known first.
         service = self.service
         raw = self._read_body()
         caller = self._authenticate()
-        service.admit(caller, "submit")
         require_async(self.headers.get("X-DashScope-Async"))
         payload = parse_json_body(self.headers.get("Content-Type"), raw)
         if isinstance(payload, dict) and isinstance(payload.get("model"), str):
             self._record["model"] = payload["model"]
         model, task_input, parameters = validate_submission(payload)
+        service.admit(caller, model)
 
         fault = self._draw_fault("submit")
         task_id = service.submit(caller, model, task_input, parameters, self._request_id)
@@ -295,6 +302,8 @@ class EmulatorHandler(TrackedQuietHandler):
             raise ApiError(500, "InternalError", MSG_INTERNAL)
         if fault == f"{kind}_503":
             raise ApiError(503, "ServiceUnavailable", MSG_UNAVAILABLE)
+        if fault == f"{kind}_inspection":
+            raise ApiError(400, CODE_INSPECTION, MSG_INSPECTION)
         return fault
 
     def _detect(self) -> None:

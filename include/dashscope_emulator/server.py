@@ -12,8 +12,14 @@ messages verbatim) and adds what the pages describe but a unit test can't reach 
   ``UNKNOWN`` 24 h after submission; a result URL's host is the ``Host`` the client queried with;
 * the synchronous face-detect call (``emo-detect-v1``, ``emoji-detect-v1``), billed per answered image
   (:meth:`EmulatorServer.detections`);
-* 5 submits / 20 queries per second per account, and the detect models' own limits (emo-detect-v1 5,
-  emoji-detect-v1 1) (429 ``Throttling.RateQuota``);
+* the rate-limit page's limits per account (all its keys together) and per model: submits emo-v1 5/s
+  and emoji-v1 1/s, face-detects emo-detect-v1 5/s and emoji-detect-v1 1/s, queries 20/s (429
+  ``Throttling.RateQuota``);
+* a free-only account whose free quota runs out (off by default): ``free_quota={"acct": 3}`` (or
+  :meth:`EmulatorServer.set_free_quota`, or ``POST /_emulator/free_quota {"account": "acct",
+  "submits": 3}``, or ``--free-quota acct=3``) accepts 3 more submits of the account, then answers
+  every submit 429 ``Throttling.AllocationQuota`` "Free allocated quota exceeded." (no task); a key
+  of its own account is named by its :func:`key_fingerprint`;
 * fault injection, billing (one line per SUCCEEDED task) and a request log, also over HTTP under
   ``/_emulator/``.
 
@@ -48,7 +54,6 @@ from dashscope_emulator.contract import (
     EMOJI_TEMPLATES,
     EMULATOR_ERRORS,
     QUERY_QPS,
-    SUBMIT_QPS,
     emoji_template_seconds,
     key_fingerprint,
 )
@@ -91,10 +96,12 @@ class EmulatorServer:
     says of the keys of one Alibaba Cloud account. A key in two accounts is a ValueError.
 
     Keyword-only extras: ``log_requests`` (one ``METHOD path status`` line per request on the
-    ``dashscope_emulator`` logger), ``submit_qps``/``query_qps`` (the per-account limits, 5 and 20),
-    ``workers`` (threads that download and check media), ``render_parallel`` (concurrent ffmpeg runs,
-    default min(2, CPUs)), ``cache_dir`` (where rendered videos are cached; kept after :meth:`stop`;
-    default a temporary folder that :meth:`stop` deletes).
+    ``dashscope_emulator`` logger), ``submit_qps`` (the per-account submit limits: model -> per second,
+    or one number for every model; default emo-v1 5, emoji-v1 1), ``query_qps`` (20), ``free_quota``
+    (account -> submits its free quota allows, see :meth:`set_free_quota`), ``workers`` (threads that
+    download and check media), ``render_parallel`` (concurrent ffmpeg runs, default min(2, CPUs)),
+    ``cache_dir`` (where rendered videos are cached; kept after :meth:`stop`; default a temporary folder
+    that :meth:`stop` deletes).
     """
 
     def __init__(
@@ -107,8 +114,9 @@ class EmulatorServer:
         *,
         accounts: Mapping[str, Iterable[str]] | None = None,
         log_requests: bool = False,
-        submit_qps: int = SUBMIT_QPS,
+        submit_qps: int | Mapping[str, int] | None = None,
         query_qps: int = QUERY_QPS,
+        free_quota: Mapping[str, int] | None = None,
         workers: int = 8,
         render_parallel: int | None = None,
         cache_dir: str | os.PathLike[str] | None = None,
@@ -124,6 +132,7 @@ class EmulatorServer:
             log_requests=log_requests,
             submit_qps=submit_qps,
             query_qps=query_qps,
+            free_quota=free_quota,
             workers=workers,
         )
         self.host, self._requested_port = host, port
@@ -257,6 +266,12 @@ class EmulatorServer:
         self.service.set_faults(
             submit_5xx, query_5xx, drop_submit, seed, drop_query, detect_5xx=detect_5xx, drop_detect=drop_detect
         )
+
+    def set_free_quota(self, account: str, submits: int | None) -> None:
+        """Make ``account`` free-only: ``submits`` more submits are accepted, then every submit of the account
+        gets 429 ``Throttling.AllocationQuota`` "Free allocated quota exceeded." (None: unlimited again).
+        ``account``: an account's name, or the :func:`key_fingerprint` of a key of its own account."""
+        self.service.set_free_quota(account, submits)
 
     def force_next(self, fault: str) -> None:
         """A one-shot fault on the next matching request (see :mod:`.faults` for the names)."""

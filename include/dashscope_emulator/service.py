@@ -16,9 +16,10 @@ It knows nothing of HTTP.
 * **Task list** (:meth:`EmulatorService.list_tasks`): the account's tasks of a window of at most 24 h,
   by creation time (``gmt_create``, on the wall clock plus :meth:`~EmulatorService.advance`), paged;
   it counts as a query against the 20 per second.
-* **Limits.** Per account, on the wall clock: more than 5 submits or 20 queries (and lists), or more face-detect
-  calls than the model allows (emo-detect-v1 5, emoji-detect-v1 1), within any 1 s window get 429
-  ``Throttling.RateQuota`` (throttled requests don't count).
+* **Limits** (:mod:`.accounts`). Per account and model, on the wall clock: more submits (emo-v1 5, emoji-v1
+  1), face-detects (emo-detect-v1 5, emoji-detect-v1 1) or queries and lists (20) within any 1 s window
+  get 429 ``Throttling.RateQuota`` (throttled requests don't count); a used-up free quota, 429
+  ``Throttling.AllocationQuota``.
 * **Face detection** (:meth:`EmulatorService.detect`, :mod:`.detection`): synchronous; every answered
   detection, passed or not, is one billed image in :meth:`EmulatorService.detections`.
 * **Results** are served at signed URLs (HMAC of task id and expiry) that expire 24 h (simulated) after
@@ -49,7 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from dashscope_emulator import detection, media
-from dashscope_emulator.accounts import Caller, KeyStore, RateLimiter
+from dashscope_emulator.accounts import Caller, FreeQuota, KeyStore, RateLimiter
 from dashscope_emulator.clock import SimClock, format_time
 from dashscope_emulator.contract import (
     DETECT_ERRORS,
@@ -100,8 +101,10 @@ class EmulatorService:
 
     ``api_keys``: the accepted keys (kept only as hashes), each its own account. ``accounts``: account
     name -> its keys (see :mod:`.accounts`). ``speed``: simulated seconds per wall second. ``seed``: for
-    probabilistic faults. ``submit_qps``/``query_qps``: the per-account limits. ``workers``: threads that
-    download, check and render. :meth:`start` needs a :class:`~.media.Renderer`.
+    probabilistic faults. ``submit_qps`` (model -> submits per second, or one number for every model;
+    default :data:`~.contract.SUBMIT_QPS`) and ``query_qps``: the per-account limits. ``free_quota``:
+    account -> submissions its free quota allows (see :class:`~.accounts.FreeQuota`). ``workers``:
+    threads that download, check and render. :meth:`start` needs a :class:`~.media.Renderer`.
     """
 
     def __init__(
@@ -112,8 +115,9 @@ class EmulatorService:
         *,
         accounts: Mapping[str, Iterable[str]] | None = None,
         log_requests: bool = False,
-        submit_qps: int = SUBMIT_QPS,
+        submit_qps: int | Mapping[str, int] | None = None,
         query_qps: int = QUERY_QPS,
+        free_quota: Mapping[str, int] | None = None,
         workers: int = 8,
     ) -> None:
         self._keys = KeyStore(api_keys, accounts)
@@ -122,7 +126,9 @@ class EmulatorService:
         self.faults = FaultInjector(seed)
         self.log_requests = log_requests
         self.renderer: media.Renderer | None = None
-        self._limiter = RateLimiter({"submit": submit_qps, "query": query_qps, **DETECT_QPS})
+        per_model = dict.fromkeys(SUBMIT_QPS, submit_qps) if isinstance(submit_qps, int) else submit_qps
+        self._limiter = RateLimiter({**SUBMIT_QPS, **(per_model or {}), "query": query_qps, **DETECT_QPS})
+        self.free_quota = FreeQuota(free_quota, self._keys.accounts())
         self._signer = UrlSigner()
 
         self._cond = threading.Condition()
@@ -170,10 +176,11 @@ class EmulatorService:
         return self._keys.authenticate(authorization)
 
     def admit(self, caller: Caller, kind: str) -> None:
-        """Count a request against the caller's account, or raise the 429.
-
-        ``kind``: ``submit``, ``query``, or a face-detect model's name (each model has its own limit).
+        """Count a request against the caller's account, or raise the 429. ``kind``: ``query``, or the model
+        of a submit or a face-detect (each has its own limit); a submit past the free quota is refused first.
         """
+        if kind in SUBMIT_QPS:
+            self.free_quota.check(caller.account)
         self._limiter.admit(caller.account, kind)
 
     def submit(
@@ -189,6 +196,7 @@ class EmulatorService:
             str(uuid.uuid4()), caller.key_fingerprint, caller.account, model, task_input, parameters, self.clock.now()
         )
         task.gmt_create, task.request_id = self.clock.real_now(), request_id
+        self.free_quota.use(caller.account)
         with self._cond:
             self._tasks[task.task_id] = task
             self._lanes.setdefault(task.account, Lane()).pending.append(task.task_id)
@@ -381,6 +389,12 @@ class EmulatorService:
             submit_5xx, query_5xx, drop_submit, drop_query, seed, detect_5xx=detect_5xx, drop_detect=drop_detect
         )
         return self.faults.settings()
+
+    def set_free_quota(self, account: str, submits: int | None) -> dict[str, dict[str, int]]:
+        """Give ``account`` (a lone key's: its fingerprint) a free quota of ``submits`` more submissions
+        (None: unlimited); returns every account's quota and use (:class:`~.accounts.FreeQuota`)."""
+        self.free_quota.set(account, submits)
+        return self.free_quota.settings()
 
     def force_next(self, fault: str) -> dict[str, Any]:
         """A one-shot fault on the next matching request (see :mod:`.faults`). Returns the settings."""

@@ -4,7 +4,9 @@ They sort failures by the one question that matters for a paid, non-idempotent A
 (and a bill) exist?*
 
 * :class:`DashScopeAPIError`: the service answered with its JSON error body, so it refused the call.
-  For a submission that proves no task was created.
+  For a submission that proves no task was created. :class:`DashScopeQuotaExhausted` is the one that
+  says the account's free quota is used up (429 ``Throttling.AllocationQuota``, "Free allocated quota
+  exceeded"): unlike other 429s, waiting does not cure it, so nothing retries it.
 * :class:`DashScopeRequestNotSent`: the request never left this machine (connection refused, connect
   timeout, DNS failure). Nothing was created either. It is a :class:`DashScopeConnectionError`, which
   queries and cancels raise when the service can't be reached after retries.
@@ -108,6 +110,38 @@ class DashScopeAPIError(DashScopeError):
 
     def _init_args(self) -> tuple[Any, ...]:
         return (self.status_code, self.code, self.message, self.request_id, self.operation)
+
+
+#: The code and the message phrase of a free-only account that has used its free quota (the rate-limit page).
+QUOTA_EXHAUSTED_CODE = "Throttling.AllocationQuota"
+QUOTA_EXHAUSTED_PHRASE = "free allocated quota exceeded"
+
+
+class DashScopeQuotaExhausted(DashScopeAPIError, AirflowFailException):
+    """The account's free quota is used up: ``Throttling.AllocationQuota``, "Free allocated quota exceeded".
+
+    A free-only account (no pay-as-you-go) has spent its free allowance of the model; every further call
+    of the account gets the same answer, however long one waits, so it is never retried (``retryable``
+    is False), unlike the other 429s. No task was created. A caller should stop submitting for this
+    account (other rows would only get the same answer). An ``AirflowFailException``: an Airflow task
+    that raises it fails without using its retries.
+    """
+
+    @property
+    def retryable(self) -> bool:
+        return False
+
+    @classmethod
+    def matches(cls, error: DashScopeAPIError) -> bool:
+        """Whether ``error`` says the free quota is used up (its code, and the phrase in its message)."""
+        return error.code == QUOTA_EXHAUSTED_CODE and QUOTA_EXHAUSTED_PHRASE in (error.message or "").lower()
+
+    @classmethod
+    def refine(cls, error: DashScopeAPIError) -> DashScopeAPIError:
+        """``error`` as a :class:`DashScopeQuotaExhausted` when it :meth:`matches`, else ``error`` itself."""
+        if isinstance(error, cls) or not cls.matches(error):
+            return error
+        return cls(error.status_code, error.code, error.message, error.request_id, error.operation)
 
 
 class DashScopeConnectionError(DashScopeError):

@@ -1,9 +1,15 @@
 """Client-side pacing of DashScope calls, shared by every hook of one process.
 
-The service limits calls per second per Alibaba Cloud account, each model on its own (queries 20/s,
-emo-detect-v1 5/s, emoji-detect-v1 1/s: ``detection-and-limits.md``); a limiter spaces this process's
-calls below that, and after a 429 holds every caller back, not just the one that was refused.
-:class:`RateLimiter` is for threads (the sync hook), :class:`AsyncRateLimiter` for event loops (triggers).
+The service limits calls per second per Alibaba Cloud account (all its API keys, RAM users and
+workspaces together), each model on its own: queries 20/s, submits emo-v1 5/s and emoji-v1 1/s,
+face-detects emo-detect-v1 5/s and emoji-detect-v1 1/s (``detection-and-limits.md``). A limiter spaces
+this process's calls of one account below that (queries at 15/s, submits and detects at
+:data:`PACING_SHARE` of their rate: requests spaced exactly at the limit arrive with jitter and would
+now and then land two in one second), and after a 429 holds every caller back, not just the one that
+was refused. :class:`RateLimiter` is for threads (the sync hook), :class:`AsyncRateLimiter` for
+event loops (triggers; the sync hook's queries use the same one, with :meth:`RateLimiter.wait`).
+Limiters are per process: processes of one account do not share them, so a 429 can still come, and
+is retried (see :mod:`~dashscope_provider.retry`).
 """
 
 from __future__ import annotations
@@ -17,8 +23,14 @@ from typing import cast
 DEFAULT_QUERY_QPS = 15.0
 #: Face-detect calls per second per account, per model (the rate-limit page).
 DETECT_RPS: dict[str, float] = {"emo-detect-v1": 5.0, "emoji-detect-v1": 1.0}
-#: The rate for a detection model the page does not list: the lowest listed.
+#: Task submissions per second per account, per model (the rate-limit page; emo-v1's also its own page).
+SUBMIT_RPS: dict[str, float] = {"emo-v1": 5.0, "emoji-v1": 1.0}
+#: The rate for a model the page does not list: the lowest listed.
 DEFAULT_DETECT_RPS = 1.0
+#: The share of a model's rate that submits and detects are paced at: 0.9 leaves about 0.1 s of room
+#: for arrival jitter in each 1 s window (emo-v1: one submit every 0.22 s; emoji-v1: every 1.11 s).
+#: Submit pacing costs no throughput: an account runs one task at a time, for minutes.
+PACING_SHARE = 0.9
 
 
 class RateLimiter:
@@ -115,13 +127,25 @@ def detect_rps(model: str) -> float:
     return DETECT_RPS.get(model, DEFAULT_DETECT_RPS)
 
 
+def model_rps(model: str) -> float:
+    """The calls per second per account the service allows ``model``: :data:`SUBMIT_RPS` for a video
+    model, else :func:`detect_rps` (a model neither lists gets the lowest listed rate, 1/s)."""
+    return SUBMIT_RPS.get(model) or detect_rps(model)
+
+
+def paced_rps(model: str) -> float:
+    """The rate this process paces ``model`` at by default: :data:`PACING_SHARE` of :func:`model_rps`."""
+    return PACING_SHARE * model_rps(model)
+
+
 def get_sync_rate_limiter(base_url: str, account: str, model: str, qps: float | None = None) -> RateLimiter:
-    """The process-wide thread-safe limiter of one (base URL, account, model), for the sync hook.
+    """The process-wide thread-safe limiter of one (base URL, account, model), for the sync hook's submits
+    (a video model: ``emo-v1``...) and face-detects (a detect model).
 
     :param base_url: the API base URL.
     :param account: the Alibaba Cloud account the calls count against (see
         :func:`~dashscope_provider.connection.account_from_connection`).
     :param model: the model called (each has its own limit).
-    :param qps: requests per second (default :func:`detect_rps` of ``model``).
+    :param qps: requests per second (default :func:`paced_rps` of ``model``).
     """
-    return _shared(RateLimiter, (base_url, account, model), detect_rps(model) if qps is None else qps)
+    return _shared(RateLimiter, (base_url, account, model), paced_rps(model) if qps is None else qps)

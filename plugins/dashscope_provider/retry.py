@@ -9,6 +9,7 @@ it is. Retries use tenacity (exponential back-off with jitter).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -20,6 +21,7 @@ from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 from dashscope_provider.exceptions import (
     DashScopeAPIError,
     DashScopeConnectionError,
+    DashScopeQuotaExhausted,
     DashScopeRequestNotSent,
     DashScopeSubmissionUncertain,
 )
@@ -128,7 +130,10 @@ class RetryPolicy:
         request that provably never left this machine. For an ``idempotent`` call (query, cancel,
         detection, download) also any other 5xx and any lost answer: repeating it is harmless. A lost
         answer to a non-idempotent call is :class:`DashScopeSubmissionUncertain` and never retried: the
-        service may have acted on it.
+        service may have acted on it. Never retried either: the 429 that says a free quota is used up
+        (:class:`~dashscope_provider.exceptions.DashScopeQuotaExhausted`: waiting does not cure it) and
+        every other 4xx, such as 400 ``DataInspectionFailed`` (content moderation): the same request
+        gets the same answer.
 
         :param exc: the failure of one attempt.
         :param idempotent: whether repeating the call is harmless.
@@ -137,7 +142,7 @@ class RetryPolicy:
             return None
         if isinstance(exc, DashScopeAPIError):
             if exc.status_code == 429:
-                return "throttled (429)"
+                return None if DashScopeQuotaExhausted.matches(exc) else "throttled (429)"
             if exc.status_code >= 500 and exc.has_error_body:
                 return f"the service answered {exc.status_code} with its error body (it did nothing)"
             if exc.status_code >= 500 and idempotent:
@@ -149,10 +154,18 @@ class RetryPolicy:
             return "no usable answer to a call that is safe to repeat"
         return None
 
-    def _tenacity_kwargs(self, operation: str, logger: logging.Logger | Any, idempotent: bool) -> dict[str, Any]:
+    def _tenacity_kwargs(
+        self,
+        operation: str,
+        logger: logging.Logger | Any,
+        idempotent: bool,
+        on_retry: Callable[[BaseException], None] | None,
+    ) -> dict[str, Any]:
         def before_sleep(state: tenacity.RetryCallState) -> None:
             error = state.outcome.exception() if state.outcome else None
             delay = state.next_action.sleep if state.next_action else 0.0
+            if on_retry is not None and error is not None:
+                on_retry(error)
             reason = self.retry_reason(error, idempotent=idempotent) if error else None
             # The errors' texts never contain the API key (see exceptions.py).
             logger.warning(
@@ -174,17 +187,30 @@ class RetryPolicy:
             "reraise": True,
         }
 
-    def retrying(self, operation: str, logger: logging.Logger | Any, *, idempotent: bool) -> tenacity.Retrying:
+    def retrying(
+        self,
+        operation: str,
+        logger: logging.Logger | Any,
+        *,
+        idempotent: bool,
+        on_retry: Callable[[BaseException], None] | None = None,
+    ) -> tenacity.Retrying:
         """A tenacity ``Retrying`` for one sync call: ``policy.retrying(...)(attempt, *args)``.
 
         :param operation: what is being done (``submit``, ``query``...), for log lines.
         :param logger: where to log each retry.
         :param idempotent: whether repeating the call is harmless (see :meth:`retry_reason`).
+        :param on_retry: called with each failure that is about to be retried (the hooks count 429s with it).
         """
-        return tenacity.Retrying(**self._tenacity_kwargs(operation, logger, idempotent))
+        return tenacity.Retrying(**self._tenacity_kwargs(operation, logger, idempotent, on_retry))
 
     def async_retrying(
-        self, operation: str, logger: logging.Logger | Any, *, idempotent: bool
+        self,
+        operation: str,
+        logger: logging.Logger | Any,
+        *,
+        idempotent: bool,
+        on_retry: Callable[[BaseException], None] | None = None,
     ) -> tenacity.AsyncRetrying:
         """The same as :meth:`retrying` for a coroutine: ``await policy.async_retrying(...)(attempt)``."""
-        return tenacity.AsyncRetrying(**self._tenacity_kwargs(operation, logger, idempotent))
+        return tenacity.AsyncRetrying(**self._tenacity_kwargs(operation, logger, idempotent, on_retry))

@@ -30,7 +30,6 @@ from airflow.sdk.exceptions import AirflowNotFoundException
 
 from dashscope_provider.connection import (
     DASHSCOPE_EXTRA_FIELDS,
-    account_from_connection,
     api_key_from_connection,
     base_url_from_connection,
 )
@@ -39,6 +38,7 @@ from dashscope_provider.exceptions import (
     DashScopeConfigError,
     DashScopeSubmissionUncertain,
 )
+from dashscope_provider.hooks.pacing import PacingMixin
 from dashscope_provider.hooks.task_list import TaskListMixin
 from dashscope_provider.models import (
     CANCEL_ENDPOINT,
@@ -58,7 +58,7 @@ from dashscope_provider.models import (
     parse_task,
     read_answer,
 )
-from dashscope_provider.rate_limit import RateLimiter, get_sync_rate_limiter
+from dashscope_provider.rate_limit import RateLimiter
 from dashscope_provider.retry import DEFAULT_THROTTLE_TIMEOUT, RetryPolicy, describe, transport_error
 
 if TYPE_CHECKING:
@@ -81,7 +81,7 @@ __all__ = [
 # -- the hook -----------------------------------------------------------------------------------------
 
 
-class DashScopeHook(TaskListMixin, HttpHook):
+class DashScopeHook(PacingMixin, TaskListMixin, HttpHook):
     """Submit, query, list and cancel DashScope video-synthesis tasks; detect faces for them.
 
     Connection (type ``dashscope``): ``host`` = base URL (empty: ``https://dashscope.aliyuncs.com``;
@@ -89,8 +89,18 @@ class DashScopeHook(TaskListMixin, HttpHook):
     ``password`` = the API key, sent as ``Authorization: Bearer`` (never logged; ``login`` is ignored).
     Connection extras are handled by :class:`~airflow.providers.http.hooks.http.HttpHook` (``proxies``,
     ``verify``, ``timeout``...; other keys become headers), except ``account``: the Alibaba Cloud account
-    the key belongs to, for the per-account pacing of :meth:`detect_face` (default: the key's own
-    fingerprint, see :func:`~dashscope_provider.connection.account_from_connection`).
+    the key belongs to (default: the key's own fingerprint, see
+    :func:`~dashscope_provider.connection.account_from_connection`).
+
+    Pacing (:mod:`~dashscope_provider.hooks.pacing`): the service counts its limits per account and model,
+    whatever the key, so every hook of this process with the same base URL and account shares one limiter
+    per model for submits (below emo-v1 5/s, emoji-v1 1/s) and detects, and one query budget with the async
+    hook. Other processes have their own, so a 429 can still come: it is retried without using up
+    attempts, and counted in :attr:`throttled` (read-only: the 429 answers this hook retried through, in
+    submits, queries, task lists and detects), for the caller to record. Never retried: a used-up free
+    quota (429 ``Throttling.AllocationQuota`` "Free allocated quota exceeded":
+    :class:`~dashscope_provider.exceptions.DashScopeQuotaExhausted`), nor any other 4xx, such as 400
+    ``DataInspectionFailed`` (content moderation).
 
     Built on ``HttpHook``'s public surface: :meth:`get_conn` extends its session (extras, TCP keep-alive
     adapter) with the bearer token, :meth:`url_from_endpoint` applies this connection's base-URL rules.
@@ -108,7 +118,8 @@ class DashScopeHook(TaskListMixin, HttpHook):
     :param timeout: per-request ``(connect, read)`` timeout in seconds (a ``timeout`` in the connection's
         extra wins).
     :param detect_qps: face-detect calls per second per (base URL, account, model) in this process, per
-        model; default the page's limits (``emo-detect-v1`` 5, ``emoji-detect-v1`` 1, others 1).
+        model; default 90 % of the page's limits (``emo-detect-v1`` 5, ``emoji-detect-v1`` 1, others 1).
+    :param submit_qps: the same for submits; default 90 % of the page's (``emo-v1`` 5, ``emoji-v1`` 1).
     :param kwargs: passed to ``HttpHook`` (``tcp_keep_alive``, ``adapter``...).
     """
 
@@ -139,13 +150,14 @@ class DashScopeHook(TaskListMixin, HttpHook):
         throttle_timeout: float = DEFAULT_THROTTLE_TIMEOUT,
         timeout: tuple[float, float] = (10.0, 60.0),
         detect_qps: dict[str, float] | None = None,
+        submit_qps: dict[str, float] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(method="POST", http_conn_id=dashscope_conn_id, **kwargs)
         self.dashscope_conn_id = dashscope_conn_id
         self.retry_policy = RetryPolicy(max_attempts, retry_initial, retry_max, throttle_timeout)
         self.timeout = timeout
-        self.detect_qps = dict(detect_qps or {})
+        self._init_pacing(detect_qps, submit_qps)
         self._session: requests.Session | None = None
 
     # -- connection and session -------------------------------------------------------------------
@@ -229,9 +241,9 @@ class DashScopeHook(TaskListMixin, HttpHook):
     ) -> SubmittedTask:
         """Create a video-synthesis task; returns its id.
 
-        Retried (bounded, exponential back-off with jitter) only when no task can have been created:
-        429 ``Throttling.RateQuota``, a 5xx with DashScope's JSON error body, or a connection that could
-        not be opened. Other 4xx raise :class:`DashScopeAPIError` at once.
+        Each attempt waits for its slot of :meth:`submit_limiter`. Retried (bounded, exponential back-off
+        with jitter) only when no task can have been created: a 429 (but a used-up free quota), a 5xx with
+        DashScope's JSON error body, or a connection that could not be opened.
 
         :param model: ``emo-v1`` or ``emoji-v1``.
         :param input: the request's ``input`` object (image_url, face_bbox, ext_bbox, audio_url/driven_id).
@@ -239,18 +251,21 @@ class DashScopeHook(TaskListMixin, HttpHook):
         :param request_fingerprint: an id of this request to quote in :class:`DashScopeSubmissionUncertain`.
         :raises DashScopeSubmissionUncertain: the request may have been received but no usable answer came
             back (dropped connection, read timeout, 5xx without error body, unreadable 2xx). Never retried.
+        :raises DashScopeQuotaExhausted: the account's free quota is used up: stop submitting with it.
         :raises DashScopeAPIError: the service refused the request (no task was created).
         :raises DashScopeRequestNotSent: the service could not be reached (no task was created).
         """
         body: dict[str, Any] = {"model": model, "input": input}
         if parameters:
             body["parameters"] = parameters
+        limiter = self.submit_limiter(model)
 
         def attempt() -> SubmittedTask:
             # A fresh session (so a fresh TCP connection) per attempt: a stale pooled connection would
             # turn a harmless reconnect into an "uncertain" submission.
             with self._submit_session() as session:
                 url = self.url_from_endpoint(SUBMIT_ENDPOINT)
+                limiter.wait()
                 try:
                     response = session.post(url, json=body, timeout=self._request_timeout(), allow_redirects=False)
                     text = response.text
@@ -273,9 +288,11 @@ class DashScopeHook(TaskListMixin, HttpHook):
                     request_fingerprint,
                     status,
                 )
-            raise error
+            raise self._throttle_check(error, limiter)
 
-        submitted = self.retry_policy.retrying("submit", self.log, idempotent=False)(attempt)
+        submitted = self.retry_policy.retrying("submit", self.log, idempotent=False, on_retry=self._count_retry)(
+            attempt
+        )
         self.log.info(
             "DashScope task %s submitted (model %s, request_id %s)", submitted.task_id, model, submitted.request_id
         )
@@ -309,11 +326,12 @@ class DashScopeHook(TaskListMixin, HttpHook):
             except requests.RequestException as exc:
                 self._drop_query_session()
                 raise transport_error(exc, idempotent=True) from exc
-            if response.status_code == 429 and limiter is not None:
-                limiter.penalize(1.0)
-            return handle(response, text)
+            try:
+                return handle(response, text)
+            except DashScopeAPIError as exc:
+                raise self._throttle_check(exc, limiter) from None
 
-        return self.retry_policy.retrying(operation, self.log, idempotent=True)(attempt)
+        return self.retry_policy.retrying(operation, self.log, idempotent=True, on_retry=self._count_retry)(attempt)
 
     def get_task(self, task_id: str) -> DashScopeTask:
         """The task's current status and, once succeeded, its video URL and usage.
@@ -327,7 +345,8 @@ class DashScopeHook(TaskListMixin, HttpHook):
             content_type = response.headers.get("Content-Type")
             return read_answer(response.status_code, text, content_type, "query", parse_task, "query")
 
-        return self._idempotent_call("GET", TASK_ENDPOINT.format(task_id=quote(task_id, safe="")), "query", handle)
+        endpoint = TASK_ENDPOINT.format(task_id=quote(task_id, safe=""))
+        return self._idempotent_call("GET", endpoint, "query", handle, limiter=self.query_limiter())
 
     # -- cancel ------------------------------------------------------------------------------------
 
@@ -363,17 +382,6 @@ class DashScopeHook(TaskListMixin, HttpHook):
         return False
 
     # -- face detection ----------------------------------------------------------------------------
-
-    def detect_limiter(self, model: str) -> RateLimiter:
-        """The limiter :meth:`detect_face` paces ``model`` with: shared in this process by every hook of the
-        same base URL and account (see :func:`~dashscope_provider.rate_limit.get_sync_rate_limiter`)."""
-        connection = self.dashscope_connection
-        return get_sync_rate_limiter(
-            base_url_from_connection(connection),
-            account_from_connection(connection),
-            model,
-            self.detect_qps.get(model),
-        )
 
     def detect_face(self, model: str, image_url: str, ratio: str | None = None) -> FaceDetection:
         """Find the face and its dynamic area in an image (synchronous); the boxes a video task needs.

@@ -9,7 +9,7 @@ import aiohttp
 from airflow.sdk import BaseHook
 
 from dashscope_provider.connection import account_from_connection, api_key_from_connection, base_url_from_connection
-from dashscope_provider.exceptions import DashScopeConnectionError
+from dashscope_provider.exceptions import DashScopeAPIError, DashScopeConnectionError, DashScopeQuotaExhausted
 from dashscope_provider.models import CANCEL_ENDPOINT, TASK_ENDPOINT, DashScopeTask, api_error, parse_task
 from dashscope_provider.rate_limit import DEFAULT_QUERY_QPS, AsyncRateLimiter, get_rate_limiter
 from dashscope_provider.retry import DEFAULT_THROTTLE_TIMEOUT, RetryPolicy, describe, transport_error
@@ -26,7 +26,10 @@ class DashScopeAsyncHook(BaseHook):
     Every query first waits for a slot of the rate limiter shared by all hooks of this process that use
     the same base URL and account (:func:`~dashscope_provider.rate_limit.get_rate_limiter`; the account is
     the connection's ``account`` extra, else its key), so that any number of triggers polling with one
-    account stays within the service's 20 queries per second, which all keys of an account share.
+    account stays within the service's 20 queries per second, which all keys of an account share. The
+    sync hook's queries and task lists use the same limiter. A 429 that still comes (another process of
+    the account) is retried without using up attempts and counted in :attr:`throttled`; a used-up free
+    quota (:class:`~dashscope_provider.exceptions.DashScopeQuotaExhausted`) is raised at once.
 
     :param dashscope_conn_id: the connection id.
     :param max_attempts: attempts per query (429 answers not counted, see
@@ -62,6 +65,16 @@ class DashScopeAsyncHook(BaseHook):
         self._base_url: str | None = None
         self._headers: dict[str, str] | None = None
         self._limiter: AsyncRateLimiter | None = None
+        self._throttled = 0
+
+    @property
+    def throttled(self) -> int:
+        """How many 429 answers this hook's queries got and retried through (read-only; it only grows)."""
+        return self._throttled
+
+    def _count_retry(self, error: BaseException) -> None:
+        if isinstance(error, DashScopeAPIError) and error.status_code == 429:
+            self._throttled += 1  # one event loop: no lock needed
 
     async def _configure(self) -> tuple[str, dict[str, str], AsyncRateLimiter]:
         if self._base_url is None or self._headers is None or self._limiter is None:
@@ -101,13 +114,14 @@ class DashScopeAsyncHook(BaseHook):
                     return parse_task(json.loads(text))
                 except ValueError as exc:
                     raise DashScopeConnectionError(f"unreadable query answer ({exc})") from None
-            error = api_error(status, text, content_type, "query")
-            if status == 429:
-                # Throttled: hold back every poller of this key, not just this one.
+            error = DashScopeQuotaExhausted.refine(api_error(status, text, content_type, "query"))
+            if status == 429 and error.retryable:
+                # Throttled: hold back every poller of this account, not just this one.
                 limiter.penalize(1.0)
             raise error
 
-        return await self.retry_policy.async_retrying("query", self.log, idempotent=True)(attempt)
+        retrying = self.retry_policy.async_retrying("query", self.log, idempotent=True, on_retry=self._count_retry)
+        return await retrying(attempt)
 
     async def cancel_task(self, task_id: str) -> bool:
         """Cancel a task that is still ``PENDING``; True if the service canceled it (one attempt).

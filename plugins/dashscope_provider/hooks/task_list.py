@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from dashscope_provider.connection import account_from_connection, base_url_from_connection
+from dashscope_provider.connection import account_from_connection
 from dashscope_provider.models import (
     TASK_LIST_ENDPOINT,
     TASK_LIST_MARGIN,
@@ -20,12 +20,12 @@ from dashscope_provider.models import (
     parse_task_page,
     read_answer,
 )
-from dashscope_provider.rate_limit import DEFAULT_QUERY_QPS, RateLimiter, get_sync_rate_limiter
 
 if TYPE_CHECKING:
     import requests
 
     from dashscope_provider.hooks.dashscope import DashScopeHook
+    from dashscope_provider.rate_limit import RateLimiter
 
 #: Entries asked per page, and the most pages read for one window (a runaway guard).
 TASK_LIST_PAGE_SIZE = 100
@@ -43,11 +43,9 @@ class TaskListMixin:
     def task_list_limiter(self: DashScopeHook) -> RateLimiter:  # type: ignore[misc]
         """The limiter list calls are paced with: the account's query budget (20/s on the service; this
         process stays at :data:`~dashscope_provider.rate_limit.DEFAULT_QUERY_QPS`), shared in this process
-        by every hook of the same base URL and account."""
-        connection = self.dashscope_connection
-        return get_sync_rate_limiter(
-            base_url_from_connection(connection), account_from_connection(connection), "task-query", DEFAULT_QUERY_QPS
-        )
+        by every hook of the same base URL and account, sync or async, with their task queries
+        (:meth:`~dashscope_provider.hooks.pacing.PacingMixin.query_limiter`)."""
+        return self.query_limiter()
 
     def list_tasks(  # type: ignore[misc]
         self: DashScopeHook, model: str, start: datetime, end: datetime, status: str | None = None

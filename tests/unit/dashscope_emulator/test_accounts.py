@@ -50,6 +50,31 @@ def test_submit_rate_limit_and_recovery(emu: EmulatorServer, media: dict, key: s
     assert len(mine) == 6
 
 
+def _emoji_missing(media: dict) -> dict:
+    """A valid emoji-v1 body whose image is missing: the task fails fast when it runs (no rendering)."""
+    body = emoji_body(media)
+    body["input"]["image_url"] = f"{media['url']}/missing.png"
+    return body
+
+
+def test_submit_limits_are_per_model_emoji_v1_one_per_second(emu: EmulatorServer, media: dict, key: str) -> None:
+    client = Client(emu.base_url, key)
+    emoji, emo = _emoji_missing(media), emo_body(media, image="missing.png")
+    started = time.monotonic()
+    assert [client.submit_raw(emoji).status_code for _ in range(2)] == [200, 429]
+    assert_error(
+        client.submit_raw(emoji), 429, "Throttling.RateQuota", "Requests rate limit exceeded, please try again later."
+    )
+    # emo-v1 has its own budget of 5, untouched by the emoji-v1 calls.
+    assert [client.submit_raw(emo).status_code for _ in range(6)] == [200] * 5 + [429]
+    assert time.monotonic() - started < 0.9, "too slow to stay inside one rate-limit window"
+    time.sleep(1.05)
+    assert client.submit_raw(emoji).status_code == 200
+    throttled = [r for r in emu.request_log() if r["key_fingerprint"] == key_fingerprint(key) and r["status"] == 429]
+    assert Counter(r["model"] for r in throttled) == {"emoji-v1": 2, "emo-v1": 1}
+    assert len([t for t in emu.tasks() if t["key_fingerprint"] == key_fingerprint(key)]) == 1 + 5 + 1
+
+
 def test_query_rate_limit_and_recovery(emu: EmulatorServer, key: str) -> None:
     client = Client(emu.base_url, key)
     task_id = str(uuid.uuid4())
@@ -147,3 +172,52 @@ def test_keys_of_one_account_share_its_submit_limit_and_its_one_running_task(cac
         statuses = [(a if i % 2 else b).submit_raw(missing).status_code for i in range(6)]
         assert statuses == [200] * 5 + [429]
         assert c.submit_raw(missing).status_code == 200
+
+
+# -- free quota -------------------------------------------------------------------------------------------
+
+
+def test_a_free_only_account_is_refused_once_its_quota_is_used(cache_dir: Path, media: dict) -> None:
+    accounts = {"acct": ["sk-fq-a", "sk-fq-b"]}
+    with EmulatorServer(
+        api_keys=["sk-fq-c"], accounts=accounts, free_quota={"acct": 2}, speed=2000, cache_dir=cache_dir
+    ) as server:
+        a, b, c = (Client(server.base_url, k) for k in ("sk-fq-a", "sk-fq-b", "sk-fq-c"))
+        body = emo_body(media, image="missing.png")
+        assert [a.submit_raw(body).status_code, b.submit_raw(body).status_code] == [200, 200]
+        for client in (a, b, a):  # the account's quota, whichever key; waiting does not cure it
+            refused = client.submit_raw(_emoji_missing(media) if client is b else body)
+            assert_error(refused, 429, "Throttling.AllocationQuota", "Free allocated quota exceeded.")
+        time.sleep(1.05)
+        assert_error(a.submit_raw(body), 429, "Throttling.AllocationQuota", "Free allocated quota exceeded.")
+        assert len(server.tasks()) == 2  # refused submits create nothing
+        assert c.submit_raw(body).status_code == 200  # another account: no quota set
+        assert a.query_raw(str(uuid.uuid4())).status_code == 200  # queries are not refused
+        assert server.service.free_quota.settings() == {"acct": {"submits": 2, "used": 2}}
+        # Over HTTP: raise the quota (counting from now), read it, lift it.
+        admin = server.base_url + "/_emulator/free_quota"
+        assert requests.post(admin, json={"account": "acct", "submits": 1}).json() == {
+            "acct": {"submits": 1, "used": 0}
+        }
+        assert [a.submit_raw(body).status_code for _ in range(2)] == [200, 429]
+        assert requests.get(admin).json() == {"acct": {"submits": 1, "used": 1}}
+        assert requests.post(admin, json={"account": "acct", "submits": None}).json() == {}
+        assert b.submit_raw(body).status_code == 200
+        assert requests.post(admin, json={"account": "no-such", "submits": 1}).status_code == 400
+        # A key of its own account is named by its fingerprint.
+        server.set_free_quota(key_fingerprint("sk-fq-c"), 0)
+        assert_error(c.submit_raw(body), 429, "Throttling.AllocationQuota")
+    with pytest.raises(ValueError, match="no account"):
+        EmulatorServer(api_keys=["sk-x"], free_quota={"sk-x": 1})  # a key is not an account name
+    with pytest.raises(ValueError, match=">= 0"):
+        EmulatorServer(api_keys=["sk-x"], free_quota={key_fingerprint("sk-x"): -1})
+
+
+def test_cli_free_quota_option() -> None:
+    from dashscope_emulator.__main__ import main, parse_free_quotas
+
+    assert parse_free_quotas(["acct=3", "other=0"]) == {"acct": 3, "other": 0}
+    for bad in ("acct", "acct=x", "=3", "acct=-1"):
+        with pytest.raises(ValueError, match="NAME=N"):
+            parse_free_quotas([bad])
+    assert main(["--port", "0", "--free-quota", "acct=1"]) == 2  # no such account: refused before serving

@@ -20,7 +20,8 @@ def test_face_detect_contract_as_detection_and_limits_md_states_it() -> None:
     assert DETECT_PATH == "/api/v1/services/aigc/image2video/face-detect"
     assert DETECT_MODELS == {"emo-detect-v1": ("1:1", "3:4"), "emoji-detect-v1": ("1:1",)}
     assert DETECT_QPS == {"emo-detect-v1": 5, "emoji-detect-v1": 1}
-    assert (SUBMIT_QPS, QUERY_QPS) == (5, 20)
+    # The rate-limit page: per account and model, emo-v1 5 and emoji-v1 1 submits per second; queries 20.
+    assert (SUBMIT_QPS, QUERY_QPS) == ({"emo-v1": 5, "emoji-v1": 1}, 20)
     assert MAX_IMAGE_BYTES["emoji-detect-v1"] == 10 * 1024 * 1024
 
 

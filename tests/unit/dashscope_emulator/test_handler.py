@@ -31,7 +31,11 @@ def test_drop_submit_creates_the_task_but_the_client_sees_a_connection_error(
 
 @pytest.mark.parametrize(
     ("fault", "status", "code"),
-    [("submit_500", 500, "InternalError"), ("submit_503", 503, "ServiceUnavailable")],
+    [
+        ("submit_500", 500, "InternalError"),
+        ("submit_503", 503, "ServiceUnavailable"),
+        ("submit_inspection", 400, "DataInspectionFailed"),  # content moderation refused the input
+    ],
 )
 def test_submit_5xx_creates_no_task(
     emu: EmulatorServer, media: dict, key: str, fault: str, status: int, code: str
@@ -44,6 +48,8 @@ def test_submit_5xx_creates_no_task(
         assert response.json()["message"] == (
             "An internal error has occured, please try again later or contact service support."
         )
+    if status == 400:
+        assert response.json()["message"] == "Input data may contain inappropriate content."
     assert _count_tasks(emu, key) == 0
 
 

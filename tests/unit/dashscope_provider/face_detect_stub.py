@@ -44,6 +44,8 @@ FAULTS = {
     "500": (500, "InternalError", "An internal error has occured, please try again later."),
     "503": (503, "ModelUnavailable", "Model is unavailable, please try again later."),
     "429": (429, "Throttling.RateQuota", "Requests rate limit exceeded, please try again later."),
+    "free_quota": (429, "Throttling.AllocationQuota", "Free allocated quota exceeded."),
+    "inspection": (400, "DataInspectionFailed", "Input data may contain inappropriate content."),
 }
 
 
@@ -89,9 +91,10 @@ class FaceDetectStub:
         self._server.server_close()
 
     def force_next(self, fault: str) -> None:
-        """The next request gets ``fault``: ``500``/``503``/``429`` (error body), ``502_no_body``, ``drop``
-        (answered and billed, but the connection closes before the answer), ``garbage`` (200, billed, not
-        JSON)."""
+        """The next request gets ``fault``: an error body (``500``, ``503``, ``429``, ``free_quota``: 429
+        ``Throttling.AllocationQuota``, ``inspection``: 400 ``DataInspectionFailed``), ``502_no_body``,
+        ``drop`` (answered and billed, but the connection closes before the answer), ``garbage`` (200,
+        billed, not JSON)."""
         self._faults.append(fault)
 
     # -- handling -----------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from airflow.sdk.exceptions import AirflowFailException
 from dashscope_provider.exceptions import (
     DashScopeAPIError,
     DashScopeDetectionFailed,
+    DashScopeQuotaExhausted,
     DashScopeRequestNotSent,
     DashScopeResultExpired,
     DashScopeSubmissionUncertain,
@@ -25,6 +26,7 @@ def test_exceptions_survive_pickling_and_carry_no_key() -> None:
         DashScopeResultExpired(403, "http://x/a.mp4", "AccessDenied: Request has expired."),
         DashScopeRequestNotSent("refused"),
         DashScopeDetectionFailed("emo-detect-v1", "InvalidFile.NoHuman", "no face", "req-2"),
+        DashScopeQuotaExhausted(429, "Throttling.AllocationQuota", "Free allocated quota exceeded.", "r-3", "submit"),
     ]
     for error in errors:
         clone = pickle.loads(pickle.dumps(error))
@@ -40,3 +42,24 @@ def test_a_failed_detection_is_not_retried_by_airflow() -> None:
     error = DashScopeDetectionFailed("emoji-detect-v1", "InvalidFile.FacePose", "bad pose", "req-9")
     assert isinstance(error, AirflowFailException)
     assert "InvalidFile.FacePose" in str(error) and "req-9" in str(error)
+
+
+def test_a_used_up_free_quota_is_its_own_error_and_not_retryable() -> None:
+    answer = DashScopeAPIError(429, "Throttling.AllocationQuota", "Free allocated quota exceeded.", "r-1", "submit")
+    error = DashScopeQuotaExhausted.refine(answer)
+    assert type(error) is DashScopeQuotaExhausted and isinstance(error, DashScopeAPIError)
+    assert isinstance(error, AirflowFailException)  # an Airflow task raising it fails without retries
+    assert not error.retryable and error.status_code == 429
+    assert str(error) == str(answer)
+    assert DashScopeQuotaExhausted.refine(error) is error
+    assert error.serialize()[0] == "dashscope_provider.exceptions.DashScopeQuotaExhausted"
+    # Other Throttling.* answers stay what they are, retryable.
+    for other in (
+        DashScopeAPIError(429, "Throttling.AllocationQuota", "Allocated quota exceeded"),
+        DashScopeAPIError(429, "Throttling.RateQuota", "Requests rate limit exceeded"),
+        DashScopeAPIError(400, "DataInspectionFailed", "Input data may contain inappropriate content."),
+    ):
+        assert DashScopeQuotaExhausted.refine(other) is other
+    assert DashScopeQuotaExhausted.matches(
+        DashScopeAPIError(429, "Throttling.AllocationQuota", "free allocated quota exceeded, please upgrade")
+    )

@@ -173,46 +173,53 @@ def test_submit_500_is_retried_and_creates_exactly_one_task(
     assert [line["task_id"] for line in emulator.billing()] == [submitted.task_id]
 
 
+#: No client-side pacing of emo-v1 submits: as if the calls came from several processes of one account,
+#: which share no limiter, so the service's own limit (5 per second) answers 429.
+UNPACED = {"emo-v1": 1000.0}
+
+
 def test_throttled_submits_are_retried_and_succeed(
-    dashscope_conn: str, make_hook: Any, emulator: Any, emoji_input: dict[str, Any]
+    dashscope_conn: str, make_hook: Any, emulator: Any, emo_input: dict[str, Any]
 ) -> None:
-    # 8 submissions back to back: the emulator allows 5 per second per key, so some get 429 and wait.
-    hook = make_hook(max_attempts=8, retry_initial=0.2, retry_max=1.0)
-    ids = [hook.submit_task("emoji-v1", emoji_input).task_id for _ in range(8)]
+    # 8 submissions back to back: the emulator allows 5 per second per account, so some get 429 and wait.
+    hook = make_hook(max_attempts=8, retry_initial=0.2, retry_max=1.0, submit_qps=UNPACED)
+    ids = [hook.submit_task("emo-v1", emo_input).task_id for _ in range(8)]
     statuses = [r["status"] for r in logged_requests(emulator, is_submit, 9)]
     assert 429 in statuses
     assert statuses.count(200) == 8
     assert sorted(t["task_id"] for t in emulator.tasks()) == sorted(ids)
+    assert hook.throttled == statuses.count(429)  # every 429 it retried through, for the caller to record
 
 
 def test_throttling_does_not_use_up_the_attempts_for_real_failures(
-    dashscope_conn: str, make_hook: Any, emulator: Any, emoji_input: dict[str, Any]
+    dashscope_conn: str, make_hook: Any, emulator: Any, emo_input: dict[str, Any]
 ) -> None:
     # One attempt for real failures, but 429s are retried (for up to throttle_timeout): a burst of
     # throttled answers must not turn good submissions into refused rows.
-    hook = make_hook(max_attempts=1, retry_initial=0.2, retry_max=1.0, throttle_timeout=60)
-    ids = [hook.submit_task("emoji-v1", emoji_input).task_id for _ in range(8)]
+    hook = make_hook(max_attempts=1, retry_initial=0.2, retry_max=1.0, throttle_timeout=60, submit_qps=UNPACED)
+    ids = [hook.submit_task("emo-v1", emo_input).task_id for _ in range(8)]
     statuses = [r["status"] for r in logged_requests(emulator, is_submit, 9)]
     assert 429 in statuses
     assert statuses.count(200) == 8
     assert sorted(t["task_id"] for t in emulator.tasks()) == sorted(ids)
     emulator.force_next("submit_500")  # a real failure still counts: one attempt, then the error
     with pytest.raises(DashScopeAPIError) as info:
-        hook.submit_task("emoji-v1", emoji_input)
+        hook.submit_task("emo-v1", emo_input)
     assert (info.value.status_code, info.value.code) == (500, "InternalError")
 
 
 def test_throttled_submit_maps_to_api_error_when_throttle_timeout_passes(
-    dashscope_conn: str, make_hook: Any, emulator: Any, emoji_input: dict[str, Any]
+    dashscope_conn: str, make_hook: Any, emulator: Any, emo_input: dict[str, Any]
 ) -> None:
-    hook = make_hook(max_attempts=1, throttle_timeout=0)
+    hook = make_hook(max_attempts=1, throttle_timeout=0, submit_qps=UNPACED)
     with pytest.raises(DashScopeAPIError) as info:  # the 6th submit within a second is refused
         for _ in range(6):
-            hook.submit_task("emoji-v1", emoji_input)
+            hook.submit_task("emo-v1", emo_input)
     assert (info.value.status_code, info.value.code) == (429, "Throttling.RateQuota")
     assert info.value.message == "Requests rate limit exceeded, please try again later."
     assert info.value.retryable and info.value.request_id
     assert len(emulator.tasks()) == 5
+    assert hook.throttled == 0  # raised, not retried through
 
 
 @pytest.mark.parametrize("fault", ["drop_submit", "submit_502_no_body"])

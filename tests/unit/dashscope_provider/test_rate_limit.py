@@ -1,4 +1,4 @@
-"""The rate limiters: one budget per key shared by every poller of a process, held back after a 429."""
+"""The rate limiters: one budget per account shared by every poller of a process, held back after a 429."""
 
 from __future__ import annotations
 
@@ -15,10 +15,12 @@ from dashscope_provider.rate_limit import (
     detect_rps,
     get_rate_limiter,
     get_sync_rate_limiter,
+    model_rps,
+    paced_rps,
 )
 
-from tests.unit.conftest import is_query, logged_requests
-from tests.unit.dashscope_provider.conftest import fast_hook
+from tests.unit.conftest import KEY, SAME_ACCOUNT_KEY, is_query, logged_requests
+from tests.unit.dashscope_provider.conftest import detect_conn, fast_hook
 
 pytestmark = pytest.mark.usefixtures("no_key_in_logs")
 
@@ -36,6 +38,48 @@ def test_many_pollers_share_one_rate_limit(dashscope_conn: str, emulator: Any) -
     statuses = [r["status"] for r in logged_requests(emulator, is_query, 40)]
     assert statuses == [200] * 40  # not one 429
     assert elapsed >= 39 / 15 - 0.2  # paced at 15 per second
+
+
+def _most_in_one_second(times: list[float]) -> int:
+    """The most requests whose arrival times fall within any 1 s window."""
+    times = sorted(times)
+    return max((sum(1 for t in times[i:] if t - start < 1.0) for i, start in enumerate(times)), default=0)
+
+
+def test_two_connections_of_one_account_share_one_query_budget(
+    account_emulator: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two connections naming one account (two keys of it), 25 triggers' worth of polls each, and a worker
+    # polling with the sync hook at the same time: the emulator counts all of them against the account's
+    # 20 queries per second. Two budgets of 15 (one per connection) would make 30/s and draw 429s.
+    from dashscope_provider.hooks.dashscope import DashScopeHook
+
+    base = account_emulator.base_url
+    detect_conn(monkeypatch, base, "poll_a", KEY, account="acct")
+    detect_conn(monkeypatch, base, "poll_b", SAME_ACCOUNT_KEY, account="acct")
+    sync_hook = DashScopeHook("poll_a", retry_initial=0.05, retry_max=0.2, timeout=(2.0, 10.0))
+    sync_statuses: list[str] = []
+
+    def sync_polls() -> None:
+        sync_statuses.extend(sync_hook.get_task(f"sync-{i}").status for i in range(10))
+
+    async def burst() -> list[DashScopeTask]:
+        hooks = [fast_hook(conn_id) for conn_id in ("poll_a", "poll_b") for _ in range(25)]
+        return await asyncio.gather(*(hook.get_task(f"task-{i}") for i, hook in enumerate(hooks)))
+
+    worker = threading.Thread(target=sync_polls)
+    started = time.monotonic()
+    worker.start()
+    tasks = asyncio.run(burst())
+    worker.join()
+    elapsed = time.monotonic() - started
+    assert [t.status for t in tasks] + sync_statuses == ["UNKNOWN"] * 60
+    log = logged_requests(account_emulator, is_query, 60)
+    assert len({r["key_fingerprint"] for r in log}) == 2
+    assert [r["status"] for r in log] == [200] * 60  # not one 429: the account's own pacing holds
+    assert _most_in_one_second([r["time"] for r in log]) <= 20  # within the account's budget
+    assert elapsed >= 59 / 15 - 0.2  # one budget of 15 per second for the account, not one per connection
+    assert sync_hook.throttled == 0
 
 
 def test_rate_limiter_is_shared_per_key_and_backs_off() -> None:
@@ -77,8 +121,12 @@ def test_sync_limiters_are_shared_per_base_url_account_and_model() -> None:
     assert one is not get_sync_rate_limiter("http://a", "acct", "emoji-detect-v1")
     assert one is not get_sync_rate_limiter("http://a", "other", "emo-detect-v1")
     assert one is not get_sync_rate_limiter("http://b", "acct", "emo-detect-v1")
-    assert (one.qps, get_sync_rate_limiter("http://a", "acct", "emoji-detect-v1").qps) == (5.0, 1.0)
-    assert detect_rps("some-new-detect") == 1.0
+    # Paced at 90 % of the page's rates (room for arrival jitter); submits per video model likewise.
+    assert (one.qps, get_sync_rate_limiter("http://a", "acct", "emoji-detect-v1").qps) == (4.5, 0.9)
+    assert detect_rps("some-new-detect") == 1.0 and paced_rps("some-new-detect") == 0.9
+    assert (model_rps("emo-v1"), model_rps("emoji-v1")) == (5.0, 1.0)
+    assert get_sync_rate_limiter("http://a", "acct", "emoji-v1").qps == 0.9
+    assert get_sync_rate_limiter("http://a", "acct", "emoji-v1", 3.0).qps == 3.0
     # The async registry is apart: the same names give a different (async) limiter.
     assert not isinstance(one, AsyncRateLimiter)
     assert isinstance(get_rate_limiter("http://a", "acct"), AsyncRateLimiter)

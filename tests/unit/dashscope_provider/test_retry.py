@@ -12,6 +12,7 @@ import tenacity
 from dashscope_provider.exceptions import (
     DashScopeAPIError,
     DashScopeConnectionError,
+    DashScopeQuotaExhausted,
     DashScopeRequestNotSent,
     DashScopeResultExpired,
     DashScopeSubmissionUncertain,
@@ -22,6 +23,11 @@ THROTTLED = DashScopeAPIError(429, "Throttling.RateQuota", "slow down", "r")
 SERVICE_500 = DashScopeAPIError(500, "InternalError", "x", "r")
 GATEWAY_502 = DashScopeAPIError(502, None, "answer without a DashScope error body")
 REFUSED_400 = DashScopeAPIError(400, "InvalidParameter", "bad")
+#: Content moderation refused the input: the same input gets the same answer.
+INSPECTION_400 = DashScopeAPIError(400, "DataInspectionFailed", "Input data may contain inappropriate content.")
+#: A free-only account has used its quota: waiting does not cure it (whether or not the hook refined it).
+FREE_QUOTA = DashScopeAPIError(429, "Throttling.AllocationQuota", "Free allocated quota exceeded.", "r")
+ALLOCATION = DashScopeAPIError(429, "Throttling.AllocationQuota", "Allocated quota exceeded", "r")
 LOST = DashScopeConnectionError("dropped")
 NOT_SENT = DashScopeRequestNotSent("refused")
 UNCERTAIN = DashScopeSubmissionUncertain("dropped after sending")
@@ -34,6 +40,11 @@ UNCERTAIN = DashScopeSubmissionUncertain("dropped after sending")
         (SERVICE_500, True, True),
         (GATEWAY_502, False, True),  # a gateway's 5xx: the service may have acted on a submission
         (REFUSED_400, False, False),
+        (INSPECTION_400, False, False),
+        (FREE_QUOTA, False, False),
+        (DashScopeQuotaExhausted.refine(FREE_QUOTA), False, False),
+        (ALLOCATION, True, True),  # other Throttling.* 429s: as before
+        (DashScopeAPIError(429, "Throttling.BurstRate", "Request rate increased too quickly"), True, True),
         (NOT_SENT, True, True),
         (LOST, False, True),
         (UNCERTAIN, False, False),
@@ -88,6 +99,19 @@ def test_throttling_is_bounded_by_time() -> None:
         policy.retrying("query", logging.getLogger("t"), idempotent=True)(attempt)
     assert info.value.status_code == 429
     assert 2 <= len(calls) < 50
+
+
+def test_on_retry_sees_each_failure_about_to_be_retried() -> None:
+    policy = RetryPolicy(max_attempts=5, initial_wait=0.001, max_wait=0.001, throttle_timeout=60)
+    seen: list[BaseException] = []
+    calls, attempt = _failing([THROTTLED, SERVICE_500, THROTTLED])
+    assert policy.retrying("submit", logging.getLogger("t"), idempotent=False, on_retry=seen.append)(attempt) == "ok"
+    assert seen == [THROTTLED, SERVICE_500, THROTTLED]
+    seen.clear()
+    calls, attempt = _failing([FREE_QUOTA])
+    with pytest.raises(DashScopeAPIError):
+        policy.retrying("submit", logging.getLogger("t"), idempotent=False, on_retry=seen.append)(attempt)
+    assert (len(calls), seen) == (1, [])  # not retried, so not seen
 
 
 def test_a_lost_submission_is_never_retried() -> None:
