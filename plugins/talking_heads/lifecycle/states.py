@@ -95,8 +95,10 @@ class RowState:
     candidates: tuple[str, ...] | None = None
     reconciled: bool = False
     resubmitted: bool = False
-    #: Who wrote the last submit intent, the row's claim: ``"{run_id} {task_id}[{map_index}] try {n}"``.
+    #: Who wrote the last submit intent, the row's claim: ``"{run_id} {task_id}[{map_index}] try {n}"``, and
+    #: the Airflow deployment it ran in (two deployments may both have a run ``scheduled__2026-11-29...``).
     owner: str | None = None
+    deployment: str | None = None
     updated_at: str = field(default_factory=now_iso)
     history: tuple[str, ...] = ()
     #: How many times the row was written: the ledger's compare-and-set (0: never stored).

@@ -3,12 +3,14 @@ the task list (:func:`reconcile_row`), and a row another run is submitting is wa
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+from airflow.configuration import conf
 from airflow.sdk.exceptions import AirflowFailException
 from dashscope_provider.exceptions import DashScopeAPIError, DashScopeSubmissionUncertain
 
@@ -94,7 +96,7 @@ def _submit_once(
 ) -> Submission:
     request = item.request
     state = ledger.get(request.row_id)
-    if state is not None and state.state == S.SUBMITTING and state.run_id != run_id and claim_age(state) is not None:
+    if state is not None and _claimed_elsewhere(state, run_id):  # sent now by another run: wait, then follow
         state = _await_claim(ledger, state, log)
     if state is not None and state.state in (S.SUBMITTED, S.GENERATED, S.SUCCEEDED) and state.task_id:
         by = "" if state.run_id == run_id else f", by the overlapping run {state.run_id}"
@@ -145,6 +147,7 @@ def _submit_once(
             conn_id=conn_id,
             run_id=run_id,
             owner=owner,
+            deployment=deployment_id(),
             task_id=None,
             code=None,
             message=None,
@@ -191,6 +194,22 @@ def _submit_once(
     return Submission(row_id, task_id, conn_id)
 
 
+def deployment_id() -> str:
+    """This Airflow deployment, as a short digest of its metadata database's address (never the address: it
+    may hold a password). Two deployments writing to one output root have two databases."""
+    address = conf.get("database", "sql_alchemy_conn", fallback="") or ""
+    return hashlib.sha256(address.encode()).hexdigest()[:12]
+
+
+def _claimed_elsewhere(state: RowState, run_id: str) -> bool:
+    return state.state == S.SUBMITTING and not _own_run(state, run_id) and claim_age(state) is not None
+
+
+def _own_run(state: RowState, run_id: str) -> bool:
+    """Whether the row's claim was made by this very run (an earlier try of this step: its owner is gone)."""
+    return state.run_id == run_id and state.deployment in (None, deployment_id())
+
+
 def claim_age(state: RowState, now: datetime | None = None) -> float | None:
     """Seconds since the row's claim (submit intent) was written, if it is still fresh; else None."""
     if not state.intent_at:
@@ -217,7 +236,7 @@ def _await_claim(ledger: RowLedger, claim: RowState, log: logging.Logger) -> Row
 
 
 def _stale_claim_message(state: RowState, run_id: str) -> str | None:
-    if state.run_id == run_id:
+    if _own_run(state, run_id):
         return None  # an earlier try of this step: its answer was lost when it ended
     return lost_answer_message(
         f"run {state.run_id} ({state.owner}) claimed the row at {state.intent_at} and recorded no answer within "

@@ -8,6 +8,7 @@ import logging
 import threading
 import time
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -132,3 +133,19 @@ def test_a_claim_whose_owner_is_gone_is_a_lost_answer_and_is_not_sent_again(
     assert "run-B generate.submit[0] try 1 (claimed at" in (state.message or "")
     line = outcome_of(state, "run-A")
     assert line["code"] == "SubmissionUncertain" and "answer of run-B" in line["message"]
+
+
+def test_a_claim_of_the_same_run_id_in_another_deployment_is_waited_for(
+    ledger: RowLedger, dashscope_conn: str, emulator: Any, emoji_input: dict[str, Any]
+) -> None:
+    # Two deployments on one schedule both have a run "scheduled__...": the other's claim is not an earlier
+    # try of this run's step, so it is waited for, not taken for a lost answer.
+    claim = ledger.put(replace(_claim_by("run-A"), deployment="another-deployment"))
+
+    def the_other_deployment_gets_its_answer() -> None:
+        time.sleep(1.0)
+        ledger.put(claim.advance("submitted", task_id="task-of-the-other-deployment"))
+
+    threading.Thread(target=the_other_deployment_gets_its_answer).start()
+    assert _submit(ledger, emoji_input, "run-A").task_id == "task-of-the-other-deployment"
+    assert _submits(emulator) == []
