@@ -1,10 +1,14 @@
-"""Two API keys, each pushed past its 5 submit QPS and 20 query QPS: the 429s provoked, and recovery.
+"""Two API keys (two accounts), each pushed past its emo-v1 submit limit (5/s) and its 20 query QPS: the
+429s provoked, the hooks' count of them, and recovery.
 
-Per key: 20 submissions from 4 threads at once (4x the submit limit), then every task waited on by
-two "triggerers" at once (two rate limiters of 15 QPS each: two connections to the same service, as two
-triggerer processes would be), 30 QPS against the service's 20. Counted from the emulator's own request
-log, per key: the 429 answers, and that every call recovered from them: each submission made exactly
-one task, every wait ended with the task's final state, and no key's throttling touched the other.
+Within one process the hook paces an account's submits below its limit, so the 429s come from what
+shares no limiter: several processes. Each is played by a connection under its own host name (the same
+service; ``a_`` and ``b_``): per key, 20 submissions from 4 threads over both (two pacers of 4.5/s
+against the service's 5), then every task waited on by two "triggerers" at once (two query limiters of
+15 QPS each), 30 QPS against the service's 20. Counted from the emulator's own request log, per key:
+the 429 answers, that the hooks' ``throttled`` counters add up to them, and that every call recovered:
+each submission made exactly one task, every wait ended with the task's final state, and no key's
+throttling touched the other.
 """
 
 from __future__ import annotations
@@ -27,16 +31,16 @@ SUBMIT_PATH = "/api/v1/services/aigc/image2video/video-synthesis"
 
 
 @pytest.fixture(scope="module")
-def emoji_input(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+def emo_input(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     from dashscope_emulator import make_samples, serve_directory
 
     folder = tmp_path_factory.mktemp("throttle-media")
     make_samples(folder)
-    boxes = json.loads((folder / "samples.json").read_text())["portrait_emoji.png"]
+    boxes = json.loads((folder / "samples.json").read_text())["portrait_square.png"]
     with serve_directory(folder, port=0) as url:
         yield {
-            "image_url": f"{url}/portrait_emoji.png",
-            "driven_id": "mengwa_kaixin",
+            "image_url": f"{url}/portrait_square.png",
+            "audio_url": f"{url}/voice.wav",
             "face_bbox": boxes["face_bbox"],
             "ext_bbox": boxes["ext_bbox"],
         }
@@ -52,15 +56,18 @@ def _connections(emulator: Any, monkeypatch: pytest.MonkeyPatch) -> None:
             )
 
 
-def _submit_all(name: str, task_input: dict[str, Any]) -> list[str]:
+def _submit_all(name: str, task_input: dict[str, Any]) -> tuple[list[str], int]:
+    """Submit with 4 threads over both "processes" of the key; the task ids, and the 429s the hooks absorbed."""
     from dashscope_provider.hooks.dashscope import DashScopeHook
 
-    def one_thread(_: int) -> list[str]:
-        hook = DashScopeHook(f"a_{name}", retry_initial=0.1, retry_max=1.0)
-        return [hook.submit_task("emoji-v1", task_input).task_id for _ in range(SUBMITS_PER_KEY // SUBMIT_THREADS)]
+    def one_thread(index: int) -> tuple[list[str], int]:
+        hook = DashScopeHook(f"{'ab'[index % 2]}_{name}", retry_initial=0.1, retry_max=1.0)
+        ids = [hook.submit_task("emo-v1", task_input).task_id for _ in range(SUBMITS_PER_KEY // SUBMIT_THREADS)]
+        return ids, hook.throttled
 
     with ThreadPoolExecutor(SUBMIT_THREADS) as pool:
-        return [task_id for ids in pool.map(one_thread, range(SUBMIT_THREADS)) for task_id in ids]
+        results = list(pool.map(one_thread, range(SUBMIT_THREADS)))
+    return [task_id for ids, _ in results for task_id in ids], sum(throttled for _, throttled in results)
 
 
 async def _wait_all(task_ids: dict[str, list[str]]) -> list[dict[str, Any]]:
@@ -79,7 +86,7 @@ async def _wait_all(task_ids: dict[str, list[str]]) -> list[dict[str, Any]]:
 
 @pytest.mark.timeout(600)
 def test_two_keys_over_their_limits_are_throttled_and_recover(
-    airflow_db: str, emoji_input: dict[str, Any], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    airflow_db: str, emo_input: dict[str, Any], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     from dashscope_emulator import EmulatorServer
     from dashscope_emulator.server import key_fingerprint
@@ -88,7 +95,8 @@ def test_two_keys_over_their_limits_are_throttled_and_recover(
     with EmulatorServer(api_keys=list(KEYS.values()), port=0, speed=50, cache_dir=tmp_path) as emulator:
         _connections(emulator, monkeypatch)
         with ThreadPoolExecutor(len(KEYS)) as pool:  # both keys at once
-            submitted = dict(zip(KEYS, pool.map(lambda n: _submit_all(n, emoji_input), KEYS), strict=True))
+            results = dict(zip(KEYS, pool.map(lambda n: _submit_all(n, emo_input), KEYS), strict=True))
+        submitted = {name: ids for name, (ids, _) in results.items()}
         events = asyncio.run(_wait_all(submitted))
         log, tasks, billing = emulator.request_log(), emulator.tasks(), emulator.billing()
 
@@ -107,6 +115,7 @@ def test_two_keys_over_their_limits_are_throttled_and_recover(
         assert submits[(name, 200)] == SUBMITS_PER_KEY
         # Provoked: each key was pushed past both of its limits.
         assert submits[(name, 429)] > 0, f"{name}: no submit was throttled; the test did not push hard enough"
+        assert results[name][1] == submits[(name, 429)]  # the hooks counted every 429 they absorbed
         assert queries[(name, 429)] > 0, f"{name}: no query was throttled; the test did not push hard enough"
         assert set(submits) | set(queries) <= {(k, s) for k in KEYS for s in (200, 429)}
         figures[name] = (
