@@ -1,0 +1,115 @@
+"""Two ``talking_heads`` runs started at once over the same table and output root (#16), each in a process of
+its own with its own metadata database (two deployments, or a backfill and a scheduled run), against one
+emulator: every row is generated once, succeeds in one run and is ``skipped`` (or ``succeeded``, same task)
+in the other, and no row ends ``failed`` or ``uncertain``. Repeated, on a local disk and on S3 (moto).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import uuid
+from datetime import UTC, datetime, timedelta
+from io import StringIO
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from tests.conftest import S3_BUCKET
+from tests.harness.reliability import REPO_ROOT, Media, read_outcomes, tasks_by_row, write_table
+from tests.harness.services import s3_client, s3_connection
+
+#: How many times the two runs are started together, per store (OVERLAP_REPETITIONS overrides it).
+REPETITIONS = int(os.environ.get("OVERLAP_REPETITIONS", "10"))
+KINDS = ("emo-square", "emoji", "emo-halfbody", "emo-square", "emoji", "emo-halfbody")
+
+
+def _home(folder: Path, migrated_db: str) -> dict[str, str]:
+    """An Airflow home of its own, with a copy of the session's migrated SQLite database."""
+    folder.mkdir(parents=True)
+    # SQLite's backup API: a file copy could miss pages still in the write-ahead log.
+    with (
+        sqlite3.connect(migrated_db.removeprefix("sqlite:///")) as source,
+        sqlite3.connect(folder / "airflow.db") as copy,
+    ):
+        source.backup(copy)
+    return {
+        "AIRFLOW_HOME": str(folder),
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{folder}/airflow.db",
+    }
+
+
+def _start(home: dict[str, str], logical_date: datetime, conf: dict[str, Any], log: Path) -> subprocess.Popen[bytes]:
+    env = {**os.environ, **home, "PYTHONPATH": str(REPO_ROOT)}
+    args = json.dumps({"logical_date": logical_date.isoformat(), "conf": conf})
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.harness.overlap_run", args],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+
+
+def _outcomes(output_root: str, run_id: str, s3: Any) -> pd.DataFrame:
+    from talking_heads.storage import safe_name
+
+    name = f"outcomes/{safe_name(run_id)}.csv"
+    if output_root.startswith("s3://"):
+        key = f"{output_root.removeprefix(f's3://{S3_BUCKET}/').rstrip('/')}/{name}"
+        body = s3.get_object(Bucket=S3_BUCKET, Key=key)["Body"].read().decode()
+        return pd.read_csv(StringIO(body), dtype=str, keep_default_na=False, na_values=[""])
+    return read_outcomes(Path(output_root) / name)
+
+
+@pytest.mark.parametrize("store", ["local", "s3"])
+def test_two_runs_at_once_over_one_output_root_generate_each_row_once(
+    store: str, media: Media, emulator: Any, airflow_db: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    s3 = None
+    if store == "s3":
+        endpoint = request.getfixturevalue("moto_s3")
+        os.environ["AIRFLOW_CONN_AWS_DEFAULT"] = json.dumps(s3_connection(endpoint))
+        request.addfinalizer(lambda: os.environ.pop("AIRFLOW_CONN_AWS_DEFAULT", None))
+        s3 = s3_client(endpoint)
+    homes = [_home(tmp_path / f"deployment-{side}", airflow_db) for side in "AB"]
+    for repetition in range(REPETITIONS):
+        rows = [media.row(f"{store}{repetition}-r{i}", kind) for i, kind in enumerate(KINDS)]
+        table = write_table(tmp_path / f"table-{repetition}.csv", rows)
+        output_root = (
+            f"s3://{S3_BUCKET}/overlap-{uuid.uuid4().hex[:8]}/" if s3 else str(tmp_path / f"output-{repetition}")
+        )
+        conf = {
+            "input_table": str(table),
+            "output_root": output_root,
+            "poll_interval_seconds": 0.2,
+            "preflight_checks": False,
+            "storage_conn_id": "aws_default" if s3 else None,
+        }
+        # A backfill's date and the scheduled run's: two run ids, started together.
+        dates = [datetime(2027, 3, 1, tzinfo=UTC) + timedelta(days=repetition + 40 * i) for i in range(2)]
+        logs = [tmp_path / f"run-{repetition}-{side}.log" for side in "AB"]
+        runs = [_start(home, date, conf, log) for home, date, log in zip(homes, dates, logs, strict=True)]
+        for run, log in zip(runs, logs, strict=True):
+            assert run.wait(timeout=600) == 0, log.read_text()[-3000:]
+        run_ids = [
+            json.loads(line.removeprefix("OVERLAP RUN "))["run_id"]
+            for log in logs
+            for line in log.read_text().splitlines()
+            if line.startswith("OVERLAP RUN ")
+        ]
+        assert len(run_ids) == 2, [log.read_text()[-2000:] for log in logs]
+        a, b = (_outcomes(output_root, run_id, s3).set_index("row_id") for run_id in run_ids)
+        tasks = tasks_by_row(emulator)
+        for row in rows:
+            row_id = row["row_id"]
+            statuses = sorted([a.loc[row_id, "status"], b.loc[row_id, "status"]])
+            context = f"repetition {repetition}, row {row_id}: {a.loc[row_id].to_dict()} / {b.loc[row_id].to_dict()}"
+            assert statuses in (["skipped", "succeeded"], ["succeeded", "succeeded"]), context
+            assert len(tasks[row_id]) == 1, context  # generated once, whichever run sent it
+            assert a.loc[row_id, "task_id"] == b.loc[row_id, "task_id"] == tasks[row_id][0]["task_id"], context
