@@ -6,11 +6,15 @@ in the other, and no row ends ``failed`` or ``uncertain``. Repeated, on a local 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import socket
 import sqlite3
 import subprocess
 import sys
+import threading
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from io import StringIO
@@ -113,3 +117,81 @@ def test_two_runs_at_once_over_one_output_root_generate_each_row_once(
             assert statuses in (["skipped", "succeeded"], ["succeeded", "succeeded"]), context
             assert len(tasks[row_id]) == 1, context  # generated once, whichever run sent it
             assert a.loc[row_id, "task_id"] == b.loc[row_id, "task_id"] == tasks[row_id][0]["task_id"], context
+
+
+class _BlackHole:
+    """A TCP server on 127.0.0.1 that takes requests and never answers: a submit sent to it hangs after
+    sending, as one does when the network drops the answer (the run is then killed while it waits)."""
+
+    def __init__(self) -> None:
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.server.getsockname()[1]}"
+        self.held: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                self.held.append(self.server.accept()[0])
+
+    def close(self) -> None:
+        for held in self.held:
+            held.close()
+        self.server.close()
+
+
+def _claims(output_root: Path) -> list[dict[str, Any]]:
+    found = []
+    for path in (output_root / "state").glob("*.json"):
+        with contextlib.suppress(ValueError):  # a record being replaced: read again next time
+            if (record := json.loads(path.read_text()))["state"] == "submitting":
+                found.append(record)
+    return found
+
+
+def test_a_run_killed_while_it_holds_a_claim_does_not_hold_up_the_other(
+    media: Media, emulator: Any, airflow_db: str, tmp_path: Path
+) -> None:
+    rows = [media.row(f"kill-r{i}", kind) for i, kind in enumerate(KINDS[:3])]
+    table = write_table(tmp_path / "table.csv", rows)
+    output_root = tmp_path / "output"
+    conf = {"input_table": str(table), "output_root": str(output_root), "poll_interval_seconds": 0.2}
+    homes = [_home(tmp_path / f"deployment-{side}", airflow_db) for side in "AB"]
+    hole = _BlackHole()
+    try:
+        # Run B's service answers nothing: it claims its first row, sends it, and waits; then it is killed.
+        key = json.loads(os.environ["AIRFLOW_CONN_DASHSCOPE_DEFAULT"])["password"]
+        to_hole = {
+            "AIRFLOW_CONN_DASHSCOPE_DEFAULT": json.dumps({"conn_type": "dashscope", "host": hole.url, "password": key})
+        }
+        run_b = _start({**homes[1], **to_hole}, datetime(2027, 6, 1, tzinfo=UTC), conf, tmp_path / "run-B.log")
+        deadline = time.monotonic() + 120
+        while not (claims := _claims(output_root)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        run_b.kill()
+        run_b.wait(30)
+        assert len(claims) == 1, (tmp_path / "run-B.log").read_text()[-3000:]
+        claimed = claims[0]["row_id"]
+        # Run A finds B's claim fresh, waits for it until it is stale (8 s here), then settles the row as an
+        # uncertain submission: looked for in the task list, not sent again.
+        stale_soon = {**homes[0], "TALKING_HEADS_CLAIM_TIMEOUT_SECONDS": "8"}
+        began = time.monotonic()
+        run_a = _start(stale_soon, datetime(2027, 6, 2, tzinfo=UTC), conf, tmp_path / "run-A.log")
+        assert run_a.wait(timeout=600) == 0, (tmp_path / "run-A.log").read_text()[-3000:]
+        assert time.monotonic() - began < 300
+    finally:
+        hole.close()
+    run_id = next(
+        json.loads(line.removeprefix("OVERLAP RUN "))["run_id"]
+        for line in (tmp_path / "run-A.log").read_text().splitlines()
+        if line.startswith("OVERLAP RUN ")
+    )
+    outcomes = _outcomes(str(output_root), run_id, None).set_index("row_id")
+    line = outcomes.loc[claimed]
+    assert line["status"] == "failed" and line["code"] == "SubmissionUncertain", line.to_dict()
+    assert claims[0]["run_id"] in line["message"] and "was lost" in line["message"]
+    tasks = tasks_by_row(emulator)
+    assert claimed not in tasks  # B's request never reached the service, and A did not send it again
+    for row in rows:
+        if row["row_id"] != claimed:
+            assert outcomes.loc[row["row_id"], "status"] == "succeeded" and len(tasks[row["row_id"]]) == 1
