@@ -258,13 +258,13 @@ class DashScopeHook(PacingMixin, TaskListMixin, HttpHook):
         body: dict[str, Any] = {"model": model, "input": input}
         if parameters:
             body["parameters"] = parameters
-        limiter = self.submit_limiter(model)
 
         def attempt() -> SubmittedTask:
             # A fresh session (so a fresh TCP connection) per attempt: a stale pooled connection would
             # turn a harmless reconnect into an "uncertain" submission.
             with self._submit_session() as session:
                 url = self.url_from_endpoint(SUBMIT_ENDPOINT)
+                limiter = self.submit_limiter(model)  # after the session: a bad connection is a config error
                 limiter.wait()
                 try:
                     response = session.post(url, json=body, timeout=self._request_timeout(), allow_redirects=False)

@@ -69,6 +69,19 @@ def test_connection_without_key(emulator: Any, make_hook: Any, monkeypatch: pyte
     assert emulator.request_log() == []
 
 
+def test_submit_with_an_unusable_connection_is_a_config_error(
+    emulator: Any, make_hook: Any, emo_input: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Raised before anything is sent (the submit pacer, keyed by the connection's account, comes after).
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_DASHSCOPE_NOKEY", json.dumps({"conn_type": "dashscope", "host": emulator.base_url})
+    )
+    for conn_id, match in (("dashscope_nokey", "no API key"), ("no_such_connection", "no_such_connection")):
+        with pytest.raises(DashScopeConfigError, match=match):
+            make_hook(conn_id).submit_task("emo-v1", emo_input)
+    assert emulator.request_log() == []
+
+
 # -- submit -------------------------------------------------------------------------------------------
 
 
