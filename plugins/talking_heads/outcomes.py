@@ -48,6 +48,7 @@ def build_outcomes(plan: list[PlanEntry], ledger: RowLedger, run_id: str) -> pd.
     """
     prices = load_prices()
     lines = []
+    throttled = 0
     for entry in plan:
         line: dict[str, Any] = {
             "row_id": entry.row_id,
@@ -56,7 +57,9 @@ def build_outcomes(plan: list[PlanEntry], ledger: RowLedger, run_id: str) -> pd.
             "estimated_cost_usd": entry.estimated_cost_usd,
         }
         if entry.plan == "generate":
-            line.update(outcome_of(ledger.get(entry.row_id or ""), run_id))
+            state = ledger.get(entry.row_id or "")
+            throttled += state.throttled if state is not None else 0
+            line.update(outcome_of(state, run_id))
         else:
             line.update(entry.outcome or {})
         if line.get("code") is not None:
@@ -73,7 +76,10 @@ def build_outcomes(plan: list[PlanEntry], ledger: RowLedger, run_id: str) -> pd.
         if column not in frame.columns:
             frame[column] = None
     ordered = OUTCOME_COLUMNS + [c for c in frame.columns if c not in OUTCOME_COLUMNS]
-    return frame[ordered]
+    frame = frame[ordered]
+    # Run-wide, not a column: the 429 answers the submit steps waited out (pacing in other processes).
+    frame.attrs["throttled"] = throttled
+    return frame
 
 
 def write_outcomes(frame: pd.DataFrame, layout: OutputLayout, run_id: str) -> dict[str, str]:
@@ -120,6 +126,7 @@ def summarize(frame: pd.DataFrame, layout: OutputLayout, outcomes_uri: str) -> d
         "seconds": round(float(billed["video_duration"].astype(float).sum()), 2),
         "cost_usd": round(float(billed["cost_usd"].astype(float).fillna(0).sum()), 6),
         "cost_unknown_rows": int(billed["cost_usd"].isna().sum()),
+        "throttled": int(frame.attrs.get("throttled", 0)),
         "videos": plain_url(layout.root / "videos"),
         "outcomes": outcomes_uri,
     }

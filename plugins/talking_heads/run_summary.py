@@ -50,10 +50,12 @@ def summary_line(summary: dict[str, Any]) -> str:
     cost = f"USD {summary.get('cost_usd') or 0:,.4f}"
     if unknown:
         cost += f" (+{unknown} row{'s' if unknown != 1 else ''} with no known price)"
+    throttled = int(summary.get("throttled") or 0)
+    waited = f" · {throttled} throttled (429) answers waited out" if throttled else ""
     return (
         f"{summary.get('succeeded', 0)} succeeded, {summary.get('failed', 0)} failed, "
         f"{summary.get('skipped', 0)} skipped of {summary.get('rows', 0)} rows · "
-        f"{_number(float(summary.get('seconds') or 0), 3)} s billed · {cost} · report: {summary.get('report')}"
+        f"{_number(float(summary.get('seconds') or 0), 3)} s billed · {cost}{waited} · report: {summary.get('report')}"
     )
 
 

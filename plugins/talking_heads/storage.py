@@ -48,3 +48,7 @@ class OutputLayout:
 
     def plan(self, run_id: str) -> ObjectStoragePath:
         return self.root / "runs" / safe_name(run_id) / "plan.json"
+
+    def quota_exhausted(self, run_id: str, account: str) -> ObjectStoragePath:
+        """Written when an account's free quota runs out in a run: its remaining rows are not submitted."""
+        return self.root / "runs" / safe_name(run_id) / "quota_exhausted" / f"{safe_name(account)}.json"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from dashscope_provider.exceptions import QUOTA_EXHAUSTED_CODE
+
 from talking_heads import reconcile
 from talking_heads.detection import detection_usage
 from talking_heads.lifecycle.states import OutcomeCode, RowState
@@ -47,7 +49,9 @@ def _outcome(state: RowState, run_id: str) -> dict[str, Any]:
             "that task and paid nothing for it",
         }
     if state.state == S.FAILED:
-        return {**base, "status": "failed", "code": state.code, "message": state.message}
+        # Not sent, not billed: the account's free quota ran out in this run; a later run submits the row.
+        status = "skipped" if state.code == QUOTA_EXHAUSTED_CODE and not state.billed else "failed"
+        return {**base, "status": status, "code": state.code, "message": state.message}
     if state.state in (S.SUBMITTING, S.UNCERTAIN):
         message = state.message or lost_answer_message("the submit answer was lost")
         return {**base, "status": "failed", "code": OutcomeCode.SUBMISSION_UNCERTAIN, "message": message}

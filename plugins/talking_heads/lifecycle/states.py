@@ -99,6 +99,8 @@ class RowState:
     #: the Airflow deployment it ran in (two deployments may both have a run ``scheduled__2026-11-29...``).
     owner: str | None = None
     deployment: str | None = None
+    #: 429 answers the submit step waited out for this row (detect and submit), counted in the run's summary.
+    throttled: int = 0
     updated_at: str = field(default_factory=now_iso)
     history: tuple[str, ...] = ()
     #: How many times the row was written: the ledger's compare-and-set (0: never stored).

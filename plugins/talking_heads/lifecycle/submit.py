@@ -4,6 +4,7 @@ the task list (:func:`reconcile_row`), and a row another run is submitting is wa
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import time
 from collections.abc import Callable
@@ -11,8 +12,14 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from airflow.configuration import conf
-from airflow.sdk.exceptions import AirflowFailException
-from dashscope_provider.exceptions import DashScopeAPIError, DashScopeSubmissionUncertain
+from airflow.sdk.exceptions import AirflowFailException, AirflowNotFoundException, AirflowSkipException
+from dashscope_provider.connection import account_from_connection
+from dashscope_provider.exceptions import (
+    QUOTA_EXHAUSTED_CODE,
+    DashScopeAPIError,
+    DashScopeQuotaExhausted,
+    DashScopeSubmissionUncertain,
+)
 
 from talking_heads import reconcile
 from talking_heads.detection import detect_image
@@ -28,6 +35,7 @@ if TYPE_CHECKING:
     from dashscope_provider.hooks.dashscope import DashScopeHook
 
     from talking_heads.ledger import RowLedger
+    from talking_heads.validation import RowRequest
 
 
 #: A submit intent (the row's claim) younger than this is taken for alive, and another run waits for it.
@@ -120,9 +128,18 @@ def _submit_once(
             raise AirflowFailException(f"row {request.row_id}: {state.message or lost_answer_message()}")
         log.warning("Row %s: resubmitting after an uncertain submission, as asked (may pay twice)", request.row_id)
         resubmitted = True
+    hook = hook_for(conn_id)  # one hook for the row: its count of waited-out 429s is recorded with the row
+    if (stopped := quota_stop(ledger, run_id, hook)) is not None:
+        _record_quota_skip(ledger, state, request, stopped)
+        raise AirflowSkipException(f"row {request.row_id}: {stopped}")
     boxes, detection = None, None
     if request.needs_detection:
-        detection = detect_image(ledger, request, hook=hook_for(conn_id), signer=signer, run_id=run_id, log=log)
+        try:
+            detection = detect_image(ledger, request, hook=hook, signer=signer, run_id=run_id, log=log)
+        except DashScopeQuotaExhausted as error:
+            stopped = stop_submitting(ledger, run_id, hook, request.row_id, redact(str(error)))
+            _record_quota_skip(ledger, state, request, stopped)
+            raise AirflowSkipException(f"row {request.row_id}: {stopped}") from None
         summary = {k: detection[k] for k in ("key", "model", "ratio", "passed", "run_id", "row_id")}
         if not detection["passed"]:
             failed = {"code": detection["code"], "message": detection["message"], "billed": False}
@@ -162,7 +179,7 @@ def _submit_once(
     try:
         # Presigned just before the call: the URLs are credentials, used here and never recorded.
         api_input = request.api_input(boxes=boxes, urls=signer.urls_for(request))
-        submitted = hook_for(conn_id).submit_task(request.model, api_input, request.api_parameters())
+        submitted = hook.submit_task(request.model, api_input, request.api_parameters())
     except DashScopeSubmissionUncertain as error:
         message = redact(str(error))
         lost = _record_if_claimed(ledger, row_id, owner, lambda cur: cur.lose(message))
@@ -170,6 +187,12 @@ def _submit_once(
             return adopted
         found = (ledger.get(row_id) or lost or state).message
         raise AirflowFailException(f"row {row_id}: {message}; recorded as uncertain: {found}") from None
+    except DashScopeQuotaExhausted as error:
+        # A free-only account has spent its free quota: every row of it would get this answer. No task, no bill.
+        stopped = stop_submitting(ledger, run_id, hook, row_id, redact(str(error)))
+        quota = dict(code=error.code, message=stopped, billed=False)
+        _record_if_claimed(ledger, row_id, owner, lambda cur: cur.advance(S.FAILED, **quota))
+        raise AirflowSkipException(f"row {row_id}: {stopped}") from None
     except DashScopeAPIError as error:
         # The service answered with an error body: no task was created, nothing billed. Recorded as failed
         # in case this is the last try; a transient refusal (429, 5xx) that outlasted the hook's retries is
@@ -189,9 +212,45 @@ def _submit_once(
         raise
     # Recorded even if another run took the claim for stale meanwhile (uncertain): this is its task.
     task_id = submitted.task_id
-    _record_if_claimed(ledger, row_id, owner, lambda cur: cur.advance(S.SUBMITTED, task_id=task_id), S.UNCERTAIN)
+    sent = dict(task_id=task_id, throttled=getattr(hook, "throttled", 0))
+    _record_if_claimed(ledger, row_id, owner, lambda cur: cur.advance(S.SUBMITTED, **sent), S.UNCERTAIN)
     log.info("Row %s submitted as task %s (connection %s)", row_id, task_id, conn_id)
     return Submission(row_id, task_id, conn_id)
+
+
+def quota_stop(ledger: RowLedger, run_id: str, hook: DashScopeHook) -> str | None:
+    """Why this run submits nothing more with the hook's account (its free quota ran out), or None."""
+    try:
+        record = json.loads(ledger.layout.quota_exhausted(run_id, _account(hook)).read_text())
+    except (FileNotFoundError, AirflowNotFoundException):  # no connection: the call says so, naming it
+        return None
+    return f"not submitted: {record['reason']} (answered to row {record['row_id']} earlier in this run)"
+
+
+def stop_submitting(ledger: RowLedger, run_id: str, hook: DashScopeHook, row_id: str, answer: str) -> str:
+    """Record that the hook's account has no free quota left in this run; returns the row's reason."""
+    reason = (
+        f"the free quota of the DashScope account is used up ({answer}); this run submits nothing more with "
+        "it, and nothing was billed. A later run submits these rows (after pay-as-you-go is enabled, or the "
+        "quota is restored)"
+    )
+    path = ledger.layout.quota_exhausted(run_id, _account(hook))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"reason": reason, "row_id": row_id, "at": now_iso()}))
+    return f"not submitted: {reason}"
+
+
+def _account(hook: DashScopeHook) -> str:
+    return account_from_connection(hook.dashscope_connection)
+
+
+def _record_quota_skip(ledger: RowLedger, state: RowState | None, request: RowRequest, reason: str) -> None:
+    skipped = dict(model=request.model, code=QUOTA_EXHAUSTED_CODE, message=reason, billed=False)
+    ledger.put(
+        state.advance(S.FAILED, **skipped)
+        if state is not None
+        else RowState(row_id=request.row_id, state=S.FAILED, **skipped)
+    )
 
 
 def deployment_id() -> str:

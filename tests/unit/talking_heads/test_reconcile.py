@@ -36,10 +36,14 @@ pytestmark = pytest.mark.usefixtures("no_key_in_logs")
 def quick_reconciliation(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(reconcile, "SETTLE_SECONDS", 0.2)
     monkeypatch.setitem(DashScopeHook.__init__.__kwdefaults__, "retry_initial", 0.05)
+    # Rows submitted in the same instant (the service's own limit still applies: emo-v1 5/s per account).
+    monkeypatch.setitem(DashScopeHook.__init__.__kwdefaults__, "submit_qps", {"emo-v1": 1000.0, "emoji-v1": 1000.0})
 
 
-def _submit(ledger: RowLedger, row_id: str, emoji_input: dict[str, Any], resubmit: bool = False) -> Submission:
-    request = RowRequest(row_id=row_id, model="emoji-v1", **emoji_input)
+def _submit(
+    ledger: RowLedger, row_id: str, emoji_input: dict[str, Any], resubmit: bool = False, model: str = "emoji-v1"
+) -> Submission:
+    request = RowRequest(row_id=row_id, model=model, **emoji_input)
     return submit_row(
         ledger,
         WorkItem(request, CONN_ID),
@@ -93,7 +97,10 @@ def test_a_lost_answer_is_adopted_then_waited_on_and_billed_once(
 
 
 def test_two_uncertain_rows_with_overlapping_windows_and_two_unclaimed_tasks_both_stay_uncertain(
-    account_emulator: Any, emoji_input: dict[str, Any], tmp_path: Path
+    # emo-v1: two submits of one account within one second (emoji-v1's limit is 1/s)
+    account_emulator: Any,
+    emo_input: dict[str, Any],
+    tmp_path: Path,
 ) -> None:
     ledger = RowLedger(str(tmp_path))
     account_emulator.force_next("drop_submit")
@@ -104,7 +111,7 @@ def test_two_uncertain_rows_with_overlapping_windows_and_two_unclaimed_tasks_bot
     def submit(row_id: str) -> None:
         start.wait()
         try:
-            _submit(ledger, row_id, emoji_input)
+            _submit(ledger, row_id, emo_input, model="emo-v1")
         except BaseException as error:
             errors[row_id] = error
 
@@ -130,7 +137,7 @@ def test_two_uncertain_rows_with_overlapping_windows_and_two_unclaimed_tasks_bot
     for row_id in ("a", "b"):
         assert plan_row(ledger.get(row_id), resubmit_uncertain=False) is None
         with pytest.raises(AirflowFailException, match="2 unclaimed tasks"):
-            _submit(ledger, row_id, emoji_input)
+            _submit(ledger, row_id, emo_input, model="emo-v1")
     assert len(account_emulator.tasks()) == 2
 
 
