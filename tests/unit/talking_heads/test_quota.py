@@ -1,6 +1,7 @@
 """A free-only account whose free quota runs out (429 ``Throttling.AllocationQuota``, "Free allocated quota
 exceeded") stops the run's submits for that account (#15): the refused row and every later row of the
-account end ``skipped`` with the reason, nothing is retried or billed, and a later run submits them."""
+account end ``skipped`` with the reason, nothing is retried or billed, and a later run submits them. And the
+other refusal that waiting does not cure, content moderation (``DataInspectionFailed``), is never retried."""
 
 from __future__ import annotations
 
@@ -83,3 +84,17 @@ def test_the_summary_counts_the_429s_the_submits_waited_out(tmp_path: Path) -> N
     summary = summarize(frame, ledger.layout, "file:///o.csv")
     assert summary["throttled"] == 5
     assert "5 throttled (429) answers waited out" in summary_line({**summary, "report": "x"})
+
+
+def test_content_moderation_fails_the_row_once_and_is_never_retried(
+    emulator: Any, dashscope_conn: str, emo_input: dict[str, Any], tmp_path: Path
+) -> None:
+    from airflow.sdk.exceptions import AirflowFailException
+
+    ledger = RowLedger(str(tmp_path))
+    emulator.force_next("submit_inspection")
+    with pytest.raises(AirflowFailException, match="DataInspectionFailed"):  # fails the task: no Airflow retry
+        _submit(ledger, "flagged", emo_input, "run-1")
+    assert len([r for r in emulator.request_log() if is_submit(r)]) == 1  # the hook did not send it again
+    line = outcome_of(ledger.get("flagged"), "run-1")
+    assert (line["status"], line["code"]) == ("failed", "DataInspectionFailed")
