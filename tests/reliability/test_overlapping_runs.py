@@ -71,6 +71,7 @@ def _outcomes(output_root: str, run_id: str, s3: Any) -> pd.DataFrame:
     return read_outcomes(Path(output_root) / name)
 
 
+@pytest.mark.timeout(120 + 90 * REPETITIONS)  # about 40 s a repetition on 2 cores
 @pytest.mark.parametrize("store", ["local", "s3"])
 def test_two_runs_at_once_over_one_output_root_generate_each_row_once(
     store: str, media: Media, emulator: Any, airflow_db: str, tmp_path: Path, request: pytest.FixtureRequest
