@@ -464,7 +464,9 @@ def test_fuzzed_table_end_to_end(airflow_db: str, emulator: Any, media: Media, t
     assert not [t for t in task_rows(emulator) if t.startswith("bad-")]
     # Path-traversal ids wrote nothing outside output_root, and state/ holds exactly the valid rows.
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fuzz.csv", "out"]
-    assert sorted(p.name for p in (output_root / "state").iterdir()) == sorted(f"{r}.json" for r in valid)
+    state = output_root / "state"
+    assert sorted(p.name for p in state.iterdir() if p.is_file()) == sorted(f"{r}.json" for r in valid)
+    assert sorted(p.name for p in (state / "revisions").iterdir()) == sorted(valid)  # each row's revisions
     leaks = count_leaks(output_root)
     assert leaks == 0
     invalid = sum(f is not None for f in fields)
