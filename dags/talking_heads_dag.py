@@ -1,8 +1,9 @@
 """``talking_heads``: a table of portraits and voice clips -> talking-head videos, every row accounted for.
 
     plan (read table, validate, consult the ledger)
-      -> generate[row] (mapped task group: submit -> wait (deferred) -> download)
+      -> generate[row] (mapped task group: submit -> wait (deferred, ended by the trigger) -> download)
       -> record_outcomes (one line per input row, whatever happened)
+    plan -> continue_run (a table over [core] max_map_length rows: the rest in follow-up runs)
 
 Rows are the unit of money: each one's progress is kept under ``{output_root}/state/`` so retries,
 reruns, clears and backfills never pay twice for a row (see ``talking_heads.lifecycle``).
@@ -20,6 +21,7 @@ from airflow.sdk import Param, TriggerRule, dag, get_current_context, task, task
 from talking_heads.assets import INPUT_TABLE, OUTCOMES, VIDEOS
 from talking_heads.media import DEFAULT_MEDIA_URL_TTL_SECONDS
 from talking_heads.operators import (
+    ContinueRunOperator,
     DownloadRowOperator,
     RecordOutcomesOperator,
     SubmitRowOperator,
@@ -201,6 +203,9 @@ def talking_heads() -> None:
     )
     generated >> outcomes
     planned >> outcomes
+    # A table larger than one run maps ([core] max_map_length rows): the rest in follow-up runs of this
+    # trigger, queued behind this one by max_active_runs=1 (talking_heads.continuation).
+    planned >> ContinueRunOperator(task_id="continue_run", trigger_dag_id="talking_heads")
 
 
 talking_heads()

@@ -6,23 +6,27 @@ life-cycle function of its step, which records the row's progress in its ledger 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
 from airflow.configuration import conf
+from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sdk import BaseOperator, Context, ObjectStoragePath
+from dashscope_provider.exceptions import DashScopeError
 from dashscope_provider.hooks.dashscope import DashScopeHook
 from dashscope_provider.links import DashScopeTaskLink
 from dashscope_provider.models import TaskStatus
 from dashscope_provider.transfers.dashscope_to_object_storage import download_video
-from dashscope_provider.triggers.dashscope import DashScopeTaskTrigger, task_from_event
+from dashscope_provider.triggers.dashscope import task_from_event
 
 from talking_heads import lifecycle
 from talking_heads.ledger import RowLedger
 from talking_heads.links import CostReportLink, OutcomeTableLink, StoredVideoLink
 from talking_heads.media import DEFAULT_MEDIA_URL_TTL_SECONDS, MediaSigner
 from talking_heads.payloads import Submission, WaitResult, WorkItem
+from talking_heads.triggers import RowTaskTrigger
 
 
 def _as_bool(value: Any) -> bool:
@@ -104,7 +108,9 @@ class WaitRowOperator(_RowStep):
     """Wait for a row's task and record how it ended (see :func:`talking_heads.lifecycle.record_task_end`).
 
     Deferred by default: after one status query the wait moves to the triggerer
-    (:class:`~dashscope_provider.triggers.dashscope.DashScopeTaskTrigger`) and holds no worker slot.
+    (:class:`~talking_heads.triggers.RowTaskTrigger`) and holds no worker slot. When the task succeeds the
+    trigger records it and ends the wait itself, with the same XCom: no task process resumes it. A failed
+    task, a timeout or an error resume the wait in :meth:`execute_complete`, which raises as before.
 
     :param submission: the submit step's :class:`~talking_heads.payloads.Submission` as a dict; its
         ``conn_id`` (the key that created the task, the only one that can query it) is used to poll.
@@ -156,10 +162,13 @@ class WaitRowOperator(_RowStep):
             return lifecycle.record_task_end(ledger, submission, task).to_dict()
         self.log.info("DashScope task %s is %s; deferring (poll every %g s)", task.task_id, task.status, interval)
         self.defer(
-            trigger=DashScopeTaskTrigger(
+            trigger=RowTaskTrigger(
                 dashscope_task_id=submission.task_id,
                 dashscope_conn_id=self._conn_id(submission),
                 poll_interval=interval,
+                row_id=submission.row_id,
+                output_root=self.output_root,
+                storage_conn_id=self.storage_conn_id or None,
             ),
             method_name="execute_complete",
             # Airflow turns the expiry of this deferral into AirflowSensorTimeout-like task failure.
@@ -167,9 +176,20 @@ class WaitRowOperator(_RowStep):
         )
         return None
 
-    def execute_complete(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
-        """Resume after the trigger fired: record the task's end."""
+    def execute_complete(self, context: Context, event: dict[str, Any] | str) -> dict[str, Any]:
+        """Resume after the trigger fired without ending the task: a failed task (recorded already; this
+        records it again, idempotently, and fails without retries), a timeout, an error, or a success the
+        trigger could not record.
+
+        :param event: the provider trigger's event; or the state a task-ending event carries (``"success"``),
+            which only ``dag.test()`` resumes with (it runs triggers inline and resumes after every event).
+        """
         submission = self._submission()
+        if not isinstance(event, dict):
+            # The trigger ended the task and recorded its end: the ledger has the result it pushed.
+            if (done := lifecycle.finished_result(self.ledger(), submission)) is None:
+                raise DashScopeError(f"row {submission.row_id}: the wait ended ({event}) but nothing is recorded")
+            return done.to_dict()
         task = task_from_event(event, submission.task_id)
         return lifecycle.record_task_end(self.ledger(), submission, task).to_dict()
 
@@ -199,6 +219,11 @@ class DownloadRowOperator(_RowStep):
         return download_video(video_url, destination, logger=self.log).to_dict()
 
     def execute(self, context: Context) -> dict[str, Any]:
+        if isinstance(self.result, str):
+            # The XCom of a wait its trigger ended: Airflow 3.3.2 stores a TaskSuccessEvent's xcoms JSON-encoded
+            # once more (XComModel.set(serialize=True) in handle_event_submit) and the Task SDK reads that
+            # string back as is. Parsed here, before the map index ({{ task.result.row_id }}) is rendered again.
+            self.result = json.loads(self.result)
         return lifecycle.store_row(
             self.ledger(),
             WaitResult.from_dict(self.result),
@@ -226,3 +251,33 @@ class RecordOutcomesOperator(BaseOperator):
         from talking_heads.tasks import record_outcomes  # pandas: not at parse time
 
         return record_outcomes(context, assets=self.outlets)
+
+
+class ContinueRunOperator(TriggerDagRunOperator):
+    """Trigger the follow-up run of a table larger than one run maps (see :mod:`talking_heads.continuation`).
+
+    Reads the part's bookkeeping from the run's plan file; skipped when the run took the whole table.
+    The follow-up run is this DAG with the same params plus the continuation key; ``max_active_runs=1``
+    keeps it queued until this run ends. Its run id is fixed by the plan (``{first run}__part{k}``), so a
+    retry of this task does not trigger it twice.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("trigger_dag_id", "{{ dag.dag_id }}")
+        super().__init__(logical_date=None, skip_when_already_exists=True, **kwargs)
+
+    def execute(self, context: Context) -> None:
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        from talking_heads.continuation import CONF_KEY, Part
+
+        params, run_id = context["params"], context["run_id"]
+        plan = RowLedger(params["output_root"], params["storage_conn_id"] or None).layout.plan(run_id)
+        part = Part.from_dict(json.loads(plan.read_text()).get("continuation") or {})
+        if not part.next_run_id:
+            raise AirflowSkipException("this run took every row of its table: nothing to continue")
+        self.trigger_run_id = part.next_run_id
+        self.conf = {**{key: params[key] for key in params if key != CONF_KEY}, CONF_KEY: {"run_id": run_id}}
+        self.note = f"part {part.number + 1} of {part.parts}: continues run {part.first_run_id}"
+        self.log.info("Rows left: %d; continuing in run %s", len(part.later), part.next_run_id)
+        super().execute(context)

@@ -1,7 +1,7 @@
 """Reading the input table and deciding, per row, what this run does with it.
 
 A row is *generated* (submitted, or waited on if a task is already in flight), *skipped* (already
-generated under the same ``output_root``, a dry run, the budget, or this run's size limit), or *failed*
+generated under the same ``output_root``, a dry run, or the budget), or *failed*
 before any spend (invalid, its media refused by the pre-flight checks, or a state that
 :func:`talking_heads.lifecycle.plan_row` says must not be generated again).
 """
@@ -115,20 +115,6 @@ def plan_run(
     signer = MediaSigner(ledger.layout, storage_conn_id)
     _admit(entries, preflight=preflight, max_cost_usd=max_cost_usd, dry_run=dry_run, signer=signer)
     return [replace(entries[i], columns=extras[i]) for i in range(len(records))]
-
-
-def cap_generation(entries: list[PlanEntry], limit: int) -> list[PlanEntry]:
-    """Keep at most ``limit`` rows to generate in this run (Airflow maps at most ``max_map_length``
-    task groups); the rest end ``skipped`` with the reason, and a later run picks them up."""
-    kept = 0
-    for i, entry in enumerate(entries):
-        if entry.plan != "generate":
-            continue
-        kept += 1
-        if kept > limit:
-            message = f"over this run's limit of {limit} rows (core.max_map_length); the next run takes it"
-            entries[i] = entry.settle({"status": "skipped", "message": message})
-    return entries
 
 
 def assign_connections(entries: list[PlanEntry], conn_ids: list[str]) -> list[WorkItem]:

@@ -7,19 +7,20 @@ the run's outcome table from the plan and the ledger. pandas is imported here, n
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from airflow.configuration import conf
 from airflow.sdk import Asset, BaseHook, Context
 from airflow.sdk.exceptions import AirflowFailException, AirflowNotFoundException
-from dashscope_provider.connection import base_url_from_connection
+from dashscope_provider.connection import account_from_connection, base_url_from_connection
 
+from talking_heads.continuation import CONF_KEY, Part, own_entries, split_first, split_next
 from talking_heads.ledger import RowLedger
 from talking_heads.media import resolve_relative, service_is_public
 from talking_heads.outcomes import build_outcomes, summarize, write_outcomes
 from talking_heads.payloads import PlanEntry
-from talking_heads.plan import InputTableError, assign_connections, cap_generation, plan_run, read_input_table
+from talking_heads.plan import InputTableError, assign_connections, plan_run, read_input_table
 from talking_heads.run_summary import notify, set_run_note, summary_line
 from talking_heads.storage import plain_url
 
@@ -28,39 +29,79 @@ def plan_rows(context: Context) -> list[dict[str, Any]]:
     """Read and validate the table, decide per row, keep the plan under ``runs/{run}/plan.json``.
 
     Returns the work items (one per row to generate, spread over the run's connections) for the
-    mapped generate steps; at most Airflow's ``max_map_length`` of them (the rest end ``skipped``).
+    mapped generate steps: at most Airflow's ``max_map_length`` of them. The rest of a larger table is
+    deferred to follow-up runs of this trigger (see :mod:`talking_heads.continuation`); a follow-up run
+    (``dag_run.conf`` carries :data:`~talking_heads.continuation.CONF_KEY`) takes its rows from the
+    previous part's plan instead of reading the table again.
     """
     params, run_id = context["params"], context["run_id"]
-    # The param may itself be a template (s3://bucket/{{ ds }}.csv): Jinja renders one level, so the
-    # value is rendered again here, with the run's context, for scheduled runs and backfills.
-    table_url = context["task"].render_template(params["input_table"], context)
     storage = params["storage_conn_id"]
     ledger = RowLedger(params["output_root"], storage)
-    try:
-        frame = resolve_relative(read_input_table(table_url, storage), table_url)
-    except InputTableError as error:
-        raise AirflowFailException(str(error)) from None  # the same table fails the same way on retry
     conn_ids = [params["dashscope_conn_id"], *(params["extra_dashscope_conn_ids"] or [])]
-    entries = plan_run(
-        frame,
-        ledger,
-        dry_run=bool(params["dry_run"]),
-        resubmit_uncertain=bool(params["resubmit_uncertain"]),
-        preflight=bool(params["preflight_checks"]),
-        max_cost_usd=params["max_cost_usd"],
-        public_service=any(_is_public(conn_id) for conn_id in conn_ids if conn_id),
-        storage_conn_id=storage,
-    )
-    cap_generation(entries, conf.getint("core", "max_map_length"))
+    log_shared_accounts(conn_ids)
+    limit = conf.getint("core", "max_map_length")
+    continues = ((context.get("dag_run") and context["dag_run"].conf) or {}).get(CONF_KEY)
+    if continues:
+        previous = json.loads(ledger.layout.plan(str(continues["run_id"])).read_text())
+        table_url = previous["input_table"]
+        entries, part = split_next(previous, limit)
+    else:
+        # The param may itself be a template (s3://bucket/{{ ds }}.csv): Jinja renders one level, so the
+        # value is rendered again here, with the run's context, for scheduled runs and backfills.
+        table_url = context["task"].render_template(params["input_table"], context)
+        try:
+            frame = resolve_relative(read_input_table(table_url, storage), table_url)
+        except InputTableError as error:
+            raise AirflowFailException(str(error)) from None  # the same table fails the same way on retry
+        entries = plan_run(
+            frame,
+            ledger,
+            dry_run=bool(params["dry_run"]),
+            resubmit_uncertain=bool(params["resubmit_uncertain"]),
+            preflight=bool(params["preflight_checks"]),
+            max_cost_usd=params["max_cost_usd"],
+            public_service=any(_is_public(conn_id) for conn_id in conn_ids if conn_id),
+            storage_conn_id=storage,
+        )
+        entries, part = split_first(entries, limit, run_id)
     plan_path = ledger.layout.plan(run_id)
     plan_path.parent.mkdir(parents=True, exist_ok=True)
-    plan_path.write_text(json.dumps({"input_table": table_url, "rows": [e.to_dict() for e in entries]}))
-    work = assign_connections(entries, conn_ids)
+    document = {"input_table": table_url, "rows": [e.to_dict() for e in entries], "continuation": part.to_dict()}
+    plan_path.write_text(json.dumps(document))
+    work = assign_connections(own_entries(entries, part), conn_ids)
     print(
-        f"Planned {len(entries)} rows from {table_url}: {len(work)} to generate, "
-        f"{len(entries) - len(work)} settled before any spend"
+        f"Planned {len(entries)} rows from {table_url}: {len(work)} to generate in this run, "
+        f"{len(part.later)} in follow-up runs, {len(entries) - len(work) - len(part.later)} settled "
+        "before any spend or in earlier parts" + (f" ({part.note()})" if part.note() else "")
     )
     return [item.to_dict() for item in work]
+
+
+def log_shared_accounts(conn_ids: list[str], log: Callable[[str], None] = print) -> dict[str, list[str]]:
+    """Say which of the run's connections share an Alibaba Cloud account (they add no parallelism).
+
+    The service's limits and its one-task-at-a-time rule count per account (connection extra
+    ``account``, else the key's fingerprint: see :func:`dashscope_provider.connection.account_from_connection`),
+    so rows spread over two connections of one account run no faster than on one. Returns account ->
+    connection ids, for the accounts with more than one.
+    """
+    by_account: dict[str, list[str]] = {}
+    for conn_id in dict.fromkeys(c.strip() for c in conn_ids if c and c.strip()):
+        try:
+            account = account_from_connection(BaseHook.get_connection(conn_id))
+        except Exception:
+            continue
+        by_account.setdefault(account, []).append(conn_id)
+    shared = {account: ids for account, ids in by_account.items() if len(ids) > 1}
+    for account, ids in shared.items():
+        log(
+            f"Connections {', '.join(ids)} belong to one Alibaba Cloud account ({account}): the service's "
+            "rate limits and its one running task at a time count per account, so together they add no "
+            "parallelism over one of them"
+        )
+    if len(by_account) > 1 or shared:
+        log(f"Rows are spread over {len(conn_ids)} connections of {len(by_account)} account(s)")
+    return shared
 
 
 def _is_public(conn_id: str) -> bool:
@@ -93,6 +134,8 @@ def record_outcomes(context: Context, assets: Iterable[Asset] = ()) -> dict[str,
         }
     print("OUTCOME SUMMARY " + json.dumps(summary))
     line = summary_line(summary)
+    if note := Part.from_dict(plan_doc.get("continuation") or {}).note():
+        line = f"{line} · {note}"
     print(f"RUN NOTE {line}")
     set_run_note(context["dag"].dag_id, run_id, line)
     if params.get("notify_email"):

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from talking_heads.ledger import RowLedger
 from talking_heads.lifecycle import RowState
-from talking_heads.plan import InputTableError, assign_connections, cap_generation, plan_run, read_input_table
+from talking_heads.plan import InputTableError, assign_connections, plan_run, read_input_table
 
 ROW = {
     "model": "emo-v1",
@@ -70,10 +70,81 @@ def test_table_errors_name_the_table(tmp_path: Path) -> None:
         read_input_table(str(tmp_path / "t.xlsx"))
 
 
-def test_rows_over_the_map_limit_wait_for_the_next_run(tmp_path: Path) -> None:
-    plan = cap_generation(plan_run(_frame("a", "b", "c"), RowLedger(str(tmp_path))), limit=2)
-    assert [e.plan for e in plan] == ["generate", "generate", "done"]
-    assert plan[2].outcome["status"] == "skipped" and "max_map_length" in plan[2].outcome["message"]
+def test_a_table_over_the_map_limit_continues_in_follow_up_runs_each_row_in_one_part(tmp_path: Path) -> None:
+    import json
+
+    from talking_heads.continuation import Part, own_entries, split_first, split_next
+    from talking_heads.payloads import PlanEntry
+
+    ledger = RowLedger(str(tmp_path))
+    ledger.put(RowState("done", "succeeded", model="emo-v1", task_id="t0", video_uri="file:///v.mp4", run_id="r0"))
+    entries = plan_run(_frame("a", "done", "b", "c", "d", "e"), ledger)
+    entries, part = split_first(entries, 2, "R1")
+    assert part == Part(1, 3, "R1", "R1__part2", ["c", "d", "e"], ["a", "b"])
+    assert [e.row_id for e in own_entries(entries, part)] == ["a", "b"]
+    deferred = entries[3]
+    assert (deferred.plan, deferred.outcome["status"]) == ("done", "skipped")  # type: ignore[index]
+    assert deferred.outcome["message"] == "part 1 of 3: continues in run R1__part2"  # type: ignore[index]
+    assert part.note() == "part 1 of 3, continues in run R1__part2 with 3 rows"
+
+    # Part 2 reads part 1's plan file (through JSON, as it is stored), not the table.
+    document = {"rows": [e.to_dict() for e in entries], "continuation": part.to_dict()}
+    entries2, part2 = split_next(json.loads(json.dumps(document)), 2)
+    assert part2 == Part(2, 3, "R1", "R1__part3", ["e"], ["c", "d"])
+    assert [e.row_id for e in own_entries(entries2, part2)] == ["c", "d"]
+    by_id = {e.row_id: e for e in entries2}
+    assert by_id["a"].plan == "generate"  # part 1's rows: the outcome step reads them from the ledger
+    assert by_id["done"].outcome["status"] == "skipped"  # type: ignore[index]
+    assert by_id["e"].outcome["message"] == "part 2 of 3: continues in run R1__part3"  # type: ignore[index]
+    assert by_id["e"].request is not None
+
+    document = {"rows": [e.to_dict() for e in entries2], "continuation": part2.to_dict()}
+    entries3, part3 = split_next(json.loads(json.dumps(document)), 2)
+    assert part3 == Part(3, 3, "R1", None, [], ["e"])
+    assert part3.note() == "part 3 of 3 (from run R1)"
+    assert [e.row_id for e in own_entries(entries3, part3)] == ["e"]
+    # Every row to generate is handed out by exactly one part.
+    handed = [e.row_id for p, es in ((part, entries), (part2, entries2), (part3, entries3)) for e in own_entries(es, p)]
+    assert sorted(handed) == ["a", "b", "c", "d", "e"]
+    assert all(isinstance(e, PlanEntry) for e in entries3) and len(entries3) == 6
+
+
+def test_a_table_within_the_map_limit_is_one_part(tmp_path: Path) -> None:
+    from talking_heads.continuation import split_first
+
+    entries, part = split_first(plan_run(_frame("a", "b"), RowLedger(str(tmp_path))), 2, "R1")
+    assert (part.parts, part.next_run_id, part.later, part.note()) == (1, None, [], "")
+    assert [e.plan for e in entries] == ["generate", "generate"]
+
+
+def test_the_plan_log_names_connections_of_one_account(monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    from talking_heads.tasks import log_shared_accounts
+
+    def conn(key: str, account: str | None = None) -> str:
+        extra = {"account": account} if account else {}
+        return json.dumps({"conn_type": "dashscope", "host": "http://127.0.0.1:1", "password": key, "extra": extra})
+
+    monkeypatch.setenv("AIRFLOW_CONN_DS_A1", conn("sk-one", "acct-1"))
+    monkeypatch.setenv("AIRFLOW_CONN_DS_A1_BIS", conn("sk-two", "acct-1"))
+    monkeypatch.setenv("AIRFLOW_CONN_DS_SAME_KEY", conn("sk-three"))
+    monkeypatch.setenv("AIRFLOW_CONN_DS_SAME_KEY_BIS", conn("sk-three"))  # no account named: the key's
+    monkeypatch.setenv("AIRFLOW_CONN_DS_OTHER", conn("sk-four", "acct-2"))
+    lines: list[str] = []
+    ids = ["ds_a1", "ds_a1_bis", "ds_same_key", "ds_same_key_bis", "ds_other", "ds_missing"]
+    shared = log_shared_accounts(ids, lines.append)
+    assert shared["acct-1"] == ["ds_a1", "ds_a1_bis"]
+    assert [v for k, v in shared.items() if k.startswith("key-")] == [["ds_same_key", "ds_same_key_bis"]]
+    assert len(shared) == 2
+    assert "Connections ds_a1, ds_a1_bis belong to one Alibaba Cloud account (acct-1)" in lines[0]
+    assert "add no parallelism" in lines[0]
+    assert "sk-three" not in "\n".join(lines)  # the key is never logged, only its fingerprint
+    assert lines[-1] == "Rows are spread over 6 connections of 3 account(s)"
+
+    lines.clear()
+    assert log_shared_accounts(["ds_a1", "ds_other"], lines.append) == {}
+    assert lines == ["Rows are spread over 2 connections of 2 account(s)"]
 
 
 def test_rows_are_spread_round_robin_over_the_connections(tmp_path: Path) -> None:
