@@ -205,7 +205,7 @@ def talking_heads() -> None:
     planned >> outcomes
     # A table larger than one run maps ([core] max_map_length rows): the rest in follow-up runs of this
     # trigger, queued behind this one by max_active_runs=1 (talking_heads.continuation).
-    planned >> ContinueRunOperator(task_id="continue_run", trigger_dag_id="talking_heads")
+    planned >> ContinueRunOperator(task_id="continue_run", storage_conn_id=STORAGE_CONN_ID)
 
 
 talking_heads()
