@@ -9,16 +9,14 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow.configuration import conf
 from airflow.sdk import BaseOperator, Context, ObjectStoragePath
 from dashscope_provider.exceptions import DashScopeError
-from dashscope_provider.hooks.dashscope import DashScopeHook
 from dashscope_provider.links import DashScopeTaskLink
 from dashscope_provider.models import TaskStatus
-from dashscope_provider.transfers.dashscope_to_object_storage import download_video
-from dashscope_provider.triggers.dashscope import task_from_event
+from dashscope_provider.triggers.dashscope import DEFAULT_CONN_ID, task_from_event
 
 from talking_heads import lifecycle
 from talking_heads.ledger import RowLedger
@@ -26,6 +24,9 @@ from talking_heads.links import CostReportLink, OutcomeTableLink, StoredVideoLin
 from talking_heads.media import DEFAULT_MEDIA_URL_TTL_SECONDS, MediaSigner
 from talking_heads.payloads import Submission, WaitResult, WorkItem
 from talking_heads.triggers import RowTaskTrigger
+
+if TYPE_CHECKING:
+    from dashscope_provider.hooks.dashscope import DashScopeHook
 
 
 def _as_bool(value: Any) -> bool:
@@ -46,7 +47,7 @@ class _RowStep(BaseOperator):
         self,
         *,
         output_root: str,
-        dashscope_conn_id: str = DashScopeHook.default_conn_name,
+        dashscope_conn_id: str = DEFAULT_CONN_ID,
         storage_conn_id: str | None = None,
         **kwargs: Any,
     ) -> None:
@@ -60,6 +61,10 @@ class _RowStep(BaseOperator):
 
     @staticmethod
     def hook_for(conn_id: str) -> DashScopeHook:
+        # Imported here: the hook (HttpHook, aiohttp) costs every task process ~0.3 s at DAG parse, and the
+        # download, plan and outcome tasks never call DashScope.
+        from dashscope_provider.hooks.dashscope import DashScopeHook
+
         return DashScopeHook(dashscope_conn_id=conn_id)
 
 
@@ -214,7 +219,9 @@ class DownloadRowOperator(_RowStep):
         self.result = result
 
     def _transfer(self, video_url: str, destination: ObjectStoragePath) -> dict[str, Any]:
-        # A pre-signed URL: no DashScope credential is read for a download.
+        # A pre-signed URL: no DashScope credential is read for a download. Imported here, as the hook is.
+        from dashscope_provider.transfers.dashscope_to_object_storage import download_video
+
         return download_video(video_url, destination, logger=self.log).to_dict()
 
     def execute(self, context: Context) -> dict[str, Any]:

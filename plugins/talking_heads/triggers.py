@@ -30,8 +30,7 @@ from typing import Any
 
 from airflow.sdk.exceptions import AirflowFailException
 from airflow.triggers.base import TaskSuccessEvent, TriggerEvent
-from dashscope_provider.hooks.dashscope_async import DashScopeAsyncHook
-from dashscope_provider.triggers.dashscope import DashScopeTaskTrigger, task_from_event
+from dashscope_provider.triggers.dashscope import DEFAULT_CONN_ID, DashScopeTaskTrigger, task_from_event
 
 from talking_heads import lifecycle
 from talking_heads.ledger import RowLedger
@@ -53,7 +52,7 @@ class RowTaskTrigger(DashScopeTaskTrigger):
     def __init__(
         self,
         dashscope_task_id: str,
-        dashscope_conn_id: str = DashScopeAsyncHook.default_conn_name,
+        dashscope_conn_id: str = DEFAULT_CONN_ID,
         poll_interval: float = 15.0,
         timeout: float | None = None,
         unknown_confirmations: int = 3,

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow.sdk.exceptions import AirflowNotFoundException, AirflowSensorTimeout
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from dashscope_provider.exceptions import DashScopeAPIError, DashScopeConfigError, DashScopeError
-from dashscope_provider.hooks.dashscope_async import DashScopeAsyncHook
 from dashscope_provider.models import DashScopeTask, TaskStatus
+
+if TYPE_CHECKING:
+    from dashscope_provider.hooks.dashscope_async import DashScopeAsyncHook
+
+#: The connection id the hooks default to (``DashScopeAsyncHook.default_conn_name``).
+DEFAULT_CONN_ID = "dashscope_default"
 
 #: Consecutive 401 answers after which the key is taken to be wrong (not a blip during a key rotation).
 AUTH_FAILURES_BEFORE_ERROR = 3
@@ -42,7 +47,7 @@ class DashScopeTaskTrigger(BaseTrigger):
     def __init__(
         self,
         dashscope_task_id: str,
-        dashscope_conn_id: str = DashScopeAsyncHook.default_conn_name,
+        dashscope_conn_id: str = DEFAULT_CONN_ID,
         poll_interval: float = 15.0,
         timeout: float | None = None,
         unknown_confirmations: int = 3,
@@ -70,6 +75,10 @@ class DashScopeTaskTrigger(BaseTrigger):
         )
 
     def _hook(self) -> DashScopeAsyncHook:
+        # Imported here: the operators that defer import this module in every task process (at DAG parse),
+        # and the async hook pulls in aiohttp, which only the triggerer needs.
+        from dashscope_provider.hooks.dashscope_async import DashScopeAsyncHook
+
         return DashScopeAsyncHook(dashscope_conn_id=self.dashscope_conn_id)
 
     def _event(self, status: str, task: DashScopeTask | None, message: str) -> TriggerEvent:
