@@ -33,6 +33,12 @@ def _as_bool(value: Any) -> bool:
     return value if isinstance(value, bool) else str(value).strip().lower() in ("1", "true", "yes")
 
 
+def _claimant(context: Context) -> str:
+    """Who claims a row, as its ledger record and an overlapping run's log name it: run, task and try."""
+    ti = context.get("ti")
+    return f"{context['run_id']} {ti.task_id}[{ti.map_index}] try {ti.try_number}" if ti else context["run_id"]
+
+
 class _RowStep(BaseOperator):
     """What every row step shares: the ledger under ``output_root``, read through ``storage_conn_id``.
 
@@ -102,6 +108,7 @@ class SubmitRowOperator(_RowStep):
             hook_for=self.hook_for,
             default_conn_id=self.dashscope_conn_id,
             run_id=context["run_id"],
+            owner=_claimant(context),
             resubmit_uncertain=_as_bool(self.resubmit_uncertain),
             log=self.log,
         )
