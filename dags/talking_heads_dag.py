@@ -83,8 +83,9 @@ STORAGE_CONN_ID = "{{ params.storage_conn_id or '' }}"
             items={"type": "string"},
             title="More DashScope connections",
             description="Further connections, one API key each, to spread the rows over together with "
-            "dashscope_conn_id: the service runs one task at a time per key, so k keys give up "
-            "to k times the throughput. A row in flight keeps the key it was submitted with.",
+            "dashscope_conn_id. The service runs one task at a time per Alibaba Cloud account (all its keys "
+            "together), so only keys of k different accounts give up to k times the throughput; name the "
+            "account in each connection's extra 'account'. A row in flight keeps the key it was submitted with.",
         ),
         "storage_conn_id": Param(
             None,
