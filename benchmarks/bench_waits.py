@@ -1,6 +1,10 @@
-"""Prints the query rate one API key sees while 1,000 deferred waits poll it from one triggerer.
+"""Prints the query rate one account sees while 1,000 deferred waits poll it from one triggerer.
 
-    .venv/bin/python benchmarks/bench_waits.py [--waits 1000] [--window 90] [--poll-interval 15]
+    .venv/bin/python benchmarks/bench_waits.py [--waits 1000] [--window 90] [--poll-interval 15] [--connections 2]
+
+``--connections N``: the waits are spread over N connections, N API keys of one Alibaba Cloud account
+(connection extra ``account``), each wait polling through the key that submitted its task; the service
+counts the account's queries together, so the limit is still 20 QPS for all of them.
 
 Setup: the emulator on real time with one key; ``--waits`` tasks are submitted (the emulator's submit
 limit is raised for this setup only, so that 1,000 tasks exist within seconds; the query limit stays the
@@ -30,31 +34,35 @@ from dashscope_emulator import EmulatorServer, make_samples, serve_directory
 KEY = "sk-bench-waits-0123456789"
 
 
-def submit_tasks(count: int, media_url: str, boxes: dict[str, Any]) -> list[str]:
+def submit_tasks(count: int, media_url: str, boxes: dict[str, Any], conn_ids: list[str]) -> list[tuple[str, str]]:
+    """``count`` tasks, spread round robin over ``conn_ids``: (task id, the connection that submitted it)."""
     from dashscope_provider.hooks.dashscope import DashScopeHook
 
-    hook = DashScopeHook()
+    hooks = [DashScopeHook(dashscope_conn_id=c, submit_qps={"emoji-v1": 100_000.0}) for c in conn_ids]
     task_input = {
         "image_url": f"{media_url}/portrait_emoji.png",
         "driven_id": "mengwa_kaixin",
         "face_bbox": boxes["portrait_emoji.png"]["face_bbox"],
         "ext_bbox": boxes["portrait_emoji.png"]["ext_bbox"],
     }
-    return [hook.submit_task("emoji-v1", task_input).task_id for _ in range(count)]
+    return [
+        (hooks[i % len(hooks)].submit_task("emoji-v1", task_input).task_id, conn_ids[i % len(hooks)])
+        for i in range(count)
+    ]
 
 
-async def wait_all(task_ids: list[str], window: float, poll_interval: float) -> int:
+async def wait_all(tasks: list[tuple[str, str]], window: float, poll_interval: float) -> int:
     """Run one trigger per task for ``window`` seconds; returns how many fired an event meanwhile."""
     from dashscope_provider.triggers.dashscope import DashScopeTaskTrigger
 
     fired = 0
 
-    async def wait(task_id: str) -> None:
+    async def wait(task_id: str, conn_id: str) -> None:
         nonlocal fired
-        async for _ in DashScopeTaskTrigger(task_id, poll_interval=poll_interval).run():
+        async for _ in DashScopeTaskTrigger(task_id, dashscope_conn_id=conn_id, poll_interval=poll_interval).run():
             fired += 1
 
-    jobs = [asyncio.create_task(wait(t)) for t in task_ids]
+    jobs = [asyncio.create_task(wait(t, c)) for t, c in tasks]
     await asyncio.sleep(window)
     for job in jobs:
         job.cancel()
@@ -78,7 +86,10 @@ def main() -> None:
     parser.add_argument("--waits", type=int, default=1000)
     parser.add_argument("--window", type=float, default=90.0)
     parser.add_argument("--poll-interval", type=float, default=15.0)
+    parser.add_argument("--connections", type=int, default=1, help="connections (keys) of one account")
     args = parser.parse_args()
+    keys = [KEY] + [f"{KEY}-{i}" for i in range(1, args.connections)]
+    conn_ids = ["dashscope_default"] + [f"dashscope_bench_{i}" for i in range(1, args.connections)]
     logging.getLogger("dashscope_provider").setLevel(logging.WARNING)  # one "still PENDING" line per poll
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -86,13 +97,19 @@ def main() -> None:
         boxes = json.loads((Path(tmp) / "samples.json").read_text())
         with (
             serve_directory(tmp) as media_url,
-            EmulatorServer(api_keys=[KEY], port=0, speed=1, submit_qps=100_000) as emulator,
+            EmulatorServer(accounts={"bench": keys}, port=0, speed=1, submit_qps=100_000) as emulator,
         ):
-            os.environ["AIRFLOW_CONN_DASHSCOPE_DEFAULT"] = json.dumps(
-                {"conn_type": "dashscope", "host": emulator.base_url, "password": KEY}
-            )
+            for conn_id, key in zip(conn_ids, keys, strict=True):
+                os.environ[f"AIRFLOW_CONN_{conn_id.upper()}"] = json.dumps(
+                    {
+                        "conn_type": "dashscope",
+                        "host": emulator.base_url,
+                        "password": key,
+                        "extra": {"account": "bench"},
+                    }
+                )
             started = time.monotonic()
-            task_ids = submit_tasks(args.waits, media_url, boxes)
+            task_ids = submit_tasks(args.waits, media_url, boxes, conn_ids)
             setup = time.monotonic() - started
             mark = len(emulator.request_log())
             began = time.time()
@@ -110,7 +127,8 @@ def main() -> None:
     polled = len(polls_per_task)
     answered = sum(n for s, n in statuses.items() if s == 200)
     print(
-        f"WAITS waits={args.waits} key=1 triggerer=1 poll_interval={args.poll_interval:g}s window={args.window:g}s "
+        f"WAITS waits={args.waits} key={args.connections} triggerer=1 poll_interval={args.poll_interval:g}s "
+        f"window={args.window:g}s "
         f"(setup: {len(task_ids)} tasks submitted in {setup:.1f}s, {pending} still PENDING at the end)"
     )
     print(
@@ -123,7 +141,8 @@ def main() -> None:
         f"WAITS waits_polled={polled}/{args.waits} polls_per_wait_min={min(polls_per_task.values(), default=0)} "
         f"max={max(polls_per_task.values(), default=0)} "
         f"effective_poll_interval={args.window * args.waits / max(len(queries), 1):.1f}s "
-        f"events_fired={fired} peak_rss={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f}MB"
+        f"events_fired={fired} peak_rss={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f}MB "
+        f"connections={args.connections} accounts=1"
     )
 
 
