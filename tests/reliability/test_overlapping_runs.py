@@ -60,6 +60,16 @@ def _start(home: dict[str, str], logical_date: datetime, conf: dict[str, Any], l
     )
 
 
+def _run_ids(*logs: Path) -> list[str]:
+    """The run ids the runner processes printed (``OVERLAP RUN {...}``), in the order of ``logs``."""
+    return [
+        json.loads(line.removeprefix("OVERLAP RUN "))["run_id"]
+        for log in logs
+        for line in log.read_text().splitlines()
+        if line.startswith("OVERLAP RUN ")
+    ]
+
+
 def _outcomes(output_root: str, run_id: str, s3: Any) -> pd.DataFrame:
     from talking_heads.storage import safe_name
 
@@ -102,12 +112,7 @@ def test_two_runs_at_once_over_one_output_root_generate_each_row_once(
         runs = [_start(home, date, conf, log) for home, date, log in zip(homes, dates, logs, strict=True)]
         for run, log in zip(runs, logs, strict=True):
             assert run.wait(timeout=600) == 0, log.read_text()[-3000:]
-        run_ids = [
-            json.loads(line.removeprefix("OVERLAP RUN "))["run_id"]
-            for log in logs
-            for line in log.read_text().splitlines()
-            if line.startswith("OVERLAP RUN ")
-        ]
+        run_ids = _run_ids(*logs)
         assert len(run_ids) == 2, [log.read_text()[-2000:] for log in logs]
         a, b = (_outcomes(output_root, run_id, s3).set_index("row_id") for run_id in run_ids)
         tasks = tasks_by_row(emulator)
@@ -182,11 +187,7 @@ def test_a_run_killed_while_it_holds_a_claim_does_not_hold_up_the_other(
         assert time.monotonic() - began < 300
     finally:
         hole.close()
-    run_id = next(
-        json.loads(line.removeprefix("OVERLAP RUN "))["run_id"]
-        for line in (tmp_path / "run-A.log").read_text().splitlines()
-        if line.startswith("OVERLAP RUN ")
-    )
+    (run_id,) = _run_ids(tmp_path / "run-A.log")
     outcomes = _outcomes(str(output_root), run_id, None).set_index("row_id")
     line = outcomes.loc[claimed]
     assert line["status"] == "failed" and line["code"] == "SubmissionUncertain", line.to_dict()

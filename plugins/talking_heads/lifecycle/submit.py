@@ -9,7 +9,7 @@ import os
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from airflow.configuration import conf
 from airflow.sdk.exceptions import AirflowFailException, AirflowNotFoundException, AirflowSkipException
@@ -144,11 +144,7 @@ def _submit_once(
         if not detection["passed"]:
             failed = {"code": detection["code"], "message": detection["message"], "billed": False}
             record = dict(model=request.model, fingerprint=request.fingerprint(), detection=summary, **failed)
-            ledger.put(
-                state.advance(S.FAILED, **record)
-                if state is not None
-                else RowState(row_id=request.row_id, state=S.FAILED, **record)
-            )
+            _fail_unsent(ledger, state, request.row_id, **record)
             raise AirflowFailException(
                 f"row {request.row_id}: face detection did not pass: {detection['code']}: {detection['message']}"
             )
@@ -245,12 +241,13 @@ def _account(hook: DashScopeHook) -> str:
 
 
 def _record_quota_skip(ledger: RowLedger, state: RowState | None, request: RowRequest, reason: str) -> None:
-    skipped = dict(model=request.model, code=QUOTA_EXHAUSTED_CODE, message=reason, billed=False)
-    ledger.put(
-        state.advance(S.FAILED, **skipped)
-        if state is not None
-        else RowState(row_id=request.row_id, state=S.FAILED, **skipped)
-    )
+    _fail_unsent(ledger, state, request.row_id, model=request.model, code=QUOTA_EXHAUSTED_CODE, message=reason)
+
+
+def _fail_unsent(ledger: RowLedger, state: RowState | None, row_id: str, **record: Any) -> None:
+    """Record a row ``failed`` before anything was sent for it (a claim conflict raises LedgerConflict)."""
+    record.setdefault("billed", False)
+    ledger.put(state.advance(S.FAILED, **record) if state is not None else RowState(row_id, S.FAILED, **record))
 
 
 def deployment_id() -> str:
