@@ -14,8 +14,8 @@ import tracemalloc
 from pathlib import Path
 
 import pandas as pd
-from talking_heads.ledger import RowLedger
-from talking_heads.plan import plan_run, read_input_table
+from talking_heads.row.ledger import RowLedger
+from talking_heads.table.plan import plan_run, read_input_table
 
 
 def make_table(path: Path, rows: int, seed: int = 0) -> None:

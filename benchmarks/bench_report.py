@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from talking_heads.report import write_report
+from talking_heads.reporting.report import write_report
 
 
 def make_outcomes(root: Path, lines: int, files: int, seed: int = 0) -> None:

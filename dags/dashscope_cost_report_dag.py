@@ -13,7 +13,7 @@ from typing import Any
 
 import pendulum
 from airflow.sdk import Param, dag, get_current_context, task
-from talking_heads.assets import OUTCOMES
+from talking_heads.orchestration.assets import OUTCOMES
 
 DEFAULT_OUTPUT_ROOT = os.environ.get("TALKING_HEADS_OUTPUT_ROOT", str(Path(__file__).resolve().parents[1] / "output"))
 
@@ -45,7 +45,7 @@ DEFAULT_OUTPUT_ROOT = os.environ.get("TALKING_HEADS_OUTPUT_ROOT", str(Path(__fil
 def dashscope_cost_report() -> None:
     @task
     def report(params: dict[str, Any]) -> dict[str, Any]:
-        from talking_heads.report import write_report  # pandas and matplotlib: kept out of DAG parsing
+        from talking_heads.reporting.report import write_report  # pandas and matplotlib: kept out of DAG parsing
 
         context = get_current_context()
         roots = {

@@ -6,7 +6,7 @@
     plan -> continue_run (a table over [core] max_map_length rows: the rest in follow-up runs)
 
 Rows are the unit of money: each one's progress is kept under ``{output_root}/state/`` so retries,
-reruns, clears and backfills never pay twice for a row (see ``talking_heads.lifecycle``).
+reruns, clears and backfills never pay twice for a row (see ``talking_heads.row``).
 """
 
 from __future__ import annotations
@@ -18,15 +18,15 @@ from typing import Any
 
 import pendulum
 from airflow.sdk import Param, TriggerRule, dag, get_current_context, task, task_group
-from talking_heads.assets import INPUT_TABLE, OUTCOMES, VIDEOS
-from talking_heads.media import DEFAULT_MEDIA_URL_TTL_SECONDS
-from talking_heads.operators import (
+from talking_heads.orchestration.assets import INPUT_TABLE, OUTCOMES, VIDEOS
+from talking_heads.orchestration.operators import (
     ContinueRunOperator,
     DownloadRowOperator,
     RecordOutcomesOperator,
     SubmitRowOperator,
     WaitRowOperator,
 )
+from talking_heads.row.media import DEFAULT_MEDIA_URL_TTL_SECONDS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_TABLE = str(REPO_ROOT / "include" / "sample" / "talking_heads_sample.csv")
@@ -154,7 +154,7 @@ def talking_heads() -> None:
     @task(inlets=[INPUT_TABLE])
     def plan() -> list[dict[str, Any]]:
         """Read and validate the table; decide per row: generate, skip, or fail before any spend."""
-        from talking_heads.tasks import plan_rows  # pandas: not at parse time
+        from talking_heads.orchestration.task_bodies import plan_rows  # pandas: not at parse time
 
         return plan_rows(get_current_context())
 
@@ -205,7 +205,7 @@ def talking_heads() -> None:
     generated >> outcomes
     planned >> outcomes
     # A table larger than one run maps ([core] max_map_length rows): the rest in follow-up runs of this
-    # trigger, queued behind this one by max_active_runs=1 (talking_heads.continuation).
+    # trigger, queued behind this one by max_active_runs=1 (talking_heads.table.continuation).
     planned >> ContinueRunOperator(task_id="continue_run", storage_conn_id=STORAGE_CONN_ID)
 
 

@@ -111,7 +111,7 @@ def main() -> int:
 
 def _report(root: str, storage_conn_id: str | None, log_path: Path, returncode: int, seconds: float) -> int:
     import pandas as pd
-    from talking_heads.outcomes import outcome_detail
+    from talking_heads.reporting.outcome_table import outcome_detail
     from talking_heads.storage import as_storage_path, plain_url
 
     output_root = as_storage_path(root, storage_conn_id)

@@ -168,7 +168,7 @@ def test_a_folder_of_files_becomes_videos_paying_each_detection_once(
     assert len(emulator.detections()) == len(detections)  # no detection paid twice
     assert len(emulator.tasks()) == 4  # no task made twice
 
-    from talking_heads.report import write_report
+    from talking_heads.reporting.report import write_report
 
     written = write_report(f"s3://{S3_BUCKET}/{OUT}", conn_id="files_s3")
     assert written["detections"] == 4

@@ -123,7 +123,7 @@ def _map_index(run_id: str, row_id: str) -> int:
 def test_links_resolve_to_the_video_the_task_and_the_outcomes_and_the_summary_is_mailed(
     airflow_db: str, emulator: EmulatorServer, media: tuple[str, dict], tmp_path: Path, smtp_server: list[str]
 ) -> None:
-    from talking_heads.outcomes import outcome_detail
+    from talking_heads.reporting.outcome_table import outcome_detail
     from talking_heads.storage import safe_name
 
     table = _table(tmp_path / "table.csv", *media)
@@ -149,7 +149,7 @@ def test_links_resolve_to_the_video_the_task_and_the_outcomes_and_the_summary_is
     outcome_links = links[("record_outcomes", -1)]
     assert outcome_links["Outcome table"] == f"file://{out / 'outcomes' / (safe_name(run.run_id) + '.csv')}"
     assert outcome_links["Cost report"] == f"file://{out / 'reports' / 'cost_report.html'}"
-    from talking_heads.report import write_report  # the cost DAG's body: the link's page is what it writes
+    from talking_heads.reporting.report import write_report  # the cost DAG's body: the link's page is what it writes
 
     write_report(str(out))
     assert "DashScope cost report" in Path(outcome_links["Cost report"].removeprefix("file://")).read_text()

@@ -122,7 +122,7 @@ def test_dag_generates_both_models_and_never_pays_twice(
 
 def _assert_report_matches_billing(output_root: Path, billing: list[dict]) -> None:
     """The cost report, from the outcome tables alone, equals the service's own billing, to the cent."""
-    from talking_heads.report import write_report
+    from talking_heads.reporting.report import write_report
 
     write_report(str(output_root))
     table = pd.read_csv(output_root / "reports" / "by_model_ratio.csv")

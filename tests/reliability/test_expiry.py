@@ -40,7 +40,7 @@ def _queries(emulator: Any, since: int) -> list[dict[str, Any]]:
 
 
 def _ledger(output_root: Path, row_id: str) -> Any:
-    from talking_heads.ledger import RowLedger
+    from talking_heads.row.ledger import RowLedger
 
     return RowLedger(str(output_root)).get(row_id)
 
@@ -56,7 +56,7 @@ def test_result_url_expired_before_download_fails_billed_once_and_is_not_regener
     _, first = run_dag(table, output_root, mark_success=r"generate\.download")
     for row_id in ROWS:
         state = _ledger(output_root, row_id)
-        assert state.state == "generated" and state.billed and state.video_url, state
+        assert state.status == "generated" and state.billed and state.video_url, state
     assert set(first["code"]) == {"Incomplete"}
     assert first["message"].str.contains("download step").all()
     assert bills_by_row(emulator) == dict.fromkeys(ROWS, 1)
@@ -110,7 +110,7 @@ def _run_until_unknown(emulator: Any, media: Media, tmp_path: Path) -> tuple[Pat
     _, first = run_dag(table, output_root, mark_success=r"generate\.(wait|download)")
     for row_id in ROWS:
         state = _ledger(output_root, row_id)
-        assert state.state == "submitted" and state.task_id, state
+        assert state.status == "submitted" and state.task_id, state
     assert set(first["code"]) == {"Incomplete"}
     assert first["message"].str.contains("wait step").all()
 
@@ -167,17 +167,17 @@ def test_rerun_after_unknown_does_not_pay_again_unasked(
 
 
 def test_cost_report_counts_the_seconds_billed_for_an_expired_result(tmp_path: Path) -> None:
-    from talking_heads.ledger import RowLedger
-    from talking_heads.lifecycle import RowState
-    from talking_heads.outcomes import build_outcomes
-    from talking_heads.payloads import PlanEntry
-    from talking_heads.report import build_report
+    from talking_heads.reporting.outcome_table import build_outcomes
+    from talking_heads.reporting.report import build_report
+    from talking_heads.row.ledger import RowLedger
+    from talking_heads.row.payloads import PlanEntry
+    from talking_heads.row.states import RowRecord
 
     run_id = "manual__2027-01-01T00:00:00+00:00"
     ledger = RowLedger(str(tmp_path))
     common = {"model": "emo-v1", "billed": True, "video_ratio": "1:1", "run_id": run_id}
     ledger.put(
-        RowState(
+        RowRecord(
             row_id="stored",
             state="succeeded",
             task_id="t-1",
@@ -187,7 +187,7 @@ def test_cost_report_counts_the_seconds_billed_for_an_expired_result(tmp_path: P
         )
     )
     ledger.put(
-        RowState(
+        RowRecord(
             row_id="expired",
             state="failed",
             task_id="t-2",

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from talking_heads import reconcile
+from talking_heads.row import reconcile
 
 from tests.harness.reliability import (
     Media,

@@ -255,8 +255,8 @@ def _check_rejection(index: int, row_id: Any, field: str, outcome: dict[str, Any
 
 
 def _plan(frame: pd.DataFrame, tmp_path: Path) -> list[dict[str, Any]]:
-    from talking_heads.ledger import RowLedger
-    from talking_heads.plan import plan_run
+    from talking_heads.row.ledger import RowLedger
+    from talking_heads.table.plan import plan_run
 
     return plan_run(frame, RowLedger(str(tmp_path / "ledger")))
 
@@ -292,7 +292,7 @@ def test_fuzzed_rows_are_each_refused_naming_row_and_field(media: Media, tmp_pat
     assert not (tmp_path / "ledger").exists()  # planning writes nothing
 
     # 2. The text-only cases through a CSV file and read_input_table, as users hand them in.
-    from talking_heads.plan import read_input_table
+    from talking_heads.table.plan import read_input_table
 
     text_rows, text_fields = _fuzz_rows(media, [c for c in cases if c.csv], valid, SEED + 1)
     table = write_table(tmp_path / "fuzz.csv", text_rows)
@@ -323,7 +323,7 @@ def test_fuzzed_rows_are_each_refused_naming_row_and_field(media: Media, tmp_pat
     ],
 )
 def test_huge_or_absurd_bboxes_are_refused_per_row(face_bbox: str, ext_bbox: str) -> None:
-    from talking_heads.validation import validate_records
+    from talking_heads.table.validation import validate_records
 
     rows = [
         {
@@ -380,7 +380,7 @@ def _whole_table_cases(folder: Path) -> dict[str, Path]:
 
 
 def test_unusable_tables_raise_input_table_error_naming_the_table(tmp_path: Path) -> None:
-    from talking_heads.plan import InputTableError, read_input_table
+    from talking_heads.table.plan import InputTableError, read_input_table
 
     started = time.monotonic()
     paths = _whole_table_cases(tmp_path)
@@ -407,7 +407,7 @@ def test_unusable_tables_raise_input_table_error_naming_the_table(tmp_path: Path
 
 @pytest.mark.parametrize("columns", [["a", "b"], ["row_id", "model", "audio_url", "face_bbox"], ["ROW_ID", "Model"]])
 def test_missing_required_columns_raise_input_table_error(tmp_path: Path, columns: list[str]) -> None:
-    from talking_heads.plan import InputTableError, read_input_table
+    from talking_heads.table.plan import InputTableError, read_input_table
 
     table = tmp_path / "table.csv"
     pd.DataFrame([dict.fromkeys(columns, "x")]).to_csv(table, index=False)
@@ -416,7 +416,7 @@ def test_missing_required_columns_raise_input_table_error(tmp_path: Path, column
 
 
 def test_missing_required_columns_error_names_the_table(tmp_path: Path) -> None:
-    from talking_heads.plan import InputTableError, read_input_table
+    from talking_heads.table.plan import InputTableError, read_input_table
 
     table = tmp_path / "inputs-2027-01-01.csv"
     pd.DataFrame([{"a": 1, "b": 2}]).to_csv(table, index=False)

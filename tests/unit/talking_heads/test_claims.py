@@ -16,12 +16,14 @@ from typing import Any
 import pytest
 from airflow.sdk.exceptions import AirflowFailException
 from dashscope_provider.hooks.dashscope import DashScopeHook
-from talking_heads.ledger import RowLedger
-from talking_heads.lifecycle import RowState, outcome_of, submit_row
-from talking_heads.lifecycle import submit as submit_step
-from talking_heads.media import MediaSigner
-from talking_heads.payloads import Submission, WorkItem
-from talking_heads.validation import RowRequest
+from talking_heads.row import submit as submit_step
+from talking_heads.row.ledger import RowLedger
+from talking_heads.row.media import MediaSigner
+from talking_heads.row.outcome import outcome_of
+from talking_heads.row.payloads import Submission, WorkItem
+from talking_heads.row.states import RowRecord
+from talking_heads.row.submit import submit_row
+from talking_heads.table.validation import RowRequest
 
 from tests.conftest import S3_BUCKET
 from tests.unit.conftest import CONN_ID, is_submit
@@ -59,8 +61,8 @@ def _submits(emulator: Any) -> list[dict[str, Any]]:
     return [r for r in emulator.request_log() if is_submit(r)]
 
 
-def _claim_by(run_id: str) -> RowState:
-    return RowState(
+def _claim_by(run_id: str) -> RowRecord:
+    return RowRecord(
         "r",
         "submitting",
         model="emoji-v1",
@@ -92,7 +94,7 @@ def test_two_runs_submitting_one_row_at_once_make_one_task(
     assert len(_submits(emulator)) == 1 and len(emulator.tasks()) == 1  # the service saw one submit
     assert {r.task_id for r in results.values()} == {emulator.tasks()[0]["task_id"]}  # type: ignore[union-attr]
     state = ledger.get("r")
-    assert state is not None and state.state == "submitted" and state.owner is not None
+    assert state is not None and state.status == "submitted" and state.owner is not None
     follower = "run-B" if state.run_id == "run-A" else "run-A"
     stored = state.advance("generated", billed=True, video_url="u").advance("succeeded", video_uri="v")
     line = outcome_of(stored, follower)
@@ -115,7 +117,7 @@ def test_a_fresh_claim_of_another_run_is_waited_for_then_its_task_followed(
     assert followed.task_id == "task-of-run-B"
     assert _submits(emulator) == []
     state = ledger.get("r")
-    assert state is not None and state.state == "submitted" and state.run_id == "run-B"
+    assert state is not None and state.status == "submitted" and state.run_id == "run-B"
 
 
 def test_a_claim_whose_owner_is_gone_is_a_lost_answer_and_is_not_sent_again(
@@ -129,7 +131,7 @@ def test_a_claim_whose_owner_is_gone_is_a_lost_answer_and_is_not_sent_again(
     assert time.monotonic() - began < 30  # bounded: it did not hang on the dead claim
     assert _submits(emulator) == []
     state = ledger.get("r")
-    assert state is not None and state.state == "uncertain"
+    assert state is not None and state.status == "uncertain"
     assert "run-B generate.submit[0] try 1 (claimed at" in (state.message or "")
     line = outcome_of(state, "run-A")
     assert line["code"] == "SubmissionUncertain" and "answer of run-B" in line["message"]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from talking_heads.costs import cost_of, load_prices
+from talking_heads.reporting.costs import cost_of, load_prices
 
 
 def test_unknown_price_is_left_empty_not_invented() -> None:

@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 from dashscope_provider.hooks.dashscope import DashScopeHook
-from talking_heads.detection import detect_image
-from talking_heads.ledger import RowLedger
-from talking_heads.media import MediaSigner
-from talking_heads.validation import RowRequest
+from talking_heads.row.detection import detect_image
+from talking_heads.row.ledger import RowLedger
+from talking_heads.row.media import MediaSigner
+from talking_heads.table.validation import RowRequest
 
 from tests.unit.conftest import BUCKET
 

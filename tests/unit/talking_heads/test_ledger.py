@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from talking_heads.ledger import LedgerConflict, RowLedger
-from talking_heads.lifecycle import RowState
+from talking_heads.row.ledger import LedgerConflict, RowLedger
+from talking_heads.row.states import RowRecord
 
 from tests.conftest import S3_BUCKET
 from tests.unit.dashscope_provider.test_fs_oss import OSS_BUCKET, make_oss_conn, oss_double  # noqa: F401 (fixtures)
@@ -28,27 +28,27 @@ def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> RowLedger:
 
 
 def test_a_write_from_a_stale_read_is_refused_and_names_the_newer_record(ledger: RowLedger) -> None:
-    first = ledger.put(RowState("r", "submitting", run_id="A", owner="A"))
+    first = ledger.put(RowRecord("r", "submitting", run_id="A", owner="A"))
     assert first.revision == 1
     read_by_a, read_by_b = ledger.get("r"), ledger.get("r")
     assert read_by_a is not None and read_by_b is not None
     moved = ledger.put(read_by_b.advance("submitted", task_id="t-1"))
     with pytest.raises(LedgerConflict) as raised:
         ledger.put(read_by_a.lose("lost"))  # A read before B moved the row: its write would erase the task id
-    assert raised.value.current.state == "submitted" and raised.value.current.task_id == "t-1"
+    assert raised.value.current.status == "submitted" and raised.value.current.task_id == "t-1"
     stored = ledger.get("r")
     assert stored is not None and stored.task_id == "t-1" and stored.revision == moved.revision == 2
 
 
 def test_two_first_writes_of_a_row_one_wins(ledger: RowLedger) -> None:
-    ledger.put(RowState("r", "submitting", run_id="A"))
+    ledger.put(RowRecord("r", "submitting", run_id="A"))
     with pytest.raises(LedgerConflict) as raised:
-        ledger.put(RowState("r", "submitting", run_id="B"))
+        ledger.put(RowRecord("r", "submitting", run_id="B"))
     assert raised.value.current.run_id == "A"
 
 
 def test_racing_writers_from_one_read_exactly_one_lands(ledger: RowLedger) -> None:
-    base = ledger.put(RowState("r", "failed", code="Throttling"))
+    base = ledger.put(RowRecord("r", "failed", code="Throttling"))
     start = threading.Barrier(6)
     landed: list[str] = []
     refused: list[str] = []
@@ -72,7 +72,7 @@ def test_racing_writers_from_one_read_exactly_one_lands(ledger: RowLedger) -> No
 
 
 def test_a_writer_that_died_between_the_revision_and_the_copy_loses_nothing(ledger: RowLedger) -> None:
-    base = ledger.put(RowState("r", "submitting", run_id="A"))
+    base = ledger.put(RowRecord("r", "submitting", run_id="A"))
     # Revision 2 was created, then its writer died before copying it to state/r.json.
     import json
 
@@ -88,10 +88,10 @@ def test_a_writer_that_died_between_the_revision_and_the_copy_loses_nothing(ledg
 
 
 def test_update_applies_the_change_to_the_newest_record(ledger: RowLedger) -> None:
-    ledger.put(RowState("r", "submitting", run_id="A", owner="A"))
+    ledger.put(RowRecord("r", "submitting", run_id="A", owner="A"))
     calls: list[Any] = []
 
-    def to_submitted(current: RowState | None) -> RowState | None:
+    def to_submitted(current: RowRecord | None) -> RowRecord | None:
         calls.append(current and current.revision)
         if len(calls) == 1:  # another writer moves the row between this read and this write
             assert current is not None
@@ -101,5 +101,5 @@ def test_update_applies_the_change_to_the_newest_record(ledger: RowLedger) -> No
 
     stored = ledger.update("r", to_submitted)
     assert calls == [1, 2]
-    assert stored is not None and stored.state == "submitted" and stored.revision == 3
+    assert stored is not None and stored.status == "submitted" and stored.revision == 3
     assert [entry.split(" ", 1)[1] for entry in stored.history] == ["submitting->uncertain", "uncertain->submitted"]

@@ -10,7 +10,7 @@ from urllib.parse import parse_qs, urlsplit
 import pandas as pd
 import pytest
 import requests
-from talking_heads.media import (
+from talking_heads.row.media import (
     MediaSigner,
     kind_of,
     local_media_problem,
@@ -20,7 +20,7 @@ from talking_heads.media import (
     service_is_public,
 )
 from talking_heads.storage import OutputLayout, as_storage_path
-from talking_heads.validation import RowRequest
+from talking_heads.table.validation import RowRequest
 
 from tests.unit.conftest import BUCKET
 

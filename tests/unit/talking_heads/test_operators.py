@@ -17,8 +17,8 @@ pytestmark = pytest.mark.usefixtures("no_key_in_logs")
 
 
 def _submit_row_operator(conn_id: str, emoji_input: dict[str, Any], output_root: Path, row_id: str) -> Any:
-    from talking_heads.operators import SubmitRowOperator
-    from talking_heads.validation import RowRequest
+    from talking_heads.orchestration.operators import SubmitRowOperator
+    from talking_heads.table.validation import RowRequest
 
     request = RowRequest(row_id=row_id, model="emoji-v1", **emoji_input)
     return SubmitRowOperator(
@@ -28,17 +28,17 @@ def _submit_row_operator(conn_id: str, emoji_input: dict[str, Any], output_root:
 
 def _ledger_outcome(output_root: Path, row_id: str) -> tuple[str, str | None, bool]:
     """``(state, code, billed)`` of the row's entry in the ledger under ``output_root`` (it must have one)."""
-    from talking_heads.ledger import RowLedger
+    from talking_heads.row.ledger import RowLedger
 
     state = RowLedger(str(output_root)).get(row_id)
     assert state is not None
-    return state.state, state.code, state.billed
+    return state.status, state.code, state.billed
 
 
 def test_submit_row_transient_refusal_is_left_to_task_retries(
     dashscope_conn: str, emulator: Any, emoji_input: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from talking_heads.ledger import RowLedger
+    from talking_heads.row.ledger import RowLedger
 
     monkeypatch.setitem(DashScopeHook.__init__.__kwdefaults__, "retry_initial", 0.01)
     monkeypatch.setitem(DashScopeHook.__init__.__kwdefaults__, "retry_max", 0.02)
@@ -54,7 +54,7 @@ def test_submit_row_transient_refusal_is_left_to_task_retries(
     submission = op.execute({"run_id": "run-1"})  # the retry: nothing was created, so it submits again
     [task] = emulator.tasks()
     assert submission == {"row_id": "r-1", "task_id": task["task_id"], "conn_id": dashscope_conn}
-    assert RowLedger(str(tmp_path)).get("r-1").state == "submitted"  # type: ignore[union-attr]
+    assert RowLedger(str(tmp_path)).get("r-1").status == "submitted"  # type: ignore[union-attr]
 
 
 def test_submit_row_permanent_refusal_fails_without_retries(
@@ -84,9 +84,9 @@ def test_rows_go_to_their_planned_key_and_keep_the_key_that_created_their_task(
     emoji_input: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from dashscope_emulator import EmulatorServer, key_fingerprint
-    from talking_heads.ledger import RowLedger
-    from talking_heads.operators import SubmitRowOperator, WaitRowOperator
-    from talking_heads.validation import RowRequest
+    from talking_heads.orchestration.operators import SubmitRowOperator, WaitRowOperator
+    from talking_heads.row.ledger import RowLedger
+    from talking_heads.table.validation import RowRequest
 
     from tests.unit.conftest import conn_json
 

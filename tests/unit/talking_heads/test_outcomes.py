@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from talking_heads.ledger import RowLedger
-from talking_heads.lifecycle import RowState
-from talking_heads.outcomes import OUTCOME_COLUMNS, build_outcomes, write_outcomes
-from talking_heads.plan import plan_run
+from talking_heads.reporting.outcome_table import OUTCOME_COLUMNS, build_outcomes, write_outcomes
+from talking_heads.row.ledger import RowLedger
+from talking_heads.row.states import RowRecord
+from talking_heads.table.plan import plan_run
 
 from tests.unit.talking_heads.test_plan import _frame
 
@@ -18,7 +18,7 @@ def test_outcomes_one_line_per_row_with_costs(tmp_path: Path) -> None:
     ledger = RowLedger(str(tmp_path))
     plan = plan_run(_frame("ok", "api-failed", "never-ran", "lost"), ledger)
     ledger.put(
-        RowState(
+        RowRecord(
             "ok",
             "succeeded",
             model="emo-v1",
@@ -31,7 +31,7 @@ def test_outcomes_one_line_per_row_with_costs(tmp_path: Path) -> None:
         )
     )
     ledger.put(
-        RowState(
+        RowRecord(
             "api-failed",
             "failed",
             model="emo-v1",
@@ -40,7 +40,7 @@ def test_outcomes_one_line_per_row_with_costs(tmp_path: Path) -> None:
             message="The image resolution is invalid",
         )
     )
-    ledger.put(RowState("lost", "uncertain", model="emo-v1"))
+    ledger.put(RowRecord("lost", "uncertain", model="emo-v1"))
     frame = build_outcomes(plan, ledger, "run1")
     assert list(frame.columns[: len(OUTCOME_COLUMNS)]) == OUTCOME_COLUMNS
     assert frame["row_id"].tolist() == ["ok", "api-failed", "never-ran", "lost"]

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 
-from talking_heads.lifecycle import RowState
-from talking_heads.payloads import PlanEntry, Submission, WaitResult, WorkItem
-from talking_heads.validation import RowRequest
+from talking_heads.row.payloads import PlanEntry, Submission, WaitResult, WorkItem
+from talking_heads.row.states import RowRecord
+from talking_heads.table.validation import RowRequest
 
 REQUEST = RowRequest(
     row_id="r1", model="emo-v1", image_url="s3://b/p.png", audio_url="/data/v.wav", ratio="3:4", style_level="calm"
@@ -31,7 +31,7 @@ def test_payloads_round_trip_through_json() -> None:
 
 
 def test_the_wait_result_leaves_the_signed_video_url_in_the_ledger() -> None:
-    state = RowState(
+    state = RowRecord(
         "r1",
         "generated",
         task_id="t1",

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from talking_heads.ledger import RowLedger
-from talking_heads.lifecycle import RowState
-from talking_heads.plan import InputTableError, assign_connections, plan_run, read_input_table
+from talking_heads.row.ledger import RowLedger
+from talking_heads.row.states import RowRecord
+from talking_heads.table.plan import InputTableError, assign_connections, plan_run, read_input_table
 
 ROW = {
     "model": "emo-v1",
@@ -26,15 +26,15 @@ def _frame(*ids: str) -> pd.DataFrame:
 
 def test_plan_uses_the_ledger_so_no_row_is_paid_twice(tmp_path: Path) -> None:
     ledger = RowLedger(str(tmp_path))
-    ledger.put(RowState("done", "succeeded", model="emo-v1", task_id="t1", video_uri="file:///v.mp4", run_id="r0"))
-    ledger.put(RowState("lost", "uncertain", model="emo-v1"))
-    ledger.put(RowState("flight", "submitted", model="emo-v1", task_id="t3"))
+    ledger.put(RowRecord("done", "succeeded", model="emo-v1", task_id="t1", video_uri="file:///v.mp4", run_id="r0"))
+    ledger.put(RowRecord("lost", "uncertain", model="emo-v1"))
+    ledger.put(RowRecord("flight", "submitted", model="emo-v1", task_id="t3"))
     ledger.put(
-        RowState(
+        RowRecord(
             "paid-expired", "failed", model="emo-v1", task_id="t4", billed=True, code="ResultExpired", message="gone"
         )
     )
-    ledger.put(RowState("refused", "failed", model="emo-v1", code="InvalidURL", message="bad", billed=False))
+    ledger.put(RowRecord("refused", "failed", model="emo-v1", code="InvalidURL", message="bad", billed=False))
     frame = pd.concat(
         [
             _frame("done", "lost", "flight", "paid-expired", "refused", "new"),
@@ -73,11 +73,11 @@ def test_table_errors_name_the_table(tmp_path: Path) -> None:
 def test_a_table_over_the_map_limit_continues_in_follow_up_runs_each_row_in_one_part(tmp_path: Path) -> None:
     import json
 
-    from talking_heads.continuation import Part, own_entries, split_first, split_next
-    from talking_heads.payloads import PlanEntry
+    from talking_heads.row.payloads import PlanEntry
+    from talking_heads.table.continuation import Part, own_entries, split_first, split_next
 
     ledger = RowLedger(str(tmp_path))
-    ledger.put(RowState("done", "succeeded", model="emo-v1", task_id="t0", video_uri="file:///v.mp4", run_id="r0"))
+    ledger.put(RowRecord("done", "succeeded", model="emo-v1", task_id="t0", video_uri="file:///v.mp4", run_id="r0"))
     entries = plan_run(_frame("a", "done", "b", "c", "d", "e"), ledger)
     entries, part = split_first(entries, 2, "R1")
     assert part == Part(1, 3, "R1", "R1__part2", ["c", "d", "e"], ["a", "b"])
@@ -110,7 +110,7 @@ def test_a_table_over_the_map_limit_continues_in_follow_up_runs_each_row_in_one_
 
 
 def test_a_table_within_the_map_limit_is_one_part(tmp_path: Path) -> None:
-    from talking_heads.continuation import split_first
+    from talking_heads.table.continuation import split_first
 
     entries, part = split_first(plan_run(_frame("a", "b"), RowLedger(str(tmp_path))), 2, "R1")
     assert (part.parts, part.next_run_id, part.later, part.note()) == (1, None, [], "")
@@ -120,7 +120,7 @@ def test_a_table_within_the_map_limit_is_one_part(tmp_path: Path) -> None:
 def test_the_plan_log_names_connections_of_one_account(monkeypatch: pytest.MonkeyPatch) -> None:
     import json
 
-    from talking_heads.tasks import log_shared_accounts
+    from talking_heads.orchestration.task_bodies import log_shared_accounts
 
     def conn(key: str, account: str | None = None) -> str:
         extra = {"account": account} if account else {}
@@ -149,7 +149,7 @@ def test_the_plan_log_names_connections_of_one_account(monkeypatch: pytest.Monke
 
 def test_rows_are_spread_round_robin_over_the_connections(tmp_path: Path) -> None:
     ledger = RowLedger(str(tmp_path))
-    ledger.put(RowState("done", "succeeded", model="emo-v1", task_id="t1", video_uri="file:///v.mp4", run_id="r0"))
+    ledger.put(RowRecord("done", "succeeded", model="emo-v1", task_id="t1", video_uri="file:///v.mp4", run_id="r0"))
     plan = plan_run(_frame("r0", "done", "r1", "r2", "r3", "r4"), ledger)
     spread = assign_connections(plan, ["key_a", "key_b", " key_a ", ""])  # duplicates and blanks dropped
     assert [w.conn_id for w in spread] == ["key_a", "key_b", "key_a", "key_b", "key_a"]

@@ -13,13 +13,15 @@ from typing import Any
 import pytest
 from airflow.sdk.exceptions import AirflowSkipException
 from dashscope_provider.hooks.dashscope import DashScopeHook
-from talking_heads.ledger import RowLedger
-from talking_heads.lifecycle import outcome_of, plan_row, submit_row
-from talking_heads.media import MediaSigner
-from talking_heads.outcomes import build_outcomes, summarize
-from talking_heads.payloads import PlanEntry, WorkItem
-from talking_heads.run_summary import summary_line
-from talking_heads.validation import RowRequest
+from talking_heads.reporting.outcome_table import build_outcomes, summarize
+from talking_heads.reporting.run_summary import summary_line
+from talking_heads.row.decide import plan_row
+from talking_heads.row.ledger import RowLedger
+from talking_heads.row.media import MediaSigner
+from talking_heads.row.outcome import outcome_of
+from talking_heads.row.payloads import PlanEntry, WorkItem
+from talking_heads.row.submit import submit_row
+from talking_heads.table.validation import RowRequest
 
 from tests.unit.conftest import CONN_ID, KEY, conn_json, is_submit
 
@@ -74,11 +76,11 @@ def test_a_used_up_free_quota_stops_the_runs_submits_and_a_later_run_takes_the_r
 
 
 def test_the_summary_counts_the_429s_the_submits_waited_out(tmp_path: Path) -> None:
-    from talking_heads.lifecycle import RowState
+    from talking_heads.row.states import RowRecord
 
     ledger = RowLedger(str(tmp_path))
-    ledger.put(RowState("a", "submitted", task_id="t1", throttled=3))
-    ledger.put(RowState("b", "submitted", task_id="t2", throttled=2))
+    ledger.put(RowRecord("a", "submitted", task_id="t1", throttled=3))
+    ledger.put(RowRecord("b", "submitted", task_id="t2", throttled=2))
     plan = [PlanEntry(row_id=r, model="emo-v1", plan="generate") for r in ("a", "b")]
     frame = build_outcomes(plan, ledger, "run-1")
     summary = summarize(frame, ledger.layout, "file:///o.csv")

@@ -17,12 +17,16 @@ from typing import Any
 import pytest
 from airflow.sdk.exceptions import AirflowFailException
 from dashscope_provider.hooks.dashscope import DashScopeHook
-from talking_heads import reconcile
-from talking_heads.ledger import RowLedger
-from talking_heads.lifecycle import RowState, outcome_of, plan_row, record_task_end, submit_row
-from talking_heads.media import MediaSigner
-from talking_heads.payloads import Submission, WorkItem
-from talking_heads.validation import RowRequest
+from talking_heads.row import reconcile
+from talking_heads.row.decide import plan_row
+from talking_heads.row.ledger import RowLedger
+from talking_heads.row.media import MediaSigner
+from talking_heads.row.outcome import outcome_of
+from talking_heads.row.payloads import Submission, WorkItem
+from talking_heads.row.states import RowRecord
+from talking_heads.row.submit import submit_row
+from talking_heads.row.wait import record_task_end
+from talking_heads.table.validation import RowRequest
 
 from tests.unit.conftest import CONN_ID, KEY, SAME_ACCOUNT_KEY, submit_as
 
@@ -74,7 +78,7 @@ def test_a_lost_answer_is_adopted_then_waited_on_and_billed_once(
     assert submission == Submission("lost", task["task_id"], CONN_ID)
     state = ledger.get("lost")
     assert state is not None
-    assert (state.state, state.task_id, state.reconciled, state.candidates) == (
+    assert (state.status, state.task_id, state.reconciled, state.candidates) == (
         "submitted",
         task["task_id"],
         True,
@@ -125,7 +129,7 @@ def test_two_uncertain_rows_with_overlapping_windows_and_two_unclaimed_tasks_bot
     assert set(errors) == {"a", "b"} and all(isinstance(e, AirflowFailException) for e in errors.values())
     for row_id in ("a", "b"):
         state = ledger.get(row_id)
-        assert state is not None and state.state == "uncertain" and state.task_id is None
+        assert state is not None and state.status == "uncertain" and state.task_id is None
         assert sorted(state.candidates or ()) == tasks
         outcome = outcome_of(state, "run-1")
         assert outcome["code"] == "SubmissionUncertain"
@@ -151,7 +155,7 @@ def test_another_programs_task_in_the_window_is_never_adopted(
         _submit(ledger, "row", emoji_input)
     own = next(t["task_id"] for t in account_emulator.tasks() if t["task_id"] != foreign)
     state = ledger.get("row")
-    assert state is not None and state.state == "uncertain"
+    assert state is not None and state.status == "uncertain"
     assert sorted(state.candidates or ()) == sorted([own, foreign])
     assert foreign in str(info.value) and own in str(info.value)
     message = outcome_of(state, "run-1")["message"]
@@ -167,7 +171,7 @@ def test_another_programs_task_in_the_window_is_never_adopted(
     submission = _submit(ledger, "row", emoji_input, resubmit=True)
     assert submission.task_id not in (own, foreign)
     state = ledger.get("row")
-    assert state is not None and state.state == "submitted" and state.resubmitted
+    assert state is not None and state.status == "submitted" and state.resubmitted
     message = outcome_of(state, "run-1")["message"]
     assert "possible double charge" in message and own in message and foreign in message
     assert len(account_emulator.tasks()) == 3
@@ -185,7 +189,7 @@ def test_rows_of_one_run_share_one_listing(
         _other_program_submits(account_emulator, emoji_input)
         lost = datetime.now(UTC).isoformat()
         record = dict(model="emoji-v1", conn_id=CONN_ID, intent_at=intent, lost_at=lost)
-        ledger.put(RowState(row_id, "uncertain", code="SubmissionUncertain", **record))
+        ledger.put(RowRecord(row_id, "uncertain", code="SubmissionUncertain", **record))
         time.sleep(3)
     tasks = [t["task_id"] for t in account_emulator.tasks()]
     assert [_submit(ledger, r, emoji_input).task_id for r in ("first", "second")] == tasks
@@ -198,7 +202,7 @@ def test_after_24_hours_a_lost_submission_is_no_longer_looked_up(
     ledger = RowLedger(str(tmp_path))
     long_ago = datetime.now(UTC) - timedelta(hours=25)
     record = dict(model="emoji-v1", conn_id=CONN_ID, intent_at=long_ago.isoformat(), lost_at=long_ago.isoformat())
-    state = ledger.put(RowState("old", "uncertain", code="SubmissionUncertain", **record))
+    state = ledger.put(RowRecord("old", "uncertain", code="SubmissionUncertain", **record))
     settled = plan_row(state, resubmit_uncertain=False)
     assert settled is not None and settled["code"] == "SubmissionUncertain"
     assert "more than 24 h ago" in settled["message"]
@@ -207,7 +211,7 @@ def test_after_24_hours_a_lost_submission_is_no_longer_looked_up(
         _submit(ledger, "old", emoji_input)
     assert _lists(account_emulator) == [] and account_emulator.tasks() == []
     # A record without any submit time can't be looked up: settled by the plan as before.
-    bare = RowState("bare", "uncertain", model="emoji-v1")
+    bare = RowRecord("bare", "uncertain", model="emoji-v1")
     assert plan_row(bare, resubmit_uncertain=False)["code"] == "SubmissionUncertain"  # type: ignore[index]
 
 
@@ -215,7 +219,7 @@ def test_the_cost_report_counts_reconciled_rows_and_rows_still_uncertain_with_th
     tmp_path: Path,
 ) -> None:
     import pandas as pd
-    from talking_heads.report import build_report, write_report
+    from talking_heads.reporting.report import build_report, write_report
 
     common = {"model": "emo-v1", "video_ratio": "1:1", "dashscope_conn_id": CONN_ID}
     run_1 = [
@@ -241,13 +245,13 @@ def test_the_cost_report_counts_reconciled_rows_and_rows_still_uncertain_with_th
 
 
 def test_a_row_whose_task_was_found_meanwhile_is_returned_not_looked_up_again(tmp_path: Path) -> None:
-    from talking_heads.lifecycle import reconcile_row
+    from talking_heads.row.submit import reconcile_row
 
     def no_hook(conn_id: str) -> DashScopeHook:
         raise AssertionError("nothing is listed for a row that is no longer uncertain")
 
     ledger = RowLedger(str(tmp_path))
     # Another try or run adopted (or got the answer for) the row between this step's loss and its look.
-    ledger.put(RowState("found", "submitted", model="emo-v1", conn_id="other_conn", task_id="t-1", reconciled=True))
+    ledger.put(RowRecord("found", "submitted", model="emo-v1", conn_id="other_conn", task_id="t-1", reconciled=True))
     assert reconcile_row(ledger, "found", no_hook, CONN_ID, LOG) == Submission("found", "t-1", "other_conn")
     assert reconcile_row(ledger, "never", no_hook, CONN_ID, LOG) is None

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from talking_heads.report import build_report, read_outcomes, write_report
+from talking_heads.reporting.report import build_report, read_outcomes, write_report
 
 
 def _outcomes(root: Path, run: str, rows: list[dict]) -> None:
@@ -98,7 +98,7 @@ def test_empty_root_gives_an_empty_report(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("source", ["env-json", "env-file", "variable-json", "variable-file"])
 def test_user_prices_from_env_variable_or_file(source: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from talking_heads.costs import PRICE_OVERRIDE_ENV, cost_of, load_prices
+    from talking_heads.reporting.costs import PRICE_OVERRIDE_ENV, cost_of, load_prices
 
     text = '{"emoji-v1/standard": [0.01, 0.07]}'
     price_file = tmp_path / "prices.json"
@@ -115,7 +115,7 @@ def test_user_prices_from_env_variable_or_file(source: str, tmp_path: Path, monk
 
 
 def test_no_user_price_leaves_emoji_cost_unknown(monkeypatch: pytest.MonkeyPatch) -> None:
-    from talking_heads.costs import PRICE_OVERRIDE_ENV, cost_of, load_prices
+    from talking_heads.reporting.costs import PRICE_OVERRIDE_ENV, cost_of, load_prices
 
     monkeypatch.delenv(PRICE_OVERRIDE_ENV, raising=False)
     monkeypatch.delenv("AIRFLOW_VAR_DASHSCOPE_PRICES", raising=False)

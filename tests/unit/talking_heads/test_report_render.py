@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from talking_heads.report import write_report
+from talking_heads.reporting.report import write_report
 
 from tests.unit.talking_heads.test_report import _outcomes
 

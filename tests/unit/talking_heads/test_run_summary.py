@@ -10,10 +10,10 @@ from typing import Any
 
 import pandas as pd
 import pytest
-from talking_heads.outcomes import outcome_detail
 from talking_heads.progress import Progress
-from talking_heads.report import seconds_decimals
-from talking_heads.run_summary import set_run_note, summary_line
+from talking_heads.reporting.outcome_table import outcome_detail
+from talking_heads.reporting.report import seconds_decimals
+from talking_heads.reporting.run_summary import set_run_note, summary_line
 
 from tests.harness.services import QuietHandler, send_json, serve_http
 

@@ -12,7 +12,7 @@ from airflow.triggers.base import TaskSuccessEvent, TriggerEvent
 
 pytestmark = pytest.mark.usefixtures("no_key_in_logs", "quick_retries")
 
-CLASSPATH = "talking_heads.triggers.RowTaskTrigger"
+CLASSPATH = "talking_heads.orchestration.triggers.RowTaskTrigger"
 
 
 @pytest.fixture
@@ -36,14 +36,14 @@ def run_trigger(trigger: Any, limit: float = 30.0) -> list[TriggerEvent]:
 
 def _submitted(output_root: Path, row_id: str, task_id: str, conn_id: str) -> None:
     """The ledger as the submit step leaves it."""
-    from talking_heads.ledger import RowLedger
-    from talking_heads.lifecycle import RowState
+    from talking_heads.row.ledger import RowLedger
+    from talking_heads.row.states import RowRecord
 
-    RowLedger(str(output_root)).put(RowState(row_id=row_id, state="submitted", task_id=task_id, conn_id=conn_id))
+    RowLedger(str(output_root)).put(RowRecord(row_id=row_id, status="submitted", task_id=task_id, conn_id=conn_id))
 
 
 def _trigger(task_id: str, conn_id: str, output_root: Path | str, row_id: str = "r-1") -> Any:
-    from talking_heads.triggers import RowTaskTrigger
+    from talking_heads.orchestration.triggers import RowTaskTrigger
 
     return RowTaskTrigger(task_id, conn_id, poll_interval=0.05, row_id=row_id, output_root=str(output_root))
 
@@ -62,7 +62,7 @@ def test_serialize_round_trip_names_an_importable_class() -> None:
 def test_a_succeeded_task_is_recorded_and_ends_the_wait_with_its_result(
     dashscope_conn: str, make_hook: Any, emo_input: dict[str, Any], tmp_path: Path
 ) -> None:
-    from talking_heads.ledger import RowLedger
+    from talking_heads.row.ledger import RowLedger
 
     task_id = make_hook().submit_task("emo-v1", emo_input).task_id
     _submitted(tmp_path, "r-1", task_id, dashscope_conn)
@@ -71,7 +71,7 @@ def test_a_succeeded_task_is_recorded_and_ends_the_wait_with_its_result(
     assert isinstance(event, TaskSuccessEvent)
     result = event.xcoms["return_value"]  # type: ignore[index]
     state = RowLedger(str(tmp_path)).get("r-1")
-    assert state is not None and (state.state, state.billed, state.task_id) == ("generated", True, task_id)
+    assert state is not None and (state.status, state.billed, state.task_id) == ("generated", True, task_id)
     assert state.video_url  # the signed URL is in the ledger ...
     assert result == {
         "row_id": "r-1",
@@ -88,8 +88,8 @@ def test_a_failed_task_is_recorded_failed_and_resumes_the_wait_to_fail_without_r
     dashscope_conn: str, make_hook: Any, emo_input: dict[str, Any], tmp_path: Path
 ) -> None:
     from airflow.sdk.exceptions import AirflowFailException
-    from talking_heads.ledger import RowLedger
-    from talking_heads.operators import WaitRowOperator
+    from talking_heads.orchestration.operators import WaitRowOperator
+    from talking_heads.row.ledger import RowLedger
 
     bad = {**emo_input, "image_url": emo_input["image_url"] + "?emulator_error=InvalidFile.Content"}
     task_id = make_hook().submit_task("emo-v1", bad).task_id
@@ -99,7 +99,7 @@ def test_a_failed_task_is_recorded_failed_and_resumes_the_wait_to_fail_without_r
     assert not isinstance(event, TaskSuccessEvent)  # a TaskFailedEvent would be retried while retries are left
     assert event.payload["status"] == "failed"
     state = RowLedger(str(tmp_path)).get("r-1")
-    assert state is not None and (state.state, state.code, state.billed) == ("failed", "InvalidFile.Content", False)
+    assert state is not None and (state.status, state.code, state.billed) == ("failed", "InvalidFile.Content", False)
     assert state.message
 
     wait = WaitRowOperator(
@@ -109,7 +109,7 @@ def test_a_failed_task_is_recorded_failed_and_resumes_the_wait_to_fail_without_r
     )
     with pytest.raises(AirflowFailException, match=r"InvalidFile\.Content"):
         wait.execute_complete({}, event.payload)  # type: ignore[arg-type]
-    assert RowLedger(str(tmp_path)).get("r-1").state == "failed"  # type: ignore[union-attr]
+    assert RowLedger(str(tmp_path)).get("r-1").status == "failed"  # type: ignore[union-attr]
 
 
 def test_a_ledger_it_cannot_write_leaves_the_recording_to_the_resumed_wait(
@@ -127,8 +127,8 @@ def test_the_wait_defers_to_the_row_trigger(
     dashscope_conn: str, make_hook: Any, emo_input: dict[str, Any], tmp_path: Path
 ) -> None:
     from airflow.sdk.exceptions import TaskDeferred
-    from talking_heads.operators import WaitRowOperator
-    from talking_heads.triggers import RowTaskTrigger
+    from talking_heads.orchestration.operators import WaitRowOperator
+    from talking_heads.orchestration.triggers import RowTaskTrigger
 
     task_id = make_hook().submit_task("emo-v1", emo_input).task_id
     wait = WaitRowOperator(
@@ -147,11 +147,11 @@ def test_the_wait_defers_to_the_row_trigger(
 
 def test_the_download_reads_the_xcom_of_a_wait_its_trigger_ended(monkeypatch: pytest.MonkeyPatch) -> None:
     """Airflow 3.3.2 stores a TaskSuccessEvent's XCom JSON-encoded once more; the Task SDK reads a string."""
-    from talking_heads import lifecycle
-    from talking_heads.operators import DownloadRowOperator
+    from talking_heads.orchestration.operators import DownloadRowOperator
+    from talking_heads.row import store
 
     seen: list[Any] = []
-    monkeypatch.setattr(lifecycle, "store_row", lambda ledger, result, **kwargs: seen.append(result) or {})
+    monkeypatch.setattr(store, "store_row", lambda ledger, result, **kwargs: seen.append(result) or {})
     result = {"row_id": "r-1", "task_id": "t-1", "video_duration": 5.3, "video_ratio": "1:1"}
     download = DownloadRowOperator(task_id="download", result=json.dumps(result), output_root="/tmp/x")
     download.execute({"run_id": "run-1"})  # type: ignore[arg-type]

@@ -6,7 +6,7 @@ import json
 
 import pandas as pd
 import pytest
-from talking_heads.validation import validate_frame, validate_records, video_ratio_of
+from talking_heads.table.validation import validate_frame, validate_records, video_ratio_of
 
 GOOD_EMO = {
     "row_id": "r1",

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 from talking_heads.storage import OutputLayout, as_storage_path
-from talking_heads.validation import RowRequest
+from talking_heads.table.validation import RowRequest
 
 #: How long a presigned media URL stays valid by default: the service fetches media when the task runs,
 #: after it waited in the account's queue (one task at a time), which for a long table takes hours.

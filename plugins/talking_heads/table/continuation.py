@@ -23,7 +23,7 @@ import math
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from talking_heads.payloads import PlanEntry
+from talking_heads.row.payloads import PlanEntry
 
 #: The ``dag_run.conf`` key a follow-up run carries: ``{"run_id": <the previous part's run id>}``.
 CONF_KEY = "talking_heads_continues"

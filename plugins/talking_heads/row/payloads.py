@@ -9,10 +9,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from talking_heads.validation import RowRequest
+from talking_heads.table.validation import RowRequest
 
 if TYPE_CHECKING:
-    from talking_heads.lifecycle import RowState
+    from talking_heads.row.states import RowRecord
 
 
 @dataclass(frozen=True)
@@ -105,7 +105,7 @@ class WaitResult:
     video_ratio: str | None = None
 
     @classmethod
-    def of(cls, state: RowState) -> WaitResult:
+    def of(cls, state: RowRecord) -> WaitResult:
         return cls(state.row_id, state.task_id or "", state.video_duration, state.video_ratio)
 
     def to_dict(self) -> dict[str, Any]:

@@ -1,6 +1,6 @@
-"""A row's recorded states, the moves allowed between them, and the record itself (:class:`RowState`).
+"""A row's recorded states, the moves allowed between them, and the record itself (:class:`RowRecord`).
 
-The table of what each step does in each state is :mod:`talking_heads.lifecycle`'s docstring.
+The table of what each step does in each state is :mod:`talking_heads.row`'s docstring.
 """
 
 from __future__ import annotations
@@ -22,17 +22,18 @@ class RowStatus(StrEnum):
     FAILED = "failed"
 
 
-S = RowStatus
 #: Every move a row may make. A submit starts from nothing, a refused or unbilled failure, or (on
 #: purpose) an uncertain one; the wait may see the end of a task whatever an overlapping writer left;
 #: a succeeded row never moves again.
 TRANSITIONS: dict[RowStatus, frozenset[RowStatus]] = {
-    S.SUBMITTING: frozenset({S.SUBMITTING, S.UNCERTAIN, S.SUBMITTED, S.FAILED}),
-    S.UNCERTAIN: frozenset({S.UNCERTAIN, S.SUBMITTING, S.SUBMITTED, S.GENERATED, S.FAILED}),
-    S.SUBMITTED: frozenset({S.SUBMITTING, S.GENERATED, S.FAILED}),
-    S.GENERATED: frozenset({S.GENERATED, S.SUCCEEDED, S.FAILED}),
-    S.SUCCEEDED: frozenset(),
-    S.FAILED: frozenset({S.SUBMITTING, S.GENERATED, S.FAILED}),
+    RowStatus.SUBMITTING: frozenset({RowStatus.SUBMITTING, RowStatus.UNCERTAIN, RowStatus.SUBMITTED, RowStatus.FAILED}),
+    RowStatus.UNCERTAIN: frozenset(
+        {RowStatus.UNCERTAIN, RowStatus.SUBMITTING, RowStatus.SUBMITTED, RowStatus.GENERATED, RowStatus.FAILED}
+    ),
+    RowStatus.SUBMITTED: frozenset({RowStatus.SUBMITTING, RowStatus.GENERATED, RowStatus.FAILED}),
+    RowStatus.GENERATED: frozenset({RowStatus.GENERATED, RowStatus.SUCCEEDED, RowStatus.FAILED}),
+    RowStatus.SUCCEEDED: frozenset(),
+    RowStatus.FAILED: frozenset({RowStatus.SUBMITTING, RowStatus.GENERATED, RowStatus.FAILED}),
 }
 
 
@@ -64,11 +65,12 @@ def now_iso() -> str:
 
 
 @dataclass(frozen=True)
-class RowState:
+class RowRecord:
     """The recorded progress of one row (the ledger's record; JSON-serialisable)."""
 
     row_id: str
-    state: RowStatus
+    #: Where the row is; stored under the JSON key ``state`` (the ledger's on-disk format).
+    status: RowStatus
     model: str = ""
     fingerprint: str = ""
     #: The connection (API key) the task was submitted with: only that key can query it.
@@ -89,7 +91,7 @@ class RowState:
     detection: dict[str, Any] | None = None
     #: When the last submit intent was written and its answer seen lost (ISO, UTC); the unclaimed tasks of
     #: that window (None: never looked), whether one was adopted, whether it was sent again (may pay twice).
-    #: See :mod:`talking_heads.reconcile`.
+    #: See :mod:`talking_heads.row.reconcile`.
     intent_at: str | None = None
     lost_at: str | None = None
     candidates: tuple[str, ...] | None = None
@@ -107,44 +109,38 @@ class RowState:
     revision: int = 0
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "state", RowStatus(self.state))
+        object.__setattr__(self, "status", RowStatus(self.status))
 
-    def advance(self, state: RowStatus, **changes: Any) -> RowState:
-        """A copy in a new state; the history keeps every state the row went through, with when."""
-        if state not in TRANSITIONS[self.state]:
-            raise RowTransitionError(f"row {self.row_id}: {self.state} -> {state} is not an allowed move")
-        entry = f"{now_iso()} {self.state}->{state}" + (f" task={self.task_id}" if self.task_id else "")
+    def advance(self, status: RowStatus, **changes: Any) -> RowRecord:
+        """A copy in a new status; the history keeps every status the row went through, with when."""
+        if status not in TRANSITIONS[self.status]:
+            raise RowTransitionError(f"row {self.row_id}: {self.status} -> {status} is not an allowed move")
+        entry = f"{now_iso()} {self.status}->{status}" + (f" task={self.task_id}" if self.task_id else "")
         return replace(
             self,
-            state=state,
+            status=status,
             updated_at=now_iso(),
             history=(*self.history, entry),
             revision=self.revision + 1,
             **changes,
         )
 
-    def lose(self, message: str | None) -> RowState:
+    def lose(self, message: str | None) -> RowRecord:
         """A copy ``uncertain``: the submit answer was lost, seen now (a task may exist)."""
-        return self.advance(S.UNCERTAIN, code=OutcomeCode.SUBMISSION_UNCERTAIN, message=message, lost_at=now_iso())
+        return self.advance(
+            RowStatus.UNCERTAIN, code=OutcomeCode.SUBMISSION_UNCERTAIN, message=message, lost_at=now_iso()
+        )
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
-        data["state"] = str(self.state)
+        data["state"] = str(data.pop("status"))
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> RowState:
+    def from_dict(cls, data: dict[str, Any]) -> RowRecord:
+        data = {("status" if k == "state" else k): v for k, v in data.items()}
         data = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         data["history"] = tuple(data.get("history", ()))
         if data.get("candidates") is not None:
             data["candidates"] = tuple(data["candidates"])
         return cls(**data)
-
-
-class LedgerConflict(Exception):
-    """Another writer moved the row first; ``current`` is the row's newer record (decide again from it)."""
-
-    def __init__(self, row_id: str, current: RowState) -> None:
-        super().__init__(f"row {row_id} was moved by another writer to {current.state} (revision {current.revision})")
-        self.row_id = row_id
-        self.current = current

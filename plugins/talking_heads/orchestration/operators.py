@@ -1,4 +1,4 @@
-"""The row steps of ``talking_heads`` as Airflow operators: thin glue around :mod:`talking_heads.lifecycle`.
+"""The row steps of ``talking_heads`` as Airflow operators: thin glue around :mod:`talking_heads.row`.
 
 Each operator reads its typed payload from XCom, builds the provider's hook or transfer, and calls the
 life-cycle function of its step, which records the row's progress in its ledger as soon as it is known.
@@ -17,12 +17,12 @@ from dashscope_provider.exceptions import DashScopeError
 from dashscope_provider.links import DashScopeTaskLink
 from dashscope_provider.triggers.dashscope import DEFAULT_CONN_ID, task_from_event
 
-from talking_heads import lifecycle
-from talking_heads.ledger import RowLedger
-from talking_heads.links import CostReportLink, OutcomeTableLink, StoredVideoLink
-from talking_heads.media import DEFAULT_MEDIA_URL_TTL_SECONDS, MediaSigner
-from talking_heads.payloads import Submission, WaitResult, WorkItem
-from talking_heads.triggers import RowTaskTrigger
+from talking_heads.orchestration.links import CostReportLink, OutcomeTableLink, StoredVideoLink
+from talking_heads.orchestration.triggers import RowTaskTrigger
+from talking_heads.row import store, submit, wait
+from talking_heads.row.ledger import RowLedger
+from talking_heads.row.media import DEFAULT_MEDIA_URL_TTL_SECONDS, MediaSigner
+from talking_heads.row.payloads import Submission, WaitResult, WorkItem
 
 if TYPE_CHECKING:
     from dashscope_provider.hooks.dashscope import DashScopeHook
@@ -74,9 +74,9 @@ class _RowStep(BaseOperator):
 
 
 class SubmitRowOperator(_RowStep):
-    """Submit one table row, at most once (see :func:`talking_heads.lifecycle.submit_row`).
+    """Submit one table row, at most once (see :func:`talking_heads.row.submit.submit_row`).
 
-    :param row: the row's :class:`~talking_heads.payloads.WorkItem` as a dict (its validated request and
+    :param row: the row's :class:`~talking_heads.row.payloads.WorkItem` as a dict (its validated request and
         the ``conn_id`` the plan chose for it, which wins over ``dashscope_conn_id``).
     :param resubmit_uncertain: submit rows whose earlier answer was lost (may pay twice: on purpose).
     :param media_url_ttl: seconds the presigned URLs of store and local media stay valid (templated): long
@@ -100,7 +100,7 @@ class SubmitRowOperator(_RowStep):
 
     def execute(self, context: Context) -> dict[str, Any]:
         ledger = self.ledger()
-        submission = lifecycle.submit_row(
+        submission = submit.submit_row(
             ledger,
             WorkItem.from_dict(self.row),
             signer=MediaSigner(ledger.layout, self.storage_conn_id or None, int(float(self.media_url_ttl))),
@@ -115,15 +115,15 @@ class SubmitRowOperator(_RowStep):
 
 
 class WaitRowOperator(_RowStep):
-    """Wait for a row's task and record how it ended (see :func:`talking_heads.lifecycle.record_task_end`).
+    """Wait for a row's task and record how it ended (see :func:`talking_heads.row.wait.record_task_end`).
 
     Deferred by default: unless the ledger already has the task's end, the wait moves at once to the
-    triggerer (:class:`~talking_heads.triggers.RowTaskTrigger`) and holds no worker slot. When the task
+    triggerer (:class:`~talking_heads.orchestration.triggers.RowTaskTrigger`) and holds no worker slot. When the task
     succeeds the trigger records it and ends the wait itself, with the same XCom: no task process resumes
     it. A failed task, a timeout or an error resume the wait in :meth:`execute_complete`, which raises as
     before.
 
-    :param submission: the submit step's :class:`~talking_heads.payloads.Submission` as a dict; its
+    :param submission: the submit step's :class:`~talking_heads.row.payloads.Submission` as a dict; its
         ``conn_id`` (the key that created the task, the only one that can query it) is used to poll.
     :param poll_interval: seconds between status queries (templated; a rendered string is accepted).
     :param deferrable: wait in the triggerer instead of polling from the worker; by default Airflow's
@@ -159,14 +159,14 @@ class WaitRowOperator(_RowStep):
         submission = self._submission()
         DashScopeTaskLink.persist(context, submission.task_id, self._conn_id(submission))
         ledger = self.ledger()
-        if (done := lifecycle.finished_result(ledger, submission)) is not None:
+        if (done := wait.finished_result(ledger, submission)) is not None:
             self.log.info("Task %s already finished; not polling again", submission.task_id)
             return done.to_dict()
         interval = float(self.poll_interval)
         if not self.deferrable:
             hook = self.hook_for(self._conn_id(submission))
-            task = lifecycle.poll_until_done(hook, submission.task_id, interval=interval, timeout=self.timeout)
-            return lifecycle.record_task_end(ledger, submission, task).to_dict()
+            task = wait.poll_until_done(hook, submission.task_id, interval=interval, timeout=self.timeout)
+            return wait.record_task_end(ledger, submission, task).to_dict()
         # No status query here: the trigger's first poll is that query, and a task already finished ends in
         # the triggerer just the same. Querying here would cost this task process the hook's import, a
         # connection lookup and a call, for a wait that (with real tasks of minutes) defers anyway.
@@ -197,11 +197,11 @@ class WaitRowOperator(_RowStep):
         submission = self._submission()
         if not isinstance(event, dict):
             # The trigger ended the task and recorded its end: the ledger has the result it pushed.
-            if (done := lifecycle.finished_result(self.ledger(), submission)) is None:
+            if (done := wait.finished_result(self.ledger(), submission)) is None:
                 raise DashScopeError(f"row {submission.row_id}: the wait ended ({event}) but nothing is recorded")
             return done.to_dict()
         task = task_from_event(event, submission.task_id)
-        return lifecycle.record_task_end(self.ledger(), submission, task).to_dict()
+        return wait.record_task_end(self.ledger(), submission, task).to_dict()
 
     def on_kill(self) -> None:
         # A PENDING task has cost nothing yet; cancel it so a killed wait does not leave it queued.
@@ -212,9 +212,9 @@ class WaitRowOperator(_RowStep):
 
 class DownloadRowOperator(_RowStep):
     """Copy a row's result video to ``{output_root}/videos/{row_id}.mp4`` and record it
-    (see :func:`talking_heads.lifecycle.store_row`).
+    (see :func:`talking_heads.row.store.store_row`).
 
-    :param result: the wait step's :class:`~talking_heads.payloads.WaitResult` as a dict.
+    :param result: the wait step's :class:`~talking_heads.row.payloads.WaitResult` as a dict.
     """
 
     template_fields: Sequence[str] = (*_RowStep.template_fields, "result")
@@ -236,7 +236,7 @@ class DownloadRowOperator(_RowStep):
             # once more (XComModel.set(serialize=True) in handle_event_submit) and the Task SDK reads that
             # string back as is. Parsed here, before the map index ({{ task.result.row_id }}) is rendered again.
             self.result = json.loads(self.result)
-        return lifecycle.store_row(
+        return store.store_row(
             self.ledger(),
             WaitResult.from_dict(self.result),
             run_id=context["run_id"],
@@ -246,8 +246,8 @@ class DownloadRowOperator(_RowStep):
 
 
 class RecordOutcomesOperator(BaseOperator):
-    """The outcome step: one outcome line per input row, the run's note and summary
-    (see :func:`talking_heads.tasks.record_outcomes`); links to the outcome table and the cost report.
+    """The outcome step: one outcome line per input row, the run's note and summary (see
+    :func:`talking_heads.orchestration.task_bodies.record_outcomes`); links to the outcome table and the cost report.
 
     :param storage_conn_id: Airflow connection of the store under ``output_root``, to presign the links.
     """
@@ -260,13 +260,13 @@ class RecordOutcomesOperator(BaseOperator):
         self.storage_conn_id = storage_conn_id
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from talking_heads.tasks import record_outcomes  # pandas: not at parse time
+        from talking_heads.orchestration.task_bodies import record_outcomes  # pandas: not at parse time
 
         return record_outcomes(context, assets=self.outlets)
 
 
 class ContinueRunOperator(BaseOperator):
-    """Trigger the follow-up run of a table larger than one run maps (see :mod:`talking_heads.continuation`).
+    """Trigger the follow-up run of a table larger than one run maps (see :mod:`talking_heads.table.continuation`).
 
     Reads the part's bookkeeping from the run's plan file; does nothing when the run took the whole table.
     The follow-up run is this DAG with the same params plus the continuation key; ``max_active_runs=1``
@@ -289,7 +289,7 @@ class ContinueRunOperator(BaseOperator):
     def execute(self, context: Context) -> None:
         from airflow.sdk.exceptions import DagRunTriggerException
 
-        from talking_heads.continuation import CONF_KEY, Part
+        from talking_heads.table.continuation import CONF_KEY, Part
 
         params, run_id = context["params"], context["run_id"]
         plan = RowLedger(params["output_root"], self.storage_conn_id or None).layout.plan(run_id)

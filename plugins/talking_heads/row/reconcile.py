@@ -16,7 +16,7 @@ The rule (:func:`decide`), never a guess:
 The service keeps tasks 24 h (:data:`TASK_LIFETIME`): a row whose intent is older is not looked up.
 Listings are kept a few minutes (:class:`ListingCache`), so rows of one run whose windows are covered by
 one listing share it instead of each spending a call of the account's 20 per second. What a verdict
-does to the row is :func:`talking_heads.lifecycle.reconcile_row`'s business.
+does to the row is :func:`talking_heads.row.submit.reconcile_row`'s business.
 """
 
 from __future__ import annotations
@@ -30,14 +30,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from talking_heads.media import redact
+from talking_heads.row.media import redact
 
 if TYPE_CHECKING:
     from dashscope_provider.hooks.dashscope import DashScopeHook
     from dashscope_provider.models import ListedTask
 
-    from talking_heads.ledger import RowLedger
-    from talking_heads.lifecycle import RowState
+    from talking_heads.row.ledger import RowLedger
+    from talking_heads.row.states import RowRecord
 
 #: How far this machine's clock may be from the service's: each window is widened by it on both sides.
 CLOCK_SKEW = timedelta(seconds=60)
@@ -93,7 +93,7 @@ def lost_answer_message(detail: str | None = None) -> str:
     )
 
 
-def settle_uncertain(state: RowState, now: datetime, code: str) -> dict[str, Any] | None:
+def settle_uncertain(state: RowRecord, now: datetime, code: str) -> dict[str, Any] | None:
     """What the plan does with a lost submission: None (generate: the submit step looks for its task) while
     it can be looked up, else its final outcome (no submit time recorded, or more than 24 h ago)."""
     if intent_time(state) is None:
@@ -117,7 +117,7 @@ def uncertain_message(found: str, owner: str | None = None) -> str:
     )
 
 
-def double_charge_note(state: RowState) -> str:
+def double_charge_note(state: RowRecord) -> str:
     """What the outcome of a row submitted again after a lost answer (``resubmit_uncertain``) says."""
     named = f" (candidates: {', '.join(state.candidates)})" if state.candidates else ""
     return (
@@ -133,12 +133,12 @@ EXPIRED = (
 )
 
 
-def with_notes(state: RowState, outcome: dict[str, Any]) -> dict[str, Any]:
+def with_notes(state: RowRecord, outcome: dict[str, Any]) -> dict[str, Any]:
     """An outcome with what reconciliation did to the row: the ``candidates`` of a row still uncertain,
     ``reconciled`` (its task was adopted from the task list), the possible double charge of a row submitted
     again after a lost answer."""
     notes = [outcome.get("message")]
-    if state.state in _OPEN:
+    if state.status in _OPEN:
         outcome["candidates"] = " ".join(state.candidates or ()) or None
     if state.reconciled:
         outcome["reconciled"] = True
@@ -159,7 +159,7 @@ def _parse(text: str | None) -> datetime | None:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-def intent_time(state: RowState) -> datetime | None:
+def intent_time(state: RowRecord) -> datetime | None:
     """When the row's last submit intent was written: ``intent_at``, else its history's last ``->submitting``."""
     if (recorded := _parse(state.intent_at)) is not None:
         return recorded
@@ -170,22 +170,22 @@ def intent_time(state: RowState) -> datetime | None:
     return None
 
 
-def window_of(state: RowState, now: datetime) -> Window | None:
+def window_of(state: RowRecord, now: datetime) -> Window | None:
     """The row's window: intent .. loss seen (still open for a row in flight), widened by the skew."""
     start = intent_time(state)
     if start is None:
         return None
-    end = _parse(state.lost_at) or (now if state.state == "submitting" else _parse(state.updated_at)) or now
+    end = _parse(state.lost_at) or (now if state.status == "submitting" else _parse(state.updated_at)) or now
     return Window(start - CLOCK_SKEW, max(end, start) + CLOCK_SKEW)
 
 
-def too_old(state: RowState, now: datetime) -> bool:
+def too_old(state: RowRecord, now: datetime) -> bool:
     """Whether the row's intent is older than the service keeps tasks (then it cannot be looked up)."""
     start = intent_time(state)
     return start is not None and now - start > TASK_LIFETIME - CLOCK_SKEW
 
 
-def claimed_ids(states: Iterable[RowState]) -> set[str]:
+def claimed_ids(states: Iterable[RowRecord]) -> set[str]:
     """Every task id the ledger holds or held: each record's ``task_id`` and the ids in its history."""
     claimed: set[str] = set()
     for state in states:
@@ -196,7 +196,7 @@ def claimed_ids(states: Iterable[RowState]) -> set[str]:
     return claimed
 
 
-def all_states(ledger: RowLedger) -> list[RowState]:
+def all_states(ledger: RowLedger) -> list[RowRecord]:
     """Every row record under ``state/`` (one listing, then one read each)."""
     folder = ledger.layout.root / "state"
     if not folder.exists():
@@ -206,7 +206,7 @@ def all_states(ledger: RowLedger) -> list[RowState]:
 
 
 def decide(
-    state: RowState,
+    state: RowRecord,
     window: Window,
     tasks: Iterable[ListedTask],
     claimed: set[str],
@@ -279,7 +279,7 @@ CACHE = ListingCache()
 
 
 def reconcile(
-    state: RowState,
+    state: RowRecord,
     *,
     ledger: RowLedger,
     hook_for: Callable[[str], DashScopeHook],
@@ -308,10 +308,10 @@ def reconcile(
     account = hook.account
     states = all_states(ledger)
     rivals = {
-        other.row_id: (str(other.state), window_of(other, now))
+        other.row_id: (str(other.status), window_of(other, now))
         for other in states
         if other.row_id != state.row_id
-        and other.state in _OPEN
+        and other.status in _OPEN
         and other.model in (state.model, "")
         and not too_old(other, now)
         and account_of(other.conn_id) in (account, None)
@@ -329,7 +329,7 @@ def look(
     *,
     pause: bool = False,
     tries: int = 1,
-) -> tuple[RowState | None, Verdict | None]:
+) -> tuple[RowRecord | None, Verdict | None]:
     """The row's record and the :class:`Verdict` on it; no verdict when it is (no longer) ``uncertain``.
 
     ``pause``: first wait :data:`SETTLE_SECONDS` for a fresh task to show up; ``tries``: looks in all, while
@@ -340,7 +340,7 @@ def look(
         if pause or attempt:
             time.sleep(SETTLE_SECONDS)
         state = ledger.get(row_id)
-        if state is None or state.state != "uncertain":
+        if state is None or state.status != "uncertain":
             return state, None
         try:
             verdict = reconcile(state, ledger=ledger, hook_for=hook_for, default_conn_id=default_conn_id)

@@ -8,20 +8,23 @@ from typing import TYPE_CHECKING
 from airflow.sdk.exceptions import AirflowFailException
 from dashscope_provider.models import DashScopeTask, TaskStatus
 
-from talking_heads.lifecycle.states import RowState
-from talking_heads.lifecycle.states import RowStatus as S
-from talking_heads.payloads import Submission, WaitResult
+from talking_heads.row.payloads import Submission, WaitResult
+from talking_heads.row.states import RowRecord, RowStatus
 
 if TYPE_CHECKING:
     from dashscope_provider.hooks.dashscope import DashScopeHook
 
-    from talking_heads.ledger import RowLedger
+    from talking_heads.row.ledger import RowLedger
 
 
 def finished_result(ledger: RowLedger, submission: Submission) -> WaitResult | None:
     """The recorded end of the submission's task, if an earlier try already saw it (then nothing is polled)."""
     state = ledger.get(submission.row_id)
-    if state is not None and state.state in (S.GENERATED, S.SUCCEEDED) and state.task_id == submission.task_id:
+    if (
+        state is not None
+        and state.status in (RowStatus.GENERATED, RowStatus.SUCCEEDED)
+        and state.task_id == submission.task_id
+    ):
         return WaitResult.of(state)
     return None
 
@@ -33,11 +36,11 @@ def record_task_end(ledger: RowLedger, submission: Submission, task: DashScopeTa
     """
     row_id = submission.row_id
 
-    def recorded(state: RowState | None, *ends: S) -> bool:
-        return state is not None and state.task_id == task.task_id and state.state in ends
+    def recorded(state: RowRecord | None, *ends: RowStatus) -> bool:
+        return state is not None and state.task_id == task.task_id and state.status in ends
 
-    def current(state: RowState | None) -> RowState:
-        return state or RowState(row_id=row_id, state=S.SUBMITTED, task_id=task.task_id)
+    def current(state: RowRecord | None) -> RowRecord:
+        return state or RowRecord(row_id=row_id, status=RowStatus.SUBMITTED, task_id=task.task_id)
 
     if task.status == TaskStatus.SUCCEEDED:
         usage = dict(
@@ -49,7 +52,11 @@ def record_task_end(ledger: RowLedger, submission: Submission, task: DashScopeTa
         )
         state = ledger.update(
             row_id,
-            lambda cur: None if recorded(cur, S.GENERATED, S.SUCCEEDED) else current(cur).advance(S.GENERATED, **usage),
+            lambda cur: (
+                None
+                if recorded(cur, RowStatus.GENERATED, RowStatus.SUCCEEDED)
+                else current(cur).advance(RowStatus.GENERATED, **usage)
+            ),
         )
         return WaitResult.of(current(state))
     code = task.code or task.status
@@ -58,7 +65,10 @@ def record_task_end(ledger: RowLedger, submission: Submission, task: DashScopeTa
         TaskStatus.CANCELED: "the task was canceled before it ran",
     }.get(task.status, f"task ended {task.status}")
     failed = dict(task_id=task.task_id, code=code, message=message, billed=False)
-    ledger.update(row_id, lambda cur: None if recorded(cur, S.FAILED) else current(cur).advance(S.FAILED, **failed))
+    ledger.update(
+        row_id,
+        lambda cur: None if recorded(cur, RowStatus.FAILED) else current(cur).advance(RowStatus.FAILED, **failed),
+    )
     raise AirflowFailException(f"row {row_id}: task {task.task_id} ended {task.status}: {code}: {message}")
 
 

@@ -10,10 +10,10 @@ from typing import Any
 
 import pandas as pd
 
-from talking_heads.costs import cost_of, load_prices
-from talking_heads.ledger import RowLedger
-from talking_heads.lifecycle import outcome_of
-from talking_heads.payloads import PlanEntry
+from talking_heads.reporting.costs import cost_of, load_prices
+from talking_heads.row.ledger import RowLedger
+from talking_heads.row.outcome import outcome_of
+from talking_heads.row.payloads import PlanEntry
 from talking_heads.storage import OutputLayout, plain_url
 
 #: The contract's columns, in order; the input's extra columns follow them.
@@ -44,7 +44,7 @@ def build_outcomes(plan: list[PlanEntry], ledger: RowLedger, run_id: str) -> pd.
     """One outcome line per planned row, in input order, extra input columns carried through.
 
     A row settled by the plan keeps the plan's outcome; a row handed to the generate steps gets the
-    outcome of its final ledger state (:func:`talking_heads.lifecycle.outcome_of`).
+    outcome of its final ledger state (:func:`talking_heads.row.outcome.outcome_of`).
     """
     prices = load_prices()
     lines = []

@@ -2,13 +2,13 @@
 
 :class:`RowTaskTrigger` is the provider's :class:`~dashscope_provider.triggers.dashscope.DashScopeTaskTrigger`
 (polling only) plus one small write when the task ends: the row's ledger record
-(:func:`talking_heads.lifecycle.record_task_end`), in a thread so the triggerer's event loop never blocks
+(:func:`talking_heads.row.wait.record_task_end`), in a thread so the triggerer's event loop never blocks
 on storage. Then, instead of resuming the wait in a task process:
 
 ================================  ===============================================================================
 the task                          the trigger yields
 ================================  ===============================================================================
-SUCCEEDED, recorded               ``TaskSuccessEvent`` with the :class:`~talking_heads.payloads.WaitResult` as the
+SUCCEEDED, recorded               ``TaskSuccessEvent`` with the :class:`~talking_heads.row.payloads.WaitResult` as the
                                   task's ``return_value`` XCom: the task ends here, no task process runs
 FAILED / CANCELED / UNKNOWN       the provider's ``failed`` event, after recording ``failed`` + code: the wait
                                   resumes once to fail *without retries* (``AirflowFailException``). A
@@ -32,9 +32,9 @@ from airflow.sdk.exceptions import AirflowFailException
 from airflow.triggers.base import TaskSuccessEvent, TriggerEvent
 from dashscope_provider.triggers.dashscope import DEFAULT_CONN_ID, DashScopeTaskTrigger, task_from_event
 
-from talking_heads import lifecycle
-from talking_heads.ledger import RowLedger
-from talking_heads.payloads import Submission, WaitResult
+from talking_heads.row import wait
+from talking_heads.row.ledger import RowLedger
+from talking_heads.row.payloads import Submission, WaitResult
 
 #: The XCom key Airflow's ``.output`` (``XComArg``) reads: what the download step pulls.
 RETURN_VALUE = "return_value"
@@ -110,6 +110,6 @@ class RowTaskTrigger(DashScopeTaskTrigger):
         ledger = RowLedger(self.output_root, self.storage_conn_id)
         submission = Submission(self.row_id, self.dashscope_task_id, self.dashscope_conn_id)
         try:
-            return lifecycle.record_task_end(ledger, submission, task)
+            return wait.record_task_end(ledger, submission, task)
         except AirflowFailException:
             return None

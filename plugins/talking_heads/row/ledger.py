@@ -1,10 +1,10 @@
-"""The per-row ledger: each row's record (:class:`~talking_heads.lifecycle.RowState`) stored under
+"""The per-row ledger: each row's record (:class:`~talking_heads.row.states.RowRecord`) stored under
 ``output_root/state/{row_id}.json``, and each paid face detection under
 ``output_root/state/detections/{key}.json`` (keyed by model, ratio and image, not by row, so two rows
 or two runs with the same image and ratio share one detection).
 
 It only stores and loads. What the states mean, and which step moves a row from one to another, is
-:mod:`talking_heads.lifecycle`.
+:mod:`talking_heads.row`.
 
 Writes are a compare-and-set, so no move overwrites a newer one (two overlapping runs, a zombie try):
 a record read at revision ``n`` is written as revision ``n + 1``, and first created *exclusively* as
@@ -29,28 +29,37 @@ from typing import Any
 
 from airflow.sdk import ObjectStoragePath
 
-from talking_heads.lifecycle.states import LedgerConflict, RowState
 from talking_heads.progress import Progress
+from talking_heads.row.states import RowRecord
 from talking_heads.storage import OutputLayout
 
 #: How many newer revisions a conflicting writer reads forward at most (a row moves a handful of times).
 _MAX_REVISIONS = 10_000
 
 
+class LedgerConflict(Exception):
+    """Another writer moved the row first; ``current`` is the row's newer record (decide again from it)."""
+
+    def __init__(self, row_id: str, current: RowRecord) -> None:
+        super().__init__(f"row {row_id} was moved by another writer to {current.status} (revision {current.revision})")
+        self.row_id = row_id
+        self.current = current
+
+
 class RowLedger:
-    """Reads and writes :class:`RowState` records under ``output_root/state/``."""
+    """Reads and writes :class:`RowRecord` records under ``output_root/state/``."""
 
     def __init__(self, output_root: str, conn_id: str | None = None) -> None:
         self.layout = OutputLayout(output_root, conn_id)
 
-    def get(self, row_id: str) -> RowState | None:
+    def get(self, row_id: str) -> RowRecord | None:
         path = self.layout.state(row_id)
         try:
-            return RowState.from_dict(json.loads(path.read_text()))
+            return RowRecord.from_dict(json.loads(path.read_text()))
         except FileNotFoundError:
             return None
 
-    def get_many(self, row_ids: list[str]) -> dict[str, RowState]:
+    def get_many(self, row_ids: list[str]) -> dict[str, RowRecord]:
         """States of the given rows that have one: one listing of ``state/``, then one read per hit
         (a 10,000-row table on an object store costs a LIST, not 10,000 GETs)."""
         folder = self.layout.root / "state"
@@ -66,10 +75,10 @@ class RowLedger:
         progress.finish()
         return found
 
-    def put(self, record: RowState) -> RowState:
+    def put(self, record: RowRecord) -> RowRecord:
         """Record ``record`` if nobody wrote the row since the record it was made from was read.
 
-        ``record.revision`` is one more than the revision it was made from (:meth:`RowState.advance`
+        ``record.revision`` is one more than the revision it was made from (:meth:`RowRecord.advance`
         counts); a new record is revision 1. Raises :class:`LedgerConflict` when that revision exists.
         """
         if record.revision < 1:
@@ -81,8 +90,8 @@ class RowLedger:
         return record
 
     def update(
-        self, row_id: str, change: Callable[[RowState | None], RowState | None], attempts: int = 50
-    ) -> RowState | None:
+        self, row_id: str, change: Callable[[RowRecord | None], RowRecord | None], attempts: int = 50
+    ) -> RowRecord | None:
         """Apply ``change`` to the row's newest record until it lands: ``change(current)`` returns the new
         record, or None to leave the row as it is (then ``current`` is returned)."""
         current = self.get(row_id)
@@ -95,7 +104,7 @@ class RowLedger:
                 current = conflict.current
         raise RuntimeError(f"row {row_id}: the ledger kept moving under {attempts} writes in a row")
 
-    def _newest(self, row_id: str, taken: int) -> RowState:
+    def _newest(self, row_id: str, taken: int) -> RowRecord:
         """The newest revision from ``taken`` on; ``state/{row_id}.json`` is brought up to it, in case the
         writer that made it died before copying it there."""
         newest = None
@@ -108,7 +117,7 @@ class RowLedger:
             if (copy := self.get(row_id)) is not None:
                 return copy
             raise RuntimeError(f"row {row_id}: revision {taken} was refused but cannot be read")
-        record = RowState.from_dict(json.loads(newest))
+        record = RowRecord.from_dict(json.loads(newest))
         copy = self.get(row_id)
         if copy is None or copy.revision < record.revision:
             _write_atomically(self.layout.state(row_id), newest)

@@ -1,6 +1,6 @@
 """Face detection of a row's image, paid once per image and ratio (see :func:`detect_image`).
 
-The submit step (:func:`talking_heads.lifecycle.submit_row`) calls it for a row without boxes, and
+The submit step (:func:`talking_heads.row.submit.submit_row`) calls it for a row without boxes, and
 decides what the answer means for the row; this module only finds or makes the detection's record.
 """
 
@@ -11,16 +11,16 @@ import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from talking_heads.media import MediaSigner, redact
+from talking_heads.row.media import MediaSigner, redact
 
 if TYPE_CHECKING:
     import logging
 
     from dashscope_provider.hooks.dashscope import DashScopeHook
 
-    from talking_heads.ledger import RowLedger
-    from talking_heads.lifecycle import RowState
-    from talking_heads.validation import RowRequest
+    from talking_heads.row.ledger import RowLedger
+    from talking_heads.row.states import RowRecord
+    from talking_heads.table.validation import RowRequest
 
 DETECT_MODELS = {"emo-v1": "emo-detect-v1", "emoji-v1": "emoji-detect-v1"}
 #: How long a row waits for another row's detection of the same image (a synchronous call, paced at 1/s
@@ -90,7 +90,7 @@ def detect_image(
     return ledger.put_detection(key, record)
 
 
-def detection_usage(state: RowState, run_id: str) -> dict[str, Any]:
+def detection_usage(state: RowRecord, run_id: str) -> dict[str, Any]:
     """The row's detection in the outcome: its model, and the image billed to this row in this run (0 when
     the detection was paid earlier, or by another row with the same image and ratio)."""
     if not state.detection:

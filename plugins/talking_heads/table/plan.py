@@ -3,7 +3,7 @@
 A row is *generated* (submitted, or waited on if a task is already in flight), *skipped* (already
 generated under the same ``output_root``, a dry run, or the budget), or *failed*
 before any spend (invalid, its media refused by the pre-flight checks, or a state that
-:func:`talking_heads.lifecycle.plan_row` says must not be generated again).
+:func:`talking_heads.row.decide.plan_row` says must not be generated again).
 """
 
 from __future__ import annotations
@@ -14,15 +14,16 @@ from typing import Any
 
 import pandas as pd
 
-from talking_heads.costs import cost_of, load_prices
-from talking_heads.ledger import RowLedger
-from talking_heads.lifecycle import OutcomeCode, plan_row
-from talking_heads.media import MediaSigner, local_media_problem, private_address_problem
-from talking_heads.payloads import PlanEntry, WorkItem
-from talking_heads.preflight import MediaCheck, check_media, media_problem
 from talking_heads.progress import Progress
+from talking_heads.reporting.costs import cost_of, load_prices
+from talking_heads.row.decide import plan_row
+from talking_heads.row.ledger import RowLedger
+from talking_heads.row.media import MediaSigner, local_media_problem, private_address_problem
+from talking_heads.row.payloads import PlanEntry, WorkItem
+from talking_heads.row.states import OutcomeCode
 from talking_heads.storage import as_storage_path
-from talking_heads.validation import KNOWN_COLUMNS, REQUIRED_COLUMNS, validate_frame
+from talking_heads.table.preflight import MediaCheck, check_media, media_problem
+from talking_heads.table.validation import KNOWN_COLUMNS, REQUIRED_COLUMNS, validate_frame
 
 
 class InputTableError(ValueError):

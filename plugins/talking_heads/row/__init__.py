@@ -17,39 +17,9 @@ state           meaning                                         plan / submit / 
 ``failed``      refused or failed; ``billed`` says if paid      plan: final if billed or ``UNKNOWN``, else retry
 ==============  ==============================================  ===================================================
 
-A lost submission is looked for in the task list (:func:`reconcile_row`, by :mod:`talking_heads.reconcile`'s
-rule) in the submit step that saw the loss and any later try or run within 24 h. The outcome each state
-becomes is :func:`outcome_of`; every outcome code is an :class:`OutcomeCode`. :mod:`talking_heads.ledger`
-only stores and loads the records.
+A lost submission is looked for in the task list (:mod:`talking_heads.row.reconcile`) in the submit step
+that saw the loss and any later try or run within 24 h. The outcome each state becomes is
+:func:`talking_heads.row.outcome.outcome_of`; every outcome code is an
+:class:`~talking_heads.row.states.OutcomeCode`. :mod:`talking_heads.row.ledger` only stores and loads the
+records.
 """
-
-from __future__ import annotations
-
-from talking_heads.lifecycle.outcome import outcome_of
-from talking_heads.lifecycle.planning import plan_row
-from talking_heads.lifecycle.states import (
-    TRANSITIONS,
-    OutcomeCode,
-    RowState,
-    RowStatus,
-    RowTransitionError,
-)
-from talking_heads.lifecycle.store import store_row
-from talking_heads.lifecycle.submit import reconcile_row, submit_row
-from talking_heads.lifecycle.wait import finished_result, poll_until_done, record_task_end
-
-__all__ = [
-    "TRANSITIONS",
-    "OutcomeCode",
-    "RowState",
-    "RowStatus",
-    "RowTransitionError",
-    "finished_result",
-    "outcome_of",
-    "plan_row",
-    "poll_until_done",
-    "reconcile_row",
-    "record_task_end",
-    "store_row",
-    "submit_row",
-]

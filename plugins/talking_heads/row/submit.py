@@ -21,21 +21,21 @@ from dashscope_provider.exceptions import (
     DashScopeSubmissionUncertain,
 )
 
-from talking_heads import reconcile
-from talking_heads.detection import detect_image
-from talking_heads.lifecycle.states import LedgerConflict, RowState, now_iso
-from talking_heads.lifecycle.states import RowStatus as S
-from talking_heads.media import MediaSigner, redact
-from talking_heads.payloads import Submission, WorkItem
-from talking_heads.reconcile import lost_answer_message
+from talking_heads.row import reconcile
+from talking_heads.row.detection import detect_image
+from talking_heads.row.ledger import LedgerConflict, RowLedger
+from talking_heads.row.media import MediaSigner, redact
+from talking_heads.row.payloads import Submission, WorkItem
+from talking_heads.row.reconcile import lost_answer_message
+from talking_heads.row.states import RowRecord, RowStatus, now_iso
 
 if TYPE_CHECKING:
     import logging
 
     from dashscope_provider.hooks.dashscope import DashScopeHook
 
-    from talking_heads.ledger import RowLedger
-    from talking_heads.validation import RowRequest
+    from talking_heads.row.ledger import RowLedger
+    from talking_heads.table.validation import RowRequest
 
 
 #: A submit intent (the row's claim) younger than this is taken for alive, and another run waits for it.
@@ -106,20 +106,26 @@ def _submit_once(
     state = ledger.get(request.row_id)
     if state is not None and _claimed_elsewhere(state, run_id):  # sent now by another run: wait, then follow
         state = _await_claim(ledger, state, log)
-    if state is not None and state.state in (S.SUBMITTED, S.GENERATED, S.SUCCEEDED) and state.task_id:
+    if (
+        state is not None
+        and state.status in (RowStatus.SUBMITTED, RowStatus.GENERATED, RowStatus.SUCCEEDED)
+        and state.task_id
+    ):
         by = "" if state.run_id == run_id else f", by the overlapping run {state.run_id}"
         log.info(
             "Row %s already has task %s (%s%s); following it, not resubmitting",
             request.row_id,
             state.task_id,
-            state.state,
+            state.status,
             by,
         )
         return Submission(request.row_id, state.task_id, state.conn_id or default_conn_id)
     conn_id = item.conn_id or default_conn_id
     resubmitted = state is not None and state.resubmitted
-    if state is not None and state.state in (S.SUBMITTING, S.UNCERTAIN):
-        if pause := state.state == S.SUBMITTING:  # its owner is gone before the answer came: the loss is seen now
+    if state is not None and state.status in (RowStatus.SUBMITTING, RowStatus.UNCERTAIN):
+        if (
+            pause := state.status == RowStatus.SUBMITTING
+        ):  # its owner is gone before the answer came: the loss is seen now
             ledger.put(state.lose(state.message or _stale_claim_message(state, run_id)))
         if adopted := reconcile_row(ledger, request.row_id, hook_for, default_conn_id, log, pause=pause):
             return adopted
@@ -150,11 +156,11 @@ def _submit_once(
             )
         boxes, detection = (detection["face_bbox"], detection["ext_bbox"]), summary
     if state is None:
-        state = RowState(row_id=request.row_id, state=S.SUBMITTING, model=request.model)
+        state = RowRecord(row_id=request.row_id, status=RowStatus.SUBMITTING, model=request.model)
     # The claim: written exclusively (LedgerConflict if another writer moved the row since it was read).
     state = ledger.put(
         state.advance(
-            S.SUBMITTING,
+            RowStatus.SUBMITTING,
             model=request.model,
             fingerprint=request.fingerprint(),
             conn_id=conn_id,
@@ -187,14 +193,14 @@ def _submit_once(
         # A free-only account has spent its free quota: every row of it would get this answer. No task, no bill.
         stopped = stop_submitting(ledger, run_id, hook, row_id, redact(str(error)))
         quota = dict(code=error.code, message=stopped, billed=False)
-        _record_if_claimed(ledger, row_id, owner, lambda cur: cur.advance(S.FAILED, **quota))
+        _record_if_claimed(ledger, row_id, owner, lambda cur: cur.advance(RowStatus.FAILED, **quota))
         raise AirflowSkipException(f"row {row_id}: {stopped}") from None
     except DashScopeAPIError as error:
         # The service answered with an error body: no task was created, nothing billed. Recorded as failed
         # in case this is the last try; a transient refusal (429, 5xx) that outlasted the hook's retries is
         # left to the Airflow task's own retries, which may submit again safely.
         refused = dict(code=error.code, message=redact(error.message or ""), billed=False)
-        _record_if_claimed(ledger, row_id, owner, lambda cur: cur.advance(S.FAILED, **refused))
+        _record_if_claimed(ledger, row_id, owner, lambda cur: cur.advance(RowStatus.FAILED, **refused))
         if error.retryable:
             raise
         raise AirflowFailException(f"row {row_id}: submit refused: {redact(str(error))}") from None
@@ -202,14 +208,14 @@ def _submit_once(
         message = redact(str(error))
         if getattr(error, "request_not_sent", False):
             unsent = dict(code=type(error).__name__, message=message, billed=False)
-            _record_if_claimed(ledger, row_id, owner, lambda cur: cur.advance(S.FAILED, **unsent))
+            _record_if_claimed(ledger, row_id, owner, lambda cur: cur.advance(RowStatus.FAILED, **unsent))
         else:  # the next try of this step looks for its task (reconcile_row)
             _record_if_claimed(ledger, row_id, owner, lambda cur: cur.lose(message))
         raise
     # Recorded even if another run took the claim for stale meanwhile (uncertain): this is its task.
     task_id = submitted.task_id
     sent = dict(task_id=task_id, throttled=getattr(hook, "throttled", 0))
-    _record_if_claimed(ledger, row_id, owner, lambda cur: cur.advance(S.SUBMITTED, **sent), S.UNCERTAIN)
+    _record_if_claimed(ledger, row_id, owner, lambda cur: cur.advance(RowStatus.SUBMITTED, **sent), RowStatus.UNCERTAIN)
     log.info("Row %s submitted as task %s (connection %s)", row_id, task_id, conn_id)
     return Submission(row_id, task_id, conn_id)
 
@@ -240,14 +246,18 @@ def _account(hook: DashScopeHook) -> str:
     return account_from_connection(hook.dashscope_connection)
 
 
-def _record_quota_skip(ledger: RowLedger, state: RowState | None, request: RowRequest, reason: str) -> None:
+def _record_quota_skip(ledger: RowLedger, state: RowRecord | None, request: RowRequest, reason: str) -> None:
     _fail_unsent(ledger, state, request.row_id, model=request.model, code=QUOTA_EXHAUSTED_CODE, message=reason)
 
 
-def _fail_unsent(ledger: RowLedger, state: RowState | None, row_id: str, **record: Any) -> None:
+def _fail_unsent(ledger: RowLedger, state: RowRecord | None, row_id: str, **record: Any) -> None:
     """Record a row ``failed`` before anything was sent for it (a claim conflict raises LedgerConflict)."""
     record.setdefault("billed", False)
-    ledger.put(state.advance(S.FAILED, **record) if state is not None else RowState(row_id, S.FAILED, **record))
+    ledger.put(
+        state.advance(RowStatus.FAILED, **record)
+        if state is not None
+        else RowRecord(row_id, RowStatus.FAILED, **record)
+    )
 
 
 def deployment_id() -> str:
@@ -257,16 +267,16 @@ def deployment_id() -> str:
     return hashlib.sha256(address.encode()).hexdigest()[:12]
 
 
-def _claimed_elsewhere(state: RowState, run_id: str) -> bool:
-    return state.state == S.SUBMITTING and not _own_run(state, run_id) and claim_age(state) is not None
+def _claimed_elsewhere(state: RowRecord, run_id: str) -> bool:
+    return state.status == RowStatus.SUBMITTING and not _own_run(state, run_id) and claim_age(state) is not None
 
 
-def _own_run(state: RowState, run_id: str) -> bool:
+def _own_run(state: RowRecord, run_id: str) -> bool:
     """Whether the row's claim was made by this very run (an earlier try of this step: its owner is gone)."""
     return state.run_id == run_id and state.deployment in (None, deployment_id())
 
 
-def claim_age(state: RowState, now: datetime | None = None) -> float | None:
+def claim_age(state: RowRecord, now: datetime | None = None) -> float | None:
     """Seconds since the row's claim (submit intent) was written, if it is still fresh; else None."""
     if not state.intent_at:
         return None
@@ -274,7 +284,7 @@ def claim_age(state: RowState, now: datetime | None = None) -> float | None:
     return age if age < CLAIM_TIMEOUT_SECONDS else None
 
 
-def _await_claim(ledger: RowLedger, claim: RowState, log: logging.Logger) -> RowState | None:
+def _await_claim(ledger: RowLedger, claim: RowRecord, log: logging.Logger) -> RowRecord | None:
     """Wait for another run's fresh claim to end (submitted, refused, or lost) or to go stale."""
     log.info(
         "Row %s is being submitted by the overlapping run %s (%s, since %s): waiting for its task, at most %g s",
@@ -284,14 +294,14 @@ def _await_claim(ledger: RowLedger, claim: RowState, log: logging.Logger) -> Row
         claim.intent_at,
         CLAIM_TIMEOUT_SECONDS,
     )
-    current: RowState | None = claim
+    current: RowRecord | None = claim
     while current is not None and current.revision == claim.revision and claim_age(current) is not None:
         time.sleep(CLAIM_POLL_SECONDS)
         current = ledger.get(claim.row_id)
     return current
 
 
-def _stale_claim_message(state: RowState, run_id: str) -> str | None:
+def _stale_claim_message(state: RowRecord, run_id: str) -> str | None:
     if _own_run(state, run_id):
         return None  # an earlier try of this step: its answer was lost when it ended
     return lost_answer_message(
@@ -304,13 +314,13 @@ def _record_if_claimed(
     ledger: RowLedger,
     row_id: str,
     owner: str,
-    move: Callable[[RowState], RowState],
-    *also: S,
-) -> RowState | None:
+    move: Callable[[RowRecord], RowRecord],
+    *also: RowStatus,
+) -> RowRecord | None:
     """Record what became of this claim, unless another writer has moved the row on (then leave it)."""
-    states = (S.SUBMITTING, *also)
+    states = (RowStatus.SUBMITTING, *also)
     return ledger.update(
-        row_id, lambda cur: move(cur) if cur is not None and cur.owner == owner and cur.state in states else None
+        row_id, lambda cur: move(cur) if cur is not None and cur.owner == owner and cur.status in states else None
     )
 
 
@@ -322,7 +332,7 @@ def reconcile_row(
     log: logging.Logger,
     pause: bool = False,
 ) -> Submission | None:
-    """Look for an ``uncertain`` row's task in the task list (:func:`talking_heads.reconcile.look`): adopted, the
+    """Look for an ``uncertain`` row's task in the task list (:func:`talking_heads.row.reconcile.look`): adopted, the
     row is ``submitted`` with it and returned, else it stays ``uncertain`` naming the candidates. ``pause``: the
     loss was just seen: wait for the task to be listed, look up to 3 times."""
     state, verdict = reconcile.look(ledger, row_id, hook_for, default_conn_id, pause=pause, tries=3 if pause else 1)
@@ -331,22 +341,28 @@ def reconcile_row(
     if verdict.task_id is None:
         claim = f"{state.owner} (claimed at {state.intent_at})" if state.owner else None
         looked = dict(candidates=verdict.candidates, message=reconcile.uncertain_message(verdict.message, claim))
-        state = ledger.update(row_id, lambda cur: cur.advance(S.UNCERTAIN, **looked) if _uncertain(cur) else None)
-        if state is not None and state.state == S.UNCERTAIN:
+        state = ledger.update(
+            row_id, lambda cur: cur.advance(RowStatus.UNCERTAIN, **looked) if _uncertain(cur) else None
+        )
+        if state is not None and state.status == RowStatus.UNCERTAIN:
             log.warning("Row %s stays uncertain: %s", row_id, verdict.message)
             return None
         return _in_flight(state, default_conn_id)  # another try or run settled it meanwhile
     adopted = dict(task_id=verdict.task_id, candidates=verdict.candidates, reconciled=True, code=None, message=None)
-    state = ledger.update(row_id, lambda cur: cur.advance(S.SUBMITTED, **adopted) if _uncertain(cur) else None)
+    state = ledger.update(row_id, lambda cur: cur.advance(RowStatus.SUBMITTED, **adopted) if _uncertain(cur) else None)
     log.info("Row %s: its lost submission is task %s: %s", row_id, verdict.task_id, verdict.message)
     return _in_flight(state, default_conn_id)
 
 
-def _uncertain(state: RowState | None) -> bool:
-    return state is not None and state.state == S.UNCERTAIN
+def _uncertain(state: RowRecord | None) -> bool:
+    return state is not None and state.status == RowStatus.UNCERTAIN
 
 
-def _in_flight(state: RowState | None, default_conn_id: str) -> Submission | None:
-    if state is not None and state.state in (S.SUBMITTED, S.GENERATED, S.SUCCEEDED) and state.task_id:
+def _in_flight(state: RowRecord | None, default_conn_id: str) -> Submission | None:
+    if (
+        state is not None
+        and state.status in (RowStatus.SUBMITTED, RowStatus.GENERATED, RowStatus.SUCCEEDED)
+        and state.task_id
+    ):
         return Submission(state.row_id, state.task_id, state.conn_id or default_conn_id)
     return None

@@ -15,14 +15,14 @@ from airflow.sdk import Asset, BaseHook, Context
 from airflow.sdk.exceptions import AirflowFailException, AirflowNotFoundException
 from dashscope_provider.connection import account_from_connection, base_url_from_connection
 
-from talking_heads.continuation import CONF_KEY, Part, own_entries, split_first, split_next
-from talking_heads.ledger import RowLedger
-from talking_heads.media import resolve_relative, service_is_public
-from talking_heads.outcomes import build_outcomes, summarize, write_outcomes
-from talking_heads.payloads import PlanEntry
-from talking_heads.plan import InputTableError, assign_connections, plan_run, read_input_table
-from talking_heads.run_summary import notify, set_run_note, summary_line
+from talking_heads.reporting.outcome_table import build_outcomes, summarize, write_outcomes
+from talking_heads.reporting.run_summary import notify, set_run_note, summary_line
+from talking_heads.row.ledger import RowLedger
+from talking_heads.row.media import resolve_relative, service_is_public
+from talking_heads.row.payloads import PlanEntry
 from talking_heads.storage import plain_url
+from talking_heads.table.continuation import CONF_KEY, Part, own_entries, split_first, split_next
+from talking_heads.table.plan import InputTableError, assign_connections, plan_run, read_input_table
 
 
 def plan_rows(context: Context) -> list[dict[str, Any]]:
@@ -30,8 +30,8 @@ def plan_rows(context: Context) -> list[dict[str, Any]]:
 
     Returns the work items (one per row to generate, spread over the run's connections) for the
     mapped generate steps: at most Airflow's ``max_map_length`` of them. The rest of a larger table is
-    deferred to follow-up runs of this trigger (see :mod:`talking_heads.continuation`); a follow-up run
-    (``dag_run.conf`` carries :data:`~talking_heads.continuation.CONF_KEY`) takes its rows from the
+    deferred to follow-up runs of this trigger (see :mod:`talking_heads.table.continuation`); a follow-up run
+    (``dag_run.conf`` carries :data:`~talking_heads.table.continuation.CONF_KEY`) takes its rows from the
     previous part's plan instead of reading the table again.
     """
     params, run_id = context["params"], context["run_id"]

@@ -14,7 +14,7 @@ from typing import Any
 
 import pandas as pd
 
-from talking_heads.costs import FREE_QUOTA_IMAGES, FREE_QUOTA_SECONDS, Prices, cost_of, load_prices
+from talking_heads.reporting.costs import FREE_QUOTA_IMAGES, FREE_QUOTA_SECONDS, Prices, cost_of, load_prices
 from talking_heads.storage import as_storage_path, plain_url
 
 

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 import requests
 from PIL import Image, UnidentifiedImageError
 
-from talking_heads.media import MediaSigner, kind_of
 from talking_heads.progress import Progress
-from talking_heads.validation import RowRequest
+from talking_heads.row.media import MediaSigner, kind_of
+from talking_heads.table.validation import RowRequest
 
 IMAGE_FORMATS = {"JPEG", "PNG", "BMP", "WEBP"}
 MIN_SIDE, MAX_SIDE = 400, 7000
