@@ -55,7 +55,7 @@ class RowLedger:
     def get(self, row_id: str) -> RowRecord | None:
         path = self.layout.state(row_id)
         try:
-            return RowRecord.from_dict(json.loads(path.read_text()))
+            return RowRecord.from_dict(json.loads(read_whole(path)))
         except FileNotFoundError:
             return None
 
@@ -110,7 +110,7 @@ class RowLedger:
         newest = None
         for revision in range(taken, taken + _MAX_REVISIONS):
             try:
-                newest = self.layout.revision(row_id, revision).read_text()
+                newest = read_whole(self.layout.revision(row_id, revision)).decode()
             except FileNotFoundError:
                 break
         if newest is None:  # refused, yet gone: only a store that deletes behind our back does this
@@ -125,7 +125,7 @@ class RowLedger:
 
     def get_detection(self, key: str) -> dict[str, Any] | None:
         try:
-            return json.loads(self._detection_path(key).read_text())
+            return json.loads(read_whole(self._detection_path(key)))
         except FileNotFoundError:
             return None
 
@@ -151,6 +151,13 @@ class RowLedger:
 
     def _detection_path(self, key: str) -> ObjectStoragePath:
         return self.layout.root / "state" / "detections" / f"{key}.json"
+
+
+def read_whole(path: ObjectStoragePath) -> bytes:
+    """The object's bytes in one read. Not ``open()``: on S3 that reads the ETag first and then fails with
+    ``FileExpired`` when another writer replaces the record in between (a compare-and-set loser must see
+    the winner's record, not an error)."""
+    return path.fs.cat_file(path.path)
 
 
 def create_exclusively(path: ObjectStoragePath, body: bytes) -> bool:

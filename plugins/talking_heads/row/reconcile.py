@@ -16,28 +16,30 @@ The rule (:func:`decide`), never a guess:
 The service keeps tasks 24 h (:data:`TASK_LIFETIME`): a row whose intent is older is not looked up.
 Listings are kept a few minutes (:class:`ListingCache`), so rows of one run whose windows are covered by
 one listing share it instead of each spending a call of the account's 20 per second. What a verdict
-does to the row is :func:`talking_heads.row.submit.reconcile_row`'s business.
+does to the row is :func:`reconcile_row`'s business.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from talking_heads.row.connections import RunConnections
+from talking_heads.row.ledger import RowLedger
 from talking_heads.row.media import redact
+from talking_heads.row.payloads import Submission
+from talking_heads.row.states import OPEN_SUBMISSION, RowRecord, RowStatus
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the hook's import (HttpHook, aiohttp) is paid where a call is made, not at DAG parse
     from dashscope_provider.hooks.dashscope import DashScopeHook
     from dashscope_provider.models import ListedTask
-
-    from talking_heads.row.ledger import RowLedger
-    from talking_heads.row.states import RowRecord
 
 #: How far this machine's clock may be from the service's: each window is widened by it on both sides.
 CLOCK_SKEW = timedelta(seconds=60)
@@ -49,7 +51,6 @@ SETTLE_SECONDS = float(os.environ.get("TALKING_HEADS_RECONCILE_PAUSE_SECONDS", "
 CACHE_SECONDS = 300.0
 
 _TASK_IN_HISTORY = re.compile(r"\btask=(\S+)")
-_OPEN = ("submitting", "uncertain")
 
 
 @dataclass(frozen=True)
@@ -138,7 +139,7 @@ def with_notes(state: RowRecord, outcome: dict[str, Any]) -> dict[str, Any]:
     ``reconciled`` (its task was adopted from the task list), the possible double charge of a row submitted
     again after a lost answer."""
     notes = [outcome.get("message")]
-    if state.status in _OPEN:
+    if state.status in OPEN_SUBMISSION:
         outcome["candidates"] = " ".join(state.candidates or ()) or None
     if state.reconciled:
         outcome["reconciled"] = True
@@ -175,7 +176,7 @@ def window_of(state: RowRecord, now: datetime) -> Window | None:
     start = intent_time(state)
     if start is None:
         return None
-    end = _parse(state.lost_at) or (now if state.status == "submitting" else _parse(state.updated_at)) or now
+    end = _parse(state.lost_at) or (now if state.status == RowStatus.SUBMITTING else _parse(state.updated_at)) or now
     return Window(start - CLOCK_SKEW, max(end, start) + CLOCK_SKEW)
 
 
@@ -210,7 +211,7 @@ def decide(
     window: Window,
     tasks: Iterable[ListedTask],
     claimed: set[str],
-    rivals: dict[str, tuple[str, Window | None]],
+    rivals: dict[str, tuple[RowStatus, Window | None]],
 ) -> Verdict:
     """The decision for one uncertain row, from the listing of its account and model.
 
@@ -231,7 +232,7 @@ def decide(
     (task,) = candidates
     others = sorted(row for row, (_, w) in rivals.items() if w is None or w.holds(task.created))
     if others:
-        in_flight = all(rivals[row][0] == "submitting" for row in others)
+        in_flight = all(rivals[row][0] == RowStatus.SUBMITTING for row in others)
         return Verdict(
             None,
             ids,
@@ -282,8 +283,7 @@ def reconcile(
     state: RowRecord,
     *,
     ledger: RowLedger,
-    hook_for: Callable[[str], DashScopeHook],
-    default_conn_id: str,
+    connections: RunConnections,
     now: datetime | None = None,
 ) -> Verdict:
     """Look for the task of one ``uncertain`` row in its account's task list; the :class:`Verdict`."""
@@ -296,22 +296,22 @@ def reconcile(
     accounts: dict[str, str | None] = {}
 
     def account_of(conn_id: str | None) -> str | None:
-        conn_id = conn_id or default_conn_id
+        conn_id = conn_id or connections.default_conn_id
         if conn_id not in accounts:
             try:
-                accounts[conn_id] = hook_for(conn_id).account
+                accounts[conn_id] = connections.hook(conn_id).account
             except Exception:
                 accounts[conn_id] = None  # unknown: counted as the same account (it could own the task)
         return accounts[conn_id]
 
-    hook = hook_for(state.conn_id or default_conn_id)
+    hook = connections.hook(state.conn_id)
     account = hook.account
     states = all_states(ledger)
     rivals = {
-        other.row_id: (str(other.status), window_of(other, now))
+        other.row_id: (other.status, window_of(other, now))
         for other in states
         if other.row_id != state.row_id
-        and other.status in _OPEN
+        and other.status in OPEN_SUBMISSION
         and other.model in (state.model, "")
         and not too_old(other, now)
         and account_of(other.conn_id) in (account, None)
@@ -324,8 +324,7 @@ def reconcile(
 def look(
     ledger: RowLedger,
     row_id: str,
-    hook_for: Callable[[str], DashScopeHook],
-    default_conn_id: str,
+    connections: RunConnections,
     *,
     pause: bool = False,
     tries: int = 1,
@@ -340,12 +339,49 @@ def look(
         if pause or attempt:
             time.sleep(SETTLE_SECONDS)
         state = ledger.get(row_id)
-        if state is None or state.status != "uncertain":
+        if state is None or state.status != RowStatus.UNCERTAIN:
             return state, None
         try:
-            verdict = reconcile(state, ledger=ledger, hook_for=hook_for, default_conn_id=default_conn_id)
+            verdict = reconcile(state, ledger=ledger, connections=connections)
         except Exception as error:  # the row stays uncertain; a later try or run looks again
             verdict = Verdict(None, (), f"not read ({type(error).__name__}: {redact(str(error))})", again=True)
         if verdict.task_id is not None or not verdict.again:
             break
     return state, verdict
+
+
+def reconcile_row(
+    ledger: RowLedger, row_id: str, connections: RunConnections, log: logging.Logger, pause: bool = False
+) -> Submission | None:
+    """Look for an ``uncertain`` row's task in the task list (:func:`look`): adopted, the row is
+    ``submitted`` with it and returned, else it stays ``uncertain`` naming the candidates. ``pause``: the
+    loss was just seen: wait for the task to be listed, look up to 3 times."""
+    record, verdict = look(ledger, row_id, connections, pause=pause, tries=3 if pause else 1)
+    if record is None or verdict is None:  # no record, or no longer uncertain: another try or run found its task?
+        return connections.submission(record)
+    if verdict.task_id is None:
+        return _keep_uncertain(ledger, record, verdict, connections, log)
+    adopted = dict(task_id=verdict.task_id, candidates=verdict.candidates, reconciled=True, code=None, message=None)
+    record = ledger.update(row_id, lambda cur: cur.advance(RowStatus.SUBMITTED, **adopted) if _uncertain(cur) else None)
+    log.info("Row %s: its lost submission is task %s: %s", row_id, verdict.task_id, verdict.message)
+    return connections.submission(record)
+
+
+def _keep_uncertain(
+    ledger: RowLedger, record: RowRecord, verdict: Verdict, connections: RunConnections, log: logging.Logger
+) -> Submission | None:
+    """Record what the look found (the candidates, and why none was adopted); another try or run may have
+    settled the row meanwhile: then its task."""
+    claim = f"{record.owner} (claimed at {record.intent_at})" if record.owner else None
+    looked = dict(candidates=verdict.candidates, message=uncertain_message(verdict.message, claim))
+    current = ledger.update(
+        record.row_id, lambda cur: cur.advance(RowStatus.UNCERTAIN, **looked) if _uncertain(cur) else None
+    )
+    if current is not None and current.status == RowStatus.UNCERTAIN:
+        log.warning("Row %s stays uncertain: %s", record.row_id, verdict.message)
+        return None
+    return connections.submission(current)
+
+
+def _uncertain(record: RowRecord | None) -> bool:
+    return record is not None and record.status == RowStatus.UNCERTAIN

@@ -37,6 +37,12 @@ TRANSITIONS: dict[RowStatus, frozenset[RowStatus]] = {
 }
 
 
+#: A submit is being sent, or was sent and its answer lost: a task may exist whose id nobody has.
+OPEN_SUBMISSION: frozenset[RowStatus] = frozenset({RowStatus.SUBMITTING, RowStatus.UNCERTAIN})
+#: The service made the row's task and its id is recorded: later steps follow it, never send again.
+HAS_TASK: frozenset[RowStatus] = frozenset({RowStatus.SUBMITTED, RowStatus.GENERATED, RowStatus.SUCCEEDED})
+
+
 class OutcomeCode(StrEnum):
     """Every ``code`` the pipeline itself writes into an outcome (the service's codes pass through as-is)."""
 
@@ -110,6 +116,11 @@ class RowRecord:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "status", RowStatus(self.status))
+
+    @property
+    def has_task(self) -> bool:
+        """Whether the row's task exists and is known (submitted, generated or succeeded, with its id)."""
+        return self.status in HAS_TASK and bool(self.task_id)
 
     def advance(self, status: RowStatus, **changes: Any) -> RowRecord:
         """A copy in a new status; the history keeps every status the row went through, with when."""

@@ -1,19 +1,31 @@
-"""The submit step: a row is submitted at most once (:func:`submit_row`), a lost answer is looked for in
-the task list (:func:`reconcile_row`), and a row another run is submitting is waited for, then followed."""
+"""The submit step: a row is submitted at most once, and every answer, or its loss, is recorded.
+
+The protocol is one named function per step, run in order by :func:`submit_row`; they share one frozen
+:class:`SubmitContext`:
+
+1. :func:`follow_or_settle`: a row with a task follows it; another run's fresh claim is waited for, then
+   followed; a lost answer is looked for in the task list (:func:`talking_heads.row.reconcile.reconcile_row`)
+   and never re-sent unless ``resubmit_uncertain``.
+2. :func:`check_quota`: an account whose free quota ran out in this run sends nothing more.
+3. :func:`detect`: a row without boxes is detected first (paid once per image and ratio); a face the
+   service refuses ends the row ``failed``, never submitted.
+4. :func:`claim`: the write-ahead intent (``submitting``, naming its owner), written exclusively.
+5. :func:`send`: the media presigned just before the POST; the task id recorded by :func:`record_sent`,
+   or each kind of failure by its own function: :func:`on_lost_answer` (a task may exist),
+   :func:`on_quota_exhausted`, :func:`on_refused` (an error body: no task), :func:`on_not_answered`.
+
+A step that finds the row moved by another writer raises :class:`~talking_heads.row.ledger.LedgerConflict`
+before anything is sent; :func:`submit_row` then decides again from the newer record.
+"""
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import time
+import logging
 from collections.abc import Callable
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from airflow.configuration import conf
-from airflow.sdk.exceptions import AirflowFailException, AirflowNotFoundException, AirflowSkipException
-from dashscope_provider.connection import account_from_connection
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from dashscope_provider.exceptions import (
     QUOTA_EXHAUSTED_CODE,
     DashScopeAPIError,
@@ -21,32 +33,60 @@ from dashscope_provider.exceptions import (
     DashScopeSubmissionUncertain,
 )
 
-from talking_heads.row import reconcile
+from talking_heads.row.claims import (
+    await_claim,
+    claimed_elsewhere,
+    deployment_id,
+    record_if_claimed,
+    stale_claim_message,
+)
+from talking_heads.row.connections import RunConnections
 from talking_heads.row.detection import detect_image
 from talking_heads.row.ledger import LedgerConflict, RowLedger
 from talking_heads.row.media import MediaSigner, redact
 from talking_heads.row.payloads import Submission, WorkItem
-from talking_heads.row.reconcile import lost_answer_message
-from talking_heads.row.states import RowRecord, RowStatus, now_iso
+from talking_heads.row.quota import quota_stop, stop_submitting
+from talking_heads.row.reconcile import lost_answer_message, reconcile_row
+from talking_heads.row.states import OPEN_SUBMISSION, RowRecord, RowStatus, now_iso
+from talking_heads.table.validation import RowRequest
 
-if TYPE_CHECKING:
-    import logging
-
+if TYPE_CHECKING:  # the hook's import (HttpHook, aiohttp) is paid where a call is made, not at DAG parse
     from dashscope_provider.hooks.dashscope import DashScopeHook
 
-    from talking_heads.row.ledger import RowLedger
-    from talking_heads.table.validation import RowRequest
-
-
-#: A submit intent (the row's claim) younger than this is taken for alive, and another run waits for it.
-#: Longer than one submit can take: the hook keeps retrying a throttled call for 120 s, and each of its
-#: attempts may wait 10 + 60 s for an answer. Older, or written by an earlier try of this very step, the
-#: claim's owner is gone and its answer lost.
-CLAIM_TIMEOUT_SECONDS = float(os.environ.get("TALKING_HEADS_CLAIM_TIMEOUT_SECONDS", "600"))
-#: How often a run that waits for another run's claim reads the row again.
-CLAIM_POLL_SECONDS = 2.0
 #: How often a submit decides again after another writer moved the row first (each time from what it did).
 MAX_RACES = 20
+#: The face boxes a submit sends: ``(face_bbox, ext_bbox)``.
+Boxes = tuple[list[int], list[int]]
+
+
+@dataclass(frozen=True)
+class SubmitContext:
+    """What every step of one row's submit shares: the row, its ledger, who submits and with which keys.
+
+    :param owner: who claims the row (``"{run_id} {task}[{map_index}] try {n}"``).
+    :param resubmit_uncertain: send a row whose earlier answer was lost again (may pay twice: on purpose).
+    """
+
+    ledger: RowLedger
+    item: WorkItem
+    connections: RunConnections
+    run_id: str
+    owner: str
+    resubmit_uncertain: bool
+    signer: MediaSigner
+    log: logging.Logger
+
+    @property
+    def request(self) -> RowRequest:
+        return self.item.request
+
+    @property
+    def row_id(self) -> str:
+        return self.item.request.row_id
+
+    @property
+    def conn_id(self) -> str:
+        return self.item.conn_id or self.connections.default_conn_id
 
 
 def submit_row(
@@ -63,109 +103,127 @@ def submit_row(
 ) -> Submission:
     """Submit one row at most once, claiming it in the ledger *before* the request is sent.
 
-    A row with a task already in flight returns that task (and the key that created it, the only one
-    that can query it); a row whose earlier answer was lost is refused unless ``resubmit_uncertain``.
-    A row another run is submitting right now (a fresh claim) is waited for, then its task is followed.
-    A row without boxes is detected first (:func:`detect_image`); one whose detection does not pass
-    ends ``failed`` with the service's code and is never submitted. Media are presigned just before
-    the call. Only errors that prove no task was made leave the row ``failed`` and unbilled.
+    Returns the row's task and the key that created it (the only one that can query it). Only errors that
+    prove no task was made leave the row ``failed`` and unbilled; a lost answer leaves it ``uncertain``.
 
     :param owner: who claims the row (``"{run_id} {task}[{map_index}] try {n}"``); by default the run.
     """
+    context = SubmitContext(
+        ledger=ledger,
+        item=item,
+        connections=RunConnections(hook_for, default_conn_id),
+        run_id=run_id,
+        owner=owner or run_id,
+        resubmit_uncertain=resubmit_uncertain,
+        signer=signer,
+        log=log,
+    )
     for _ in range(MAX_RACES):
         try:
-            return _submit_once(
-                ledger,
-                item,
-                hook_for=hook_for,
-                default_conn_id=default_conn_id,
-                run_id=run_id,
-                owner=owner or run_id,
-                resubmit_uncertain=resubmit_uncertain,
-                signer=signer,
-                log=log,
-            )
+            return _submit_once(context)
         except LedgerConflict as conflict:  # nothing was sent: decide again from the newer record
-            log.info("Row %s: %s; deciding again", item.request.row_id, conflict)
-    raise AirflowFailException(f"row {item.request.row_id}: other writers kept moving the row; nothing was sent")
+            log.info("Row %s: %s; deciding again", context.row_id, conflict)
+    raise AirflowFailException(f"row {context.row_id}: other writers kept moving the row; nothing was sent")
 
 
-def _submit_once(
-    ledger: RowLedger,
-    item: WorkItem,
-    *,
-    hook_for: Callable[[str], DashScopeHook],
-    default_conn_id: str,
-    run_id: str,
-    owner: str,
-    resubmit_uncertain: bool,
-    signer: MediaSigner,
-    log: logging.Logger,
-) -> Submission:
-    request = item.request
-    state = ledger.get(request.row_id)
-    if state is not None and _claimed_elsewhere(state, run_id):  # sent now by another run: wait, then follow
-        state = _await_claim(ledger, state, log)
-    if (
-        state is not None
-        and state.status in (RowStatus.SUBMITTED, RowStatus.GENERATED, RowStatus.SUCCEEDED)
-        and state.task_id
-    ):
-        by = "" if state.run_id == run_id else f", by the overlapping run {state.run_id}"
-        log.info(
+def _submit_once(context: SubmitContext) -> Submission:
+    followed, record, resubmitted = follow_or_settle(context, context.ledger.get(context.row_id))
+    if followed is not None:
+        return followed
+    hook = context.connections.hook(context.conn_id)  # one hook per row: its waited-out 429s are recorded
+    check_quota(context, record, hook)
+    boxes, detection = detect(context, record, hook)
+    claimed = claim(context, record, detection, resubmitted=resubmitted)
+    return send(context, claimed, hook, boxes)
+
+
+def follow_or_settle(
+    context: SubmitContext, record: RowRecord | None
+) -> tuple[Submission | None, RowRecord | None, bool]:
+    """Step 1, from the row's record: ``(task to follow, record, resubmitted)``; no task: go on and send.
+
+    Waits for another run's fresh claim first. A lost answer is looked for in the task list; if it is not
+    found, the row is refused (:class:`AirflowFailException`) unless ``resubmit_uncertain``.
+    """
+    if record is not None and claimed_elsewhere(record, context.run_id):  # sent now by another run
+        record = await_claim(context.ledger, record, context.log)
+    if record is not None and (followed := context.connections.submission(record)) is not None:
+        by = "" if record.run_id == context.run_id else f", by the overlapping run {record.run_id}"
+        context.log.info(
             "Row %s already has task %s (%s%s); following it, not resubmitting",
-            request.row_id,
-            state.task_id,
-            state.status,
+            context.row_id,
+            record.task_id,
+            record.status,
             by,
         )
-        return Submission(request.row_id, state.task_id, state.conn_id or default_conn_id)
-    conn_id = item.conn_id or default_conn_id
-    resubmitted = state is not None and state.resubmitted
-    if state is not None and state.status in (RowStatus.SUBMITTING, RowStatus.UNCERTAIN):
-        if (
-            pause := state.status == RowStatus.SUBMITTING
-        ):  # its owner is gone before the answer came: the loss is seen now
-            ledger.put(state.lose(state.message or _stale_claim_message(state, run_id)))
-        if adopted := reconcile_row(ledger, request.row_id, hook_for, default_conn_id, log, pause=pause):
-            return adopted
-        state = ledger.get(request.row_id) or state
-        if not resubmit_uncertain:
-            raise AirflowFailException(f"row {request.row_id}: {state.message or lost_answer_message()}")
-        log.warning("Row %s: resubmitting after an uncertain submission, as asked (may pay twice)", request.row_id)
-        resubmitted = True
-    hook = hook_for(conn_id)  # one hook for the row: its count of waited-out 429s is recorded with the row
-    if (stopped := quota_stop(ledger, run_id, hook)) is not None:
-        _record_quota_skip(ledger, state, request, stopped)
-        raise AirflowSkipException(f"row {request.row_id}: {stopped}")
-    boxes, detection = None, None
-    if request.needs_detection:
-        try:
-            detection = detect_image(ledger, request, hook=hook, signer=signer, run_id=run_id, log=log)
-        except DashScopeQuotaExhausted as error:
-            stopped = stop_submitting(ledger, run_id, hook, request.row_id, redact(str(error)))
-            _record_quota_skip(ledger, state, request, stopped)
-            raise AirflowSkipException(f"row {request.row_id}: {stopped}") from None
-        summary = {k: detection[k] for k in ("key", "model", "ratio", "passed", "run_id", "row_id")}
-        if not detection["passed"]:
-            failed = {"code": detection["code"], "message": detection["message"], "billed": False}
-            record = dict(model=request.model, fingerprint=request.fingerprint(), detection=summary, **failed)
-            _fail_unsent(ledger, state, request.row_id, **record)
-            raise AirflowFailException(
-                f"row {request.row_id}: face detection did not pass: {detection['code']}: {detection['message']}"
-            )
-        boxes, detection = (detection["face_bbox"], detection["ext_bbox"]), summary
-    if state is None:
-        state = RowRecord(row_id=request.row_id, status=RowStatus.SUBMITTING, model=request.model)
-    # The claim: written exclusively (LedgerConflict if another writer moved the row since it was read).
-    state = ledger.put(
-        state.advance(
+        return followed, record, False
+    if record is None or record.status not in OPEN_SUBMISSION:
+        return None, record, record is not None and record.resubmitted
+    return settle_lost(context, record)
+
+
+def settle_lost(context: SubmitContext, record: RowRecord) -> tuple[Submission | None, RowRecord, bool]:
+    """A claim whose owner is gone, or a row recorded ``uncertain``: adopt its task from the task list,
+    else refuse to send it again unless asked (then it is sent again, marked ``resubmitted``)."""
+    if pause := record.status == RowStatus.SUBMITTING:  # its owner died before the answer: the loss is seen now
+        context.ledger.put(record.lose(record.message or stale_claim_message(record, context.run_id)))
+    if adopted := reconcile_row(context.ledger, context.row_id, context.connections, context.log, pause=pause):
+        return adopted, record, False
+    record = context.ledger.get(context.row_id) or record
+    if not context.resubmit_uncertain:
+        raise AirflowFailException(f"row {context.row_id}: {record.message or lost_answer_message()}")
+    context.log.warning("Row %s: resubmitting after an uncertain submission, as asked (may pay twice)", context.row_id)
+    return None, record, True
+
+
+def check_quota(context: SubmitContext, record: RowRecord | None, hook: DashScopeHook) -> None:
+    """Step 2: skip the row, unsent, when its account's free quota ran out earlier in this run."""
+    if (stopped := quota_stop(context.ledger, context.run_id, hook)) is not None:
+        fail_unsent(context, record, code=QUOTA_EXHAUSTED_CODE, message=stopped)
+        raise AirflowSkipException(f"row {context.row_id}: {stopped}")
+
+
+def detect(
+    context: SubmitContext, record: RowRecord | None, hook: DashScopeHook
+) -> tuple[Boxes | None, dict[str, Any] | None]:
+    """Step 3: the boxes of a row that has none, from its (recorded or new) face detection, and the
+    detection's summary for the row's record. A detection that does not pass ends the row, unsent."""
+    if not context.request.needs_detection:
+        return None, None
+    request = context.request
+    try:
+        found = detect_image(
+            context.ledger, request, hook=hook, signer=context.signer, run_id=context.run_id, log=context.log
+        )
+    except DashScopeQuotaExhausted as error:
+        stopped = stop_submitting(context.ledger, context.run_id, hook, context.row_id, redact(str(error)))
+        fail_unsent(context, record, code=QUOTA_EXHAUSTED_CODE, message=stopped)
+        raise AirflowSkipException(f"row {context.row_id}: {stopped}") from None
+    summary = {key: found[key] for key in ("key", "model", "ratio", "passed", "run_id", "row_id")}
+    if not found["passed"]:
+        refused = dict(code=found["code"], message=found["message"])
+        fail_unsent(context, record, fingerprint=request.fingerprint(), detection=summary, **refused)
+        raise AirflowFailException(
+            f"row {context.row_id}: face detection did not pass: {found['code']}: {found['message']}"
+        )
+    return (found["face_bbox"], found["ext_bbox"]), summary
+
+
+def claim(
+    context: SubmitContext, record: RowRecord | None, detection: dict[str, Any] | None, *, resubmitted: bool
+) -> RowRecord:
+    """Step 4: the row's claim, the write-ahead intent ``submitting`` naming its owner and deployment,
+    written exclusively (:class:`LedgerConflict` if another writer moved the row since it was read)."""
+    request = context.request
+    base = record or RowRecord(row_id=context.row_id, status=RowStatus.SUBMITTING, model=request.model)
+    return context.ledger.put(
+        base.advance(
             RowStatus.SUBMITTING,
             model=request.model,
             fingerprint=request.fingerprint(),
-            conn_id=conn_id,
-            run_id=run_id,
-            owner=owner,
+            conn_id=context.conn_id,
+            run_id=context.run_id,
+            owner=context.owner,
             deployment=deployment_id(),
             task_id=None,
             code=None,
@@ -177,192 +235,84 @@ def _submit_once(
             resubmitted=resubmitted,
         )
     )
-    row_id = request.row_id
+
+
+def send(context: SubmitContext, claimed: RowRecord, hook: DashScopeHook, boxes: Boxes | None) -> Submission:
+    """Step 5: presign the media just before the call (the URLs are credentials, never recorded) and POST."""
+    request = context.request
     try:
-        # Presigned just before the call: the URLs are credentials, used here and never recorded.
-        api_input = request.api_input(boxes=boxes, urls=signer.urls_for(request))
+        api_input = request.api_input(boxes=boxes, urls=context.signer.urls_for(request))
         submitted = hook.submit_task(request.model, api_input, request.api_parameters())
     except DashScopeSubmissionUncertain as error:
-        message = redact(str(error))
-        lost = _record_if_claimed(ledger, row_id, owner, lambda cur: cur.lose(message))
-        if adopted := reconcile_row(ledger, row_id, hook_for, default_conn_id, log, pause=True):
-            return adopted
-        found = (ledger.get(row_id) or lost or state).message
-        raise AirflowFailException(f"row {row_id}: {message}; recorded as uncertain: {found}") from None
+        return on_lost_answer(context, claimed, error)
     except DashScopeQuotaExhausted as error:
-        # A free-only account has spent its free quota: every row of it would get this answer. No task, no bill.
-        stopped = stop_submitting(ledger, run_id, hook, row_id, redact(str(error)))
-        quota = dict(code=error.code, message=stopped, billed=False)
-        _record_if_claimed(ledger, row_id, owner, lambda cur: cur.advance(RowStatus.FAILED, **quota))
-        raise AirflowSkipException(f"row {row_id}: {stopped}") from None
+        on_quota_exhausted(context, hook, error)
     except DashScopeAPIError as error:
-        # The service answered with an error body: no task was created, nothing billed. Recorded as failed
-        # in case this is the last try; a transient refusal (429, 5xx) that outlasted the hook's retries is
-        # left to the Airflow task's own retries, which may submit again safely.
-        refused = dict(code=error.code, message=redact(error.message or ""), billed=False)
-        _record_if_claimed(ledger, row_id, owner, lambda cur: cur.advance(RowStatus.FAILED, **refused))
-        if error.retryable:
-            raise
-        raise AirflowFailException(f"row {row_id}: submit refused: {redact(str(error))}") from None
+        on_refused(context, error)
     except Exception as error:
-        message = redact(str(error))
-        if getattr(error, "request_not_sent", False):
-            unsent = dict(code=type(error).__name__, message=message, billed=False)
-            _record_if_claimed(ledger, row_id, owner, lambda cur: cur.advance(RowStatus.FAILED, **unsent))
-        else:  # the next try of this step looks for its task (reconcile_row)
-            _record_if_claimed(ledger, row_id, owner, lambda cur: cur.lose(message))
-        raise
-    # Recorded even if another run took the claim for stale meanwhile (uncertain): this is its task.
-    task_id = submitted.task_id
+        on_not_answered(context, error)
+    return record_sent(context, hook, submitted.task_id)
+
+
+def record_sent(context: SubmitContext, hook: DashScopeHook, task_id: str) -> Submission:
+    """The answer came: the row is ``submitted`` with its task. Recorded even if another run took the claim
+    for stale meanwhile (``uncertain``): this is its task."""
     sent = dict(task_id=task_id, throttled=getattr(hook, "throttled", 0))
-    _record_if_claimed(ledger, row_id, owner, lambda cur: cur.advance(RowStatus.SUBMITTED, **sent), RowStatus.UNCERTAIN)
-    log.info("Row %s submitted as task %s (connection %s)", row_id, task_id, conn_id)
-    return Submission(row_id, task_id, conn_id)
+    advance = _advance(RowStatus.SUBMITTED, **sent)
+    record_if_claimed(context.ledger, context.row_id, context.owner, advance, RowStatus.UNCERTAIN)
+    context.log.info("Row %s submitted as task %s (connection %s)", context.row_id, task_id, context.conn_id)
+    return Submission(context.row_id, task_id, context.conn_id)
 
 
-def quota_stop(ledger: RowLedger, run_id: str, hook: DashScopeHook) -> str | None:
-    """Why this run submits nothing more with the hook's account (its free quota ran out), or None."""
-    try:
-        record = json.loads(ledger.layout.quota_exhausted(run_id, _account(hook)).read_text())
-    except (FileNotFoundError, AirflowNotFoundException):  # no connection: the call says so, naming it
-        return None
-    return f"not submitted: {record['reason']} (answered to row {record['row_id']} earlier in this run)"
+def on_lost_answer(context: SubmitContext, claimed: RowRecord, error: DashScopeSubmissionUncertain) -> Submission:
+    """The request may have been received, its answer was lost: ``uncertain``, looked for in the task list
+    at once; the row's task if found, else the step fails and the row is never re-sent unasked."""
+    message = redact(str(error))
+    lost = record_if_claimed(context.ledger, context.row_id, context.owner, lambda current: current.lose(message))
+    if adopted := reconcile_row(context.ledger, context.row_id, context.connections, context.log, pause=True):
+        return adopted
+    found = (context.ledger.get(context.row_id) or lost or claimed).message
+    raise AirflowFailException(f"row {context.row_id}: {message}; recorded as uncertain: {found}") from None
 
 
-def stop_submitting(ledger: RowLedger, run_id: str, hook: DashScopeHook, row_id: str, answer: str) -> str:
-    """Record that the hook's account has no free quota left in this run; returns the row's reason."""
-    reason = (
-        f"the free quota of the DashScope account is used up ({answer}); this run submits nothing more with "
-        "it, and nothing was billed. A later run submits these rows (after pay-as-you-go is enabled, or the "
-        "quota is restored)"
-    )
-    path = ledger.layout.quota_exhausted(run_id, _account(hook))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"reason": reason, "row_id": row_id, "at": now_iso()}))
-    return f"not submitted: {reason}"
+def on_quota_exhausted(context: SubmitContext, hook: DashScopeHook, error: DashScopeQuotaExhausted) -> NoReturn:
+    """A free-only account has spent its free quota: every row of it would get this answer. No task, no
+    bill: the run stops submitting with the account and the row is skipped."""
+    stopped = stop_submitting(context.ledger, context.run_id, hook, context.row_id, redact(str(error)))
+    quota = dict(code=error.code, message=stopped, billed=False)
+    record_if_claimed(context.ledger, context.row_id, context.owner, _advance(RowStatus.FAILED, **quota))
+    raise AirflowSkipException(f"row {context.row_id}: {stopped}") from None
 
 
-def _account(hook: DashScopeHook) -> str:
-    return account_from_connection(hook.dashscope_connection)
+def on_refused(context: SubmitContext, error: DashScopeAPIError) -> NoReturn:
+    """The service answered with an error body: no task was created, nothing billed. Recorded as failed
+    in case this is the last try; a transient refusal (429, 5xx) that outlasted the hook's retries is left
+    to the Airflow task's own retries, which may submit again safely."""
+    refused = dict(code=error.code, message=redact(error.message or ""), billed=False)
+    record_if_claimed(context.ledger, context.row_id, context.owner, _advance(RowStatus.FAILED, **refused))
+    if error.retryable:
+        raise error
+    raise AirflowFailException(f"row {context.row_id}: submit refused: {redact(str(error))}") from None
 
 
-def _record_quota_skip(ledger: RowLedger, state: RowRecord | None, request: RowRequest, reason: str) -> None:
-    _fail_unsent(ledger, state, request.row_id, model=request.model, code=QUOTA_EXHAUSTED_CODE, message=reason)
+def on_not_answered(context: SubmitContext, error: Exception) -> NoReturn:
+    """Any other error: ``failed`` and unbilled when it proves the request never left (``request_not_sent``),
+    else a lost answer (``uncertain``) that the next try of this step looks for in the task list."""
+    message = redact(str(error))
+    if getattr(error, "request_not_sent", False):
+        unsent = dict(code=type(error).__name__, message=message, billed=False)
+        record_if_claimed(context.ledger, context.row_id, context.owner, _advance(RowStatus.FAILED, **unsent))
+    else:
+        record_if_claimed(context.ledger, context.row_id, context.owner, lambda current: current.lose(message))
+    raise error
 
 
-def _fail_unsent(ledger: RowLedger, state: RowRecord | None, row_id: str, **record: Any) -> None:
-    """Record a row ``failed`` before anything was sent for it (a claim conflict raises LedgerConflict)."""
-    record.setdefault("billed", False)
-    ledger.put(
-        state.advance(RowStatus.FAILED, **record)
-        if state is not None
-        else RowRecord(row_id, RowStatus.FAILED, **record)
-    )
+def fail_unsent(context: SubmitContext, record: RowRecord | None, **fields: Any) -> None:
+    """Record the row ``failed`` before anything was sent for it (a claim conflict raises LedgerConflict)."""
+    fields = {"model": context.request.model, "billed": False, **fields}
+    failed = record.advance(RowStatus.FAILED, **fields) if record is not None else None
+    context.ledger.put(failed or RowRecord(context.row_id, RowStatus.FAILED, **fields))
 
 
-def deployment_id() -> str:
-    """This Airflow deployment, as a short digest of its metadata database's address (never the address: it
-    may hold a password). Two deployments writing to one output root have two databases."""
-    address = conf.get("database", "sql_alchemy_conn", fallback="") or ""
-    return hashlib.sha256(address.encode()).hexdigest()[:12]
-
-
-def _claimed_elsewhere(state: RowRecord, run_id: str) -> bool:
-    return state.status == RowStatus.SUBMITTING and not _own_run(state, run_id) and claim_age(state) is not None
-
-
-def _own_run(state: RowRecord, run_id: str) -> bool:
-    """Whether the row's claim was made by this very run (an earlier try of this step: its owner is gone)."""
-    return state.run_id == run_id and state.deployment in (None, deployment_id())
-
-
-def claim_age(state: RowRecord, now: datetime | None = None) -> float | None:
-    """Seconds since the row's claim (submit intent) was written, if it is still fresh; else None."""
-    if not state.intent_at:
-        return None
-    age = ((now or datetime.now(UTC)) - datetime.fromisoformat(state.intent_at)).total_seconds()
-    return age if age < CLAIM_TIMEOUT_SECONDS else None
-
-
-def _await_claim(ledger: RowLedger, claim: RowRecord, log: logging.Logger) -> RowRecord | None:
-    """Wait for another run's fresh claim to end (submitted, refused, or lost) or to go stale."""
-    log.info(
-        "Row %s is being submitted by the overlapping run %s (%s, since %s): waiting for its task, at most %g s",
-        claim.row_id,
-        claim.run_id,
-        claim.owner,
-        claim.intent_at,
-        CLAIM_TIMEOUT_SECONDS,
-    )
-    current: RowRecord | None = claim
-    while current is not None and current.revision == claim.revision and claim_age(current) is not None:
-        time.sleep(CLAIM_POLL_SECONDS)
-        current = ledger.get(claim.row_id)
-    return current
-
-
-def _stale_claim_message(state: RowRecord, run_id: str) -> str | None:
-    if _own_run(state, run_id):
-        return None  # an earlier try of this step: its answer was lost when it ended
-    return lost_answer_message(
-        f"run {state.run_id} ({state.owner}) claimed the row at {state.intent_at} and recorded no answer within "
-        f"{CLAIM_TIMEOUT_SECONDS:g} s"
-    )
-
-
-def _record_if_claimed(
-    ledger: RowLedger,
-    row_id: str,
-    owner: str,
-    move: Callable[[RowRecord], RowRecord],
-    *also: RowStatus,
-) -> RowRecord | None:
-    """Record what became of this claim, unless another writer has moved the row on (then leave it)."""
-    states = (RowStatus.SUBMITTING, *also)
-    return ledger.update(
-        row_id, lambda cur: move(cur) if cur is not None and cur.owner == owner and cur.status in states else None
-    )
-
-
-def reconcile_row(
-    ledger: RowLedger,
-    row_id: str,
-    hook_for: Callable[[str], DashScopeHook],
-    default_conn_id: str,
-    log: logging.Logger,
-    pause: bool = False,
-) -> Submission | None:
-    """Look for an ``uncertain`` row's task in the task list (:func:`talking_heads.row.reconcile.look`): adopted, the
-    row is ``submitted`` with it and returned, else it stays ``uncertain`` naming the candidates. ``pause``: the
-    loss was just seen: wait for the task to be listed, look up to 3 times."""
-    state, verdict = reconcile.look(ledger, row_id, hook_for, default_conn_id, pause=pause, tries=3 if pause else 1)
-    if state is None or verdict is None:  # no record, or no longer uncertain: another try or run found its task?
-        return _in_flight(state, default_conn_id)
-    if verdict.task_id is None:
-        claim = f"{state.owner} (claimed at {state.intent_at})" if state.owner else None
-        looked = dict(candidates=verdict.candidates, message=reconcile.uncertain_message(verdict.message, claim))
-        state = ledger.update(
-            row_id, lambda cur: cur.advance(RowStatus.UNCERTAIN, **looked) if _uncertain(cur) else None
-        )
-        if state is not None and state.status == RowStatus.UNCERTAIN:
-            log.warning("Row %s stays uncertain: %s", row_id, verdict.message)
-            return None
-        return _in_flight(state, default_conn_id)  # another try or run settled it meanwhile
-    adopted = dict(task_id=verdict.task_id, candidates=verdict.candidates, reconciled=True, code=None, message=None)
-    state = ledger.update(row_id, lambda cur: cur.advance(RowStatus.SUBMITTED, **adopted) if _uncertain(cur) else None)
-    log.info("Row %s: its lost submission is task %s: %s", row_id, verdict.task_id, verdict.message)
-    return _in_flight(state, default_conn_id)
-
-
-def _uncertain(state: RowRecord | None) -> bool:
-    return state is not None and state.status == RowStatus.UNCERTAIN
-
-
-def _in_flight(state: RowRecord | None, default_conn_id: str) -> Submission | None:
-    if (
-        state is not None
-        and state.status in (RowStatus.SUBMITTED, RowStatus.GENERATED, RowStatus.SUCCEEDED)
-        and state.task_id
-    ):
-        return Submission(state.row_id, state.task_id, state.conn_id or default_conn_id)
-    return None
+def _advance(status: RowStatus, **changes: Any) -> Callable[[RowRecord], RowRecord]:
+    return lambda current: current.advance(status, **changes)

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from airflow.sdk.exceptions import AirflowFailException
 from dashscope_provider.hooks.dashscope import DashScopeHook
-from talking_heads.row import submit as submit_step
+from talking_heads.row import claims
 from talking_heads.row.ledger import RowLedger
 from talking_heads.row.media import MediaSigner
 from talking_heads.row.outcome import outcome_of
@@ -33,7 +33,7 @@ LOG = logging.getLogger(__name__)
 
 @pytest.fixture(autouse=True)
 def _quick_polls(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(submit_step, "CLAIM_POLL_SECONDS", 0.2)
+    monkeypatch.setattr(claims, "CLAIM_POLL_SECONDS", 0.2)
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -123,7 +123,7 @@ def test_a_fresh_claim_of_another_run_is_waited_for_then_its_task_followed(
 def test_a_claim_whose_owner_is_gone_is_a_lost_answer_and_is_not_sent_again(
     ledger: RowLedger, dashscope_conn: str, emulator: Any, emoji_input: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(submit_step, "CLAIM_TIMEOUT_SECONDS", 1.0)
+    monkeypatch.setattr(claims, "CLAIM_TIMEOUT_SECONDS", 1.0)
     ledger.put(_claim_by("run-B"))  # run B was killed while it held the claim
     began = time.monotonic()
     with pytest.raises(AirflowFailException, match=r"answer of run-B generate\.submit"):

@@ -245,7 +245,8 @@ def test_the_cost_report_counts_reconciled_rows_and_rows_still_uncertain_with_th
 
 
 def test_a_row_whose_task_was_found_meanwhile_is_returned_not_looked_up_again(tmp_path: Path) -> None:
-    from talking_heads.row.submit import reconcile_row
+    from talking_heads.row.connections import RunConnections
+    from talking_heads.row.reconcile import reconcile_row
 
     def no_hook(conn_id: str) -> DashScopeHook:
         raise AssertionError("nothing is listed for a row that is no longer uncertain")
@@ -253,5 +254,7 @@ def test_a_row_whose_task_was_found_meanwhile_is_returned_not_looked_up_again(tm
     ledger = RowLedger(str(tmp_path))
     # Another try or run adopted (or got the answer for) the row between this step's loss and its look.
     ledger.put(RowRecord("found", "submitted", model="emo-v1", conn_id="other_conn", task_id="t-1", reconciled=True))
-    assert reconcile_row(ledger, "found", no_hook, CONN_ID, LOG) == Submission("found", "t-1", "other_conn")
-    assert reconcile_row(ledger, "never", no_hook, CONN_ID, LOG) is None
+    assert reconcile_row(ledger, "found", RunConnections(no_hook, CONN_ID), LOG) == Submission(
+        "found", "t-1", "other_conn"
+    )
+    assert reconcile_row(ledger, "never", RunConnections(no_hook, CONN_ID), LOG) is None
