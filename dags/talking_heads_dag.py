@@ -48,6 +48,22 @@ CONN_ID = "{{ params.dashscope_conn_id }}"
 STORAGE_CONN_ID = "{{ params.storage_conn_id or '' }}"
 
 
+def plan_settings(params: Any) -> Any:
+    """The plan step's settings from this DAG's params (the only place that knows their names)."""
+    from talking_heads.orchestration.task_bodies import PlanSettings
+
+    return PlanSettings(
+        input_table=params["input_table"],
+        output_root=params["output_root"],
+        storage_conn_id=params["storage_conn_id"],
+        conn_ids=[params["dashscope_conn_id"], *(params["extra_dashscope_conn_ids"] or [])],
+        dry_run=bool(params["dry_run"]),
+        resubmit_uncertain=bool(params["resubmit_uncertain"]),
+        preflight=bool(params["preflight_checks"]),
+        max_cost_usd=params["max_cost_usd"],
+    )
+
+
 @dag(
     dag_id="talking_heads",
     description="Portraits + voice clips -> DashScope talking-head videos, with per-row outcomes and usage",
@@ -156,7 +172,8 @@ def talking_heads() -> None:
         """Read and validate the table; decide per row: generate, skip, or fail before any spend."""
         from talking_heads.orchestration.task_bodies import plan_rows  # pandas: not at parse time
 
-        return plan_rows(get_current_context())
+        context = get_current_context()
+        return plan_rows(context, plan_settings(context["params"]))
 
     @task_group(group_id="generate")
     def generate(row: dict[str, Any]) -> None:
@@ -200,13 +217,15 @@ def talking_heads() -> None:
         task_id="record_outcomes",
         trigger_rule=TriggerRule.ALL_DONE,
         outlets=[OUTCOMES, VIDEOS],
+        output_root=OUTPUT_ROOT,
         storage_conn_id=STORAGE_CONN_ID,
+        notify_email="{{ params.notify_email or '' }}",
     )
     generated >> outcomes
     planned >> outcomes
     # A table larger than one run maps ([core] max_map_length rows): the rest in follow-up runs of this
     # trigger, queued behind this one by max_active_runs=1 (talking_heads.table.continuation).
-    planned >> ContinueRunOperator(task_id="continue_run", storage_conn_id=STORAGE_CONN_ID)
+    planned >> ContinueRunOperator(task_id="continue_run", output_root=OUTPUT_ROOT, storage_conn_id=STORAGE_CONN_ID)
 
 
 talking_heads()

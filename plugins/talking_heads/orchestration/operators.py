@@ -249,20 +249,37 @@ class RecordOutcomesOperator(BaseOperator):
     """The outcome step: one outcome line per input row, the run's note and summary (see
     :func:`talking_heads.orchestration.task_bodies.record_outcomes`); links to the outcome table and the cost report.
 
+    :param output_root: where the run's plan, the ledger and the outcome table are (templated).
     :param storage_conn_id: Airflow connection of the store under ``output_root``, to presign the links.
+    :param notify_email: comma-separated addresses the run's summary is mailed to (templated); empty: none.
     """
 
-    template_fields: Sequence[str] = ("storage_conn_id",)
+    template_fields: Sequence[str] = ("output_root", "storage_conn_id", "notify_email")
     operator_extra_links = (OutcomeTableLink(), CostReportLink())
 
-    def __init__(self, *, storage_conn_id: str | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        output_root: str,
+        storage_conn_id: str | None = None,
+        notify_email: str | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
+        self.output_root = output_root
         self.storage_conn_id = storage_conn_id
+        self.notify_email = notify_email
 
     def execute(self, context: Context) -> dict[str, Any]:
         from talking_heads.orchestration.task_bodies import record_outcomes  # pandas: not at parse time
 
-        return record_outcomes(context, assets=self.outlets)
+        return record_outcomes(
+            context,
+            output_root=self.output_root,
+            storage_conn_id=self.storage_conn_id or None,
+            notify_email=(self.notify_email or "").strip() or None,
+            assets=self.outlets,
+        )
 
 
 class ContinueRunOperator(BaseOperator):
@@ -277,13 +294,23 @@ class ContinueRunOperator(BaseOperator):
     Airflow 3: importing that operator costs every task process ~0.45 s at DAG parse (it pulls in
     SQLAlchemy and ``airflow.models``), for one task per run.
 
+    :param output_root: where the run's plan is (templated).
     :param storage_conn_id: Airflow connection of the store under ``output_root`` (templated).
+    The follow-up run gets this run's params whole, as its ``conf`` (whatever they are named), plus the
+    continuation key.
     """
 
-    template_fields: Sequence[str] = ("storage_conn_id",)
+    template_fields: Sequence[str] = ("output_root", "storage_conn_id")
 
-    def __init__(self, *, storage_conn_id: str | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        output_root: str,
+        storage_conn_id: str | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
+        self.output_root = output_root
         self.storage_conn_id = storage_conn_id
 
     def execute(self, context: Context) -> None:
@@ -291,8 +318,8 @@ class ContinueRunOperator(BaseOperator):
 
         from talking_heads.table.continuation import CONF_KEY, Part
 
-        params, run_id = context["params"], context["run_id"]
-        plan = RowLedger(params["output_root"], self.storage_conn_id or None).layout.plan(run_id)
+        run_id = context["run_id"]
+        plan = RowLedger(self.output_root, self.storage_conn_id or None).layout.plan(run_id)
         part = Part.from_dict(json.loads(plan.read_text()).get("continuation") or {})
         if not part.next_run_id:
             # Succeeds rather than skips: a skipped task reads as "not run" in the grid and in the tests'
@@ -303,7 +330,7 @@ class ContinueRunOperator(BaseOperator):
         raise DagRunTriggerException(
             trigger_dag_id=self.dag_id,
             dag_run_id=part.next_run_id,
-            conf={**{key: params[key] for key in params if key != CONF_KEY}, CONF_KEY: {"run_id": run_id}},
+            conf={**_params_whole(context), CONF_KEY: {"run_id": run_id}},
             logical_date=None,
             reset_dag_run=False,
             skip_when_already_exists=True,
@@ -314,3 +341,10 @@ class ContinueRunOperator(BaseOperator):
             deferrable=False,
             note=f"part {part.number + 1} of {part.parts}: continues run {part.first_run_id}",
         )
+
+
+def _params_whole(context: Context) -> dict[str, Any]:
+    """The run's params as one dict, forwarded as they are: no param is read by name here."""
+    from talking_heads.table.continuation import CONF_KEY
+
+    return {key: value for key, value in dict(context["params"]).items() if key != CONF_KEY}

@@ -2,12 +2,15 @@
 
 ``plan_rows`` reads the table and settles every row it can before any spend; ``record_outcomes`` writes
 the run's outcome table from the plan and the ledger. pandas is imported here, not at DAG parse time.
+Neither reads the DAG's params: the DAG file maps its form to :class:`PlanSettings` and explicit arguments.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 from airflow.configuration import conf
@@ -24,8 +27,28 @@ from talking_heads.storage import plain_url
 from talking_heads.table.continuation import CONF_KEY, Part, own_entries, split_first, split_next
 from talking_heads.table.plan import InputTableError, assign_connections, plan_run, read_input_table
 
+log = logging.getLogger(__name__)
 
-def plan_rows(context: Context) -> list[dict[str, Any]]:
+
+@dataclass(frozen=True)
+class PlanSettings:
+    """What the plan step is asked to do (the DAG file fills it from its params).
+
+    :param input_table: the table's URL; may itself be a template (``s3://bucket/{{ ds }}.csv``).
+    :param conn_ids: the run's DashScope connections, the default first.
+    """
+
+    input_table: str
+    output_root: str
+    storage_conn_id: str | None = None
+    conn_ids: list[str] = field(default_factory=lambda: ["dashscope_default"])
+    dry_run: bool = False
+    resubmit_uncertain: bool = False
+    preflight: bool = True
+    max_cost_usd: float | None = None
+
+
+def plan_rows(context: Context, settings: PlanSettings) -> list[dict[str, Any]]:
     """Read and validate the table, decide per row, keep the plan under ``runs/{run}/plan.json``.
 
     Returns the work items (one per row to generate, spread over the run's connections) for the
@@ -34,10 +57,8 @@ def plan_rows(context: Context) -> list[dict[str, Any]]:
     (``dag_run.conf`` carries :data:`~talking_heads.table.continuation.CONF_KEY`) takes its rows from the
     previous part's plan instead of reading the table again.
     """
-    params, run_id = context["params"], context["run_id"]
-    storage = params["storage_conn_id"]
-    ledger = RowLedger(params["output_root"], storage)
-    conn_ids = [params["dashscope_conn_id"], *(params["extra_dashscope_conn_ids"] or [])]
+    run_id, storage, conn_ids = context["run_id"], settings.storage_conn_id, settings.conn_ids
+    ledger = RowLedger(settings.output_root, storage)
     log_shared_accounts(conn_ids)
     limit = conf.getint("core", "max_map_length")
     continues = ((context.get("dag_run") and context["dag_run"].conf) or {}).get(CONF_KEY)
@@ -48,7 +69,7 @@ def plan_rows(context: Context) -> list[dict[str, Any]]:
     else:
         # The param may itself be a template (s3://bucket/{{ ds }}.csv): Jinja renders one level, so the
         # value is rendered again here, with the run's context, for scheduled runs and backfills.
-        table_url = context["task"].render_template(params["input_table"], context)
+        table_url = context["task"].render_template(settings.input_table, context)
         try:
             frame = resolve_relative(read_input_table(table_url, storage), table_url)
         except InputTableError as error:
@@ -56,10 +77,10 @@ def plan_rows(context: Context) -> list[dict[str, Any]]:
         entries = plan_run(
             frame,
             ledger,
-            dry_run=bool(params["dry_run"]),
-            resubmit_uncertain=bool(params["resubmit_uncertain"]),
-            preflight=bool(params["preflight_checks"]),
-            max_cost_usd=params["max_cost_usd"],
+            dry_run=settings.dry_run,
+            resubmit_uncertain=settings.resubmit_uncertain,
+            preflight=settings.preflight,
+            max_cost_usd=settings.max_cost_usd,
             public_service=any(_is_public(conn_id) for conn_id in conn_ids if conn_id),
             storage_conn_id=storage,
         )
@@ -69,15 +90,20 @@ def plan_rows(context: Context) -> list[dict[str, Any]]:
     document = {"input_table": table_url, "rows": [e.to_dict() for e in entries], "continuation": part.to_dict()}
     plan_path.write_text(json.dumps(document))
     work = assign_connections(own_entries(entries, part), conn_ids)
-    print(
-        f"Planned {len(entries)} rows from {table_url}: {len(work)} to generate in this run, "
-        f"{len(part.later)} in follow-up runs, {len(entries) - len(work) - len(part.later)} settled "
-        "before any spend or in earlier parts" + (f" ({part.note()})" if part.note() else "")
+    log.info(
+        "Planned %d rows from %s: %d to generate in this run, %d in follow-up runs, %d settled before any "
+        "spend or in earlier parts%s",
+        len(entries),
+        table_url,
+        len(work),
+        len(part.later),
+        len(entries) - len(work) - len(part.later),
+        f" ({part.note()})" if part.note() else "",
     )
     return [item.to_dict() for item in work]
 
 
-def log_shared_accounts(conn_ids: list[str], log: Callable[[str], None] = print) -> dict[str, list[str]]:
+def log_shared_accounts(conn_ids: list[str], say: Callable[[str], None] = log.info) -> dict[str, list[str]]:
     """Say which of the run's connections share an Alibaba Cloud account (they add no parallelism).
 
     The service's limits and its one-task-at-a-time rule count per account (connection extra
@@ -94,13 +120,13 @@ def log_shared_accounts(conn_ids: list[str], log: Callable[[str], None] = print)
         by_account.setdefault(account, []).append(conn_id)
     shared = {account: ids for account, ids in by_account.items() if len(ids) > 1}
     for account, ids in shared.items():
-        log(
+        say(
             f"Connections {', '.join(ids)} belong to one Alibaba Cloud account ({account}): the service's "
             "rate limits and its one running task at a time count per account, so together they add no "
             "parallelism over one of them"
         )
     if len(by_account) > 1 or shared:
-        log(f"Rows are spread over {len(conn_ids)} connections of {len(by_account)} account(s)")
+        say(f"Rows are spread over {len(conn_ids)} connections of {len(by_account)} account(s)")
     return shared
 
 
@@ -113,13 +139,21 @@ def _is_public(conn_id: str) -> bool:
     return service_is_public(base_url_from_connection(connection))
 
 
-def record_outcomes(context: Context, assets: Iterable[Asset] = ()) -> dict[str, Any]:
+def record_outcomes(
+    context: Context,
+    *,
+    output_root: str,
+    storage_conn_id: str | None = None,
+    notify_email: str | None = None,
+    assets: Iterable[Asset] = (),
+) -> dict[str, Any]:
     """Write one outcome line per input row, whatever happened to its tasks; return the run's summary.
 
-    Each of ``assets`` (the task's outlets) gets an event whose ``extra`` says where this run's outputs are.
+    Each of ``assets`` (the task's outlets) gets an event whose ``extra`` says where this run's outputs are;
+    the summary is mailed to ``notify_email`` when given.
     """
-    params, run_id = context["params"], context["run_id"]
-    ledger = RowLedger(params["output_root"], params["storage_conn_id"])
+    run_id = context["run_id"]
+    ledger = RowLedger(output_root, storage_conn_id)
     plan_doc = json.loads(ledger.layout.plan(run_id).read_text())
     frame = build_outcomes([PlanEntry.from_dict(row) for row in plan_doc["rows"]], ledger, run_id)
     written = write_outcomes(frame, ledger.layout, run_id)
@@ -128,16 +162,16 @@ def record_outcomes(context: Context, assets: Iterable[Asset] = ()) -> dict[str,
     summary["report"] = plain_url(ledger.layout.root / "reports" / "cost_report.html")
     for asset in assets:
         context["outlet_events"][asset].extra = {
-            "output_root": params["output_root"],
+            "output_root": output_root,
             "run_id": run_id,
-            "storage_conn_id": params["storage_conn_id"],
+            "storage_conn_id": storage_conn_id,
         }
-    print("OUTCOME SUMMARY " + json.dumps(summary))
+    log.info("OUTCOME SUMMARY %s", json.dumps(summary))
     line = summary_line(summary)
     if note := Part.from_dict(plan_doc.get("continuation") or {}).note():
         line = f"{line} · {note}"
-    print(f"RUN NOTE {line}")
+    log.info("RUN NOTE %s", line)
     set_run_note(context["dag"].dag_id, run_id, line)
-    if params.get("notify_email"):
-        notify(context, summary, params["notify_email"])
+    if notify_email:
+        notify(context, summary, notify_email)
     return summary
