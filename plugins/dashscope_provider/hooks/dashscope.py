@@ -15,16 +15,13 @@ failure.
 
 from __future__ import annotations
 
-import importlib
 import json
-import warnings
 from collections.abc import Callable
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote
 
 import requests
-from airflow.exceptions import AirflowProviderDeprecationWarning
 from airflow.providers.http.hooks.http import HttpHook
 from airflow.sdk.exceptions import AirflowNotFoundException
 
@@ -62,9 +59,7 @@ from dashscope_provider.rate_limit import RateLimiter
 from dashscope_provider.retry import DEFAULT_THROTTLE_TIMEOUT, RetryPolicy, describe, transport_error
 
 if TYPE_CHECKING:
-    from airflow.sdk import Connection, ObjectStoragePath
-
-    from dashscope_provider.transfers.dashscope_to_object_storage import StoredVideo
+    from airflow.sdk import Connection
 
 T = TypeVar("T")
 
@@ -454,44 +449,3 @@ class DashScopeHook(PacingMixin, TaskListMixin, HttpHook):
         finally:
             self.retry_policy = saved
         return True, f"Connected to {self.base_url}: API key accepted (probe task {task.status})"
-
-    # -- deprecated --------------------------------------------------------------------------------
-
-    def download_video(
-        self,
-        video_url: str,
-        destination: ObjectStoragePath | str,
-        chunk_size: int = 8 * 1024 * 1024,
-        *,
-        conn_id: str | None = None,
-    ) -> StoredVideo:
-        """Deprecated: :func:`~dashscope_provider.transfers.dashscope_to_object_storage.download_video`,
-        which this calls with the hook's retry policy and timeout (it uses no DashScope credential)."""
-        from dashscope_provider.transfers.dashscope_to_object_storage import download_video
-
-        warnings.warn(
-            f"DashScopeHook.download_video is deprecated: use {_TRANSFER}.download_video",
-            AirflowProviderDeprecationWarning,
-            stacklevel=2,
-        )
-        return download_video(
-            video_url, destination, chunk_size, conn_id=conn_id, retry_policy=self.retry_policy, timeout=self.timeout
-        )
-
-
-_TRANSFER = "dashscope_provider.transfers.dashscope_to_object_storage"
-#: Names this module used to define, and where they live now (importable from here, with a warning).
-_MOVED = {
-    "DashScopeAsyncHook": "dashscope_provider.hooks.dashscope_async",
-    **dict.fromkeys(("AsyncRateLimiter", "get_rate_limiter", "DEFAULT_QUERY_QPS"), "dashscope_provider.rate_limit"),
-    **dict.fromkeys(("StoredVideo", "DEFAULT_CHUNK_SIZE", "UPLOAD_PART_SIZE"), _TRANSFER),
-    **dict.fromkeys(("TASK_STATUSES", "TERMINAL_STATUSES"), "dashscope_provider.models"),
-}
-
-
-def __getattr__(name: str) -> Any:
-    module = _MOVED.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    warnings.warn(f"{__name__}.{name} moved to {module}.{name}", AirflowProviderDeprecationWarning, stacklevel=2)
-    return getattr(importlib.import_module(module), name)

@@ -448,24 +448,3 @@ def test_hook_reads_its_connection_once(recorder: str, make_hook: Any, monkeypat
         hook.get_task("t")
     assert hook.dashscope_connection is hook.dashscope_connection
     assert len(_Recorder.seen) == 3
-
-
-def test_moved_names_still_import_from_the_hook_module_with_a_warning() -> None:
-    import dashscope_provider.hooks.dashscope as old
-    from airflow.exceptions import AirflowProviderDeprecationWarning
-    from dashscope_provider import rate_limit
-    from dashscope_provider.hooks.dashscope_async import DashScopeAsyncHook
-    from dashscope_provider.transfers import dashscope_to_object_storage as transfers
-
-    with pytest.warns(AirflowProviderDeprecationWarning, match="dashscope_provider.hooks.dashscope_async"):
-        assert old.DashScopeAsyncHook is DashScopeAsyncHook
-    with pytest.warns(AirflowProviderDeprecationWarning):
-        assert old.get_rate_limiter is rate_limit.get_rate_limiter
-    with pytest.warns(AirflowProviderDeprecationWarning):
-        assert old.StoredVideo is transfers.StoredVideo
-    # What the hook itself uses stays importable as it was, without a warning.
-    from dashscope_provider.hooks.dashscope import DashScopeTask as Task  # noqa: F401
-    from dashscope_provider.hooks.dashscope import base_url_from_connection, parse_task  # noqa: F401
-
-    with pytest.raises(AttributeError):
-        _ = old.NoSuchName
