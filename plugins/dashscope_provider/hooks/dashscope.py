@@ -1,8 +1,9 @@
 """The sync hook for Alibaba Cloud DashScope (Model Studio) video synthesis (``emo-v1``, ``emoji-v1``).
 
-:class:`DashScopeHook` does HTTP to DashScope and nothing else: submit, query, list (``list_tasks``, in
-:mod:`~dashscope_provider.hooks.task_list`) and cancel tasks, and detect
-faces (the synchronous, billed call that finds the boxes a task needs). The async
+:class:`DashScopeHook` does HTTP to DashScope and nothing else: submit, query, list (``list_tasks``, by
+its :class:`~dashscope_provider.hooks.task_list.TaskList`) and cancel tasks, and detect faces (the
+synchronous, billed call that finds the boxes a task needs); it paces its calls with its
+:class:`~dashscope_provider.hooks.pacing.Pacing`. The async
 hook (triggers) is :mod:`dashscope_provider.hooks.dashscope_async`; the answers it parses are in
 :mod:`dashscope_provider.models`; what it retries is :class:`dashscope_provider.retry.RetryPolicy`; the
 result video is copied by :mod:`dashscope_provider.transfers.dashscope_to_object_storage` (it needs no
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from datetime import datetime
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote
@@ -27,6 +29,7 @@ from airflow.sdk.exceptions import AirflowNotFoundException
 
 from dashscope_provider.connection import (
     DASHSCOPE_EXTRA_FIELDS,
+    account_from_connection,
     api_key_from_connection,
     base_url_from_connection,
 )
@@ -35,8 +38,8 @@ from dashscope_provider.exceptions import (
     DashScopeConfigError,
     DashScopeSubmissionUncertain,
 )
-from dashscope_provider.hooks.pacing import PacingMixin
-from dashscope_provider.hooks.task_list import TaskListMixin
+from dashscope_provider.hooks.pacing import Pacing, ThrottleCounter, refused
+from dashscope_provider.hooks.task_list import TaskList
 from dashscope_provider.models import (
     CANCEL_ENDPOINT,
     DEFAULT_BASE_URL,
@@ -47,6 +50,7 @@ from dashscope_provider.models import (
     TASK_ENDPOINT,
     DashScopeTask,
     FaceDetection,
+    ListedTask,
     SubmittedTask,
     TaskStatus,
     api_error,
@@ -76,7 +80,7 @@ __all__ = [
 # -- the hook -----------------------------------------------------------------------------------------
 
 
-class DashScopeHook(PacingMixin, TaskListMixin, HttpHook):
+class DashScopeHook(HttpHook):
     """Submit, query, list and cancel DashScope video-synthesis tasks; detect faces for them.
 
     Connection (type ``dashscope``): ``host`` = base URL (empty: ``https://dashscope.aliyuncs.com``;
@@ -87,15 +91,15 @@ class DashScopeHook(PacingMixin, TaskListMixin, HttpHook):
     the key belongs to (default: the key's own fingerprint, see
     :func:`~dashscope_provider.connection.account_from_connection`).
 
-    Pacing (:mod:`~dashscope_provider.hooks.pacing`): the service counts its limits per account and model,
-    whatever the key, so every hook of this process with the same base URL and account shares one limiter
-    per model for submits (below emo-v1 5/s, emoji-v1 1/s) and detects, and one query budget with the async
-    hook. Other processes have their own, so a 429 can still come: it is retried without using up
-    attempts, and counted in :attr:`throttled` (read-only: the 429 answers this hook retried through, in
-    submits, queries, task lists and detects), for the caller to record. Never retried: a used-up free
-    quota (429 ``Throttling.AllocationQuota`` "Free allocated quota exceeded":
-    :class:`~dashscope_provider.exceptions.DashScopeQuotaExhausted`), nor any other 4xx, such as 400
-    ``DataInspectionFailed`` (content moderation).
+    Pacing (:attr:`pacing`, a :class:`~dashscope_provider.hooks.pacing.Pacing`): the service counts its
+    limits per account and model, whatever the key, so every hook of this process with the same base URL
+    and account shares one limiter per model for submits (below emo-v1 5/s, emoji-v1 1/s) and detects,
+    and one query budget with the async hook. Other processes have their own, so a 429 can still come: it
+    is retried without using up attempts, and counted in :attr:`throttled` (read-only: the 429 answers
+    this hook retried through, in submits, queries, task lists and detects), for the caller to record.
+    Never retried: a used-up free quota (429 ``Throttling.AllocationQuota`` "Free allocated quota
+    exceeded": :class:`~dashscope_provider.exceptions.DashScopeQuotaExhausted`), nor any other 4xx, such as
+    400 ``DataInspectionFailed`` (content moderation).
 
     Built on ``HttpHook``'s public surface: :meth:`get_conn` extends its session (extras, TCP keep-alive
     adapter) with the bearer token, :meth:`url_from_endpoint` applies this connection's base-URL rules.
@@ -152,8 +156,21 @@ class DashScopeHook(PacingMixin, TaskListMixin, HttpHook):
         self.dashscope_conn_id = dashscope_conn_id
         self.retry_policy = RetryPolicy(max_attempts, retry_initial, retry_max, throttle_timeout)
         self.timeout = timeout
-        self._init_pacing(detect_qps, submit_qps)
+        # The connection is read on first use, not here: the helpers ask for it when they need it.
+        self.pacing = Pacing(lambda: self.dashscope_connection, detect_qps, submit_qps)
+        self._throttles = ThrottleCounter()
+        self._task_list = TaskList(self._idempotent_call, self.pacing.query_limiter, self.log)
         self._session: requests.Session | None = None
+
+    @property
+    def throttled(self) -> int:
+        """How many 429 (throttled) answers this hook got and retried through, over all its calls so far:
+        submits, queries, task lists and face-detects. Read-only; it only grows.
+
+        A 429 that is not retried is not counted: the one after ``throttle_timeout`` (raised), and a free
+        quota used up (:class:`~dashscope_provider.exceptions.DashScopeQuotaExhausted`, raised at once).
+        """
+        return self._throttles.count
 
     # -- connection and session -------------------------------------------------------------------
 
@@ -189,6 +206,11 @@ class DashScopeHook(PacingMixin, TaskListMixin, HttpHook):
         session.headers["Authorization"] = f"Bearer {key}"
         self.base_url = base_url_from_connection(connection)
         return session
+
+    @property
+    def account(self) -> str:
+        """The Alibaba Cloud account the connection's calls count against (and whose tasks it lists)."""
+        return account_from_connection(self.dashscope_connection)
 
     def url_from_endpoint(self, endpoint: str | None) -> str:
         """``{base URL}/{endpoint}``, the base URL as :func:`base_url_from_connection` reads it."""
@@ -236,7 +258,8 @@ class DashScopeHook(PacingMixin, TaskListMixin, HttpHook):
     ) -> SubmittedTask:
         """Create a video-synthesis task; returns its id.
 
-        Each attempt waits for its slot of :meth:`submit_limiter`. Retried (bounded, exponential back-off
+        Each attempt waits for its slot of :meth:`Pacing.submit_limiter
+        <dashscope_provider.hooks.pacing.Pacing.submit_limiter>`. Retried (bounded, exponential back-off
         with jitter) only when no task can have been created: a 429 (but a used-up free quota), a 5xx with
         DashScope's JSON error body, or a connection that could not be opened.
 
@@ -259,7 +282,7 @@ class DashScopeHook(PacingMixin, TaskListMixin, HttpHook):
             # turn a harmless reconnect into an "uncertain" submission.
             with self._submit_session() as session:
                 url = self.url_from_endpoint(SUBMIT_ENDPOINT)
-                limiter = self.submit_limiter(model)  # after the session: a bad connection is a config error
+                limiter = self.pacing.submit_limiter(model)  # after the session: a bad connection is a config error
                 limiter.wait()
                 try:
                     response = session.post(url, json=body, timeout=self._request_timeout(), allow_redirects=False)
@@ -283,9 +306,9 @@ class DashScopeHook(PacingMixin, TaskListMixin, HttpHook):
                     request_fingerprint,
                     status,
                 )
-            raise self._throttle_check(error, limiter)
+            raise refused(error, limiter)
 
-        submitted = self.retry_policy.retrying("submit", self.log, idempotent=False, on_retry=self._count_retry)(
+        submitted = self.retry_policy.retrying("submit", self.log, idempotent=False, on_retry=self._throttles.on_retry)(
             attempt
         )
         self.log.info(
@@ -324,9 +347,10 @@ class DashScopeHook(PacingMixin, TaskListMixin, HttpHook):
             try:
                 return handle(response, text)
             except DashScopeAPIError as exc:
-                raise self._throttle_check(exc, limiter) from None
+                raise refused(exc, limiter) from None
 
-        return self.retry_policy.retrying(operation, self.log, idempotent=True, on_retry=self._count_retry)(attempt)
+        retrying = self.retry_policy.retrying(operation, self.log, idempotent=True, on_retry=self._throttles.on_retry)
+        return retrying(attempt)
 
     def get_task(self, task_id: str) -> DashScopeTask:
         """The task's current status and, once succeeded, its video URL and usage.
@@ -341,7 +365,12 @@ class DashScopeHook(PacingMixin, TaskListMixin, HttpHook):
             return read_answer(response.status_code, text, content_type, "query", parse_task, "query")
 
         endpoint = TASK_ENDPOINT.format(task_id=quote(task_id, safe=""))
-        return self._idempotent_call("GET", endpoint, "query", handle, limiter=self.query_limiter())
+        return self._idempotent_call("GET", endpoint, "query", handle, limiter=self.pacing.query_limiter())
+
+    def list_tasks(self, model: str, start: datetime, end: datetime, status: str | None = None) -> list[ListedTask]:
+        """The account's tasks of ``model`` created from ``start`` to ``end`` (aware datetimes), oldest first:
+        :meth:`TaskList.list_tasks <dashscope_provider.hooks.task_list.TaskList.list_tasks>`."""
+        return self._task_list.list_tasks(model, start, end, status)
 
     # -- cancel ------------------------------------------------------------------------------------
 
@@ -381,7 +410,8 @@ class DashScopeHook(PacingMixin, TaskListMixin, HttpHook):
     def detect_face(self, model: str, image_url: str, ratio: str | None = None) -> FaceDetection:
         """Find the face and its dynamic area in an image (synchronous); the boxes a video task needs.
 
-        Paced per (base URL, account, model) in this process (see :meth:`detect_limiter`). Safe to repeat,
+        Paced per (base URL, account, model) in this process (see :meth:`Pacing.detect_limiter
+        <dashscope_provider.hooks.pacing.Pacing.detect_limiter>`). Safe to repeat,
         so retried like a query on 429, 5xx and transport errors. Every *answered* detection is billed one
         image, passed or not, so a retry after a lost answer may bill twice; a refused request (4xx, 429,
         5xx) is not billed. A detection that did not pass is an answer, not an error: ``passed`` is False
@@ -413,7 +443,7 @@ class DashScopeHook(PacingMixin, TaskListMixin, HttpHook):
                 raise DashScopeAPIError(200, None, f"unreadable detection answer ({exc})", None, "detect") from None
 
         detection = self._idempotent_call(
-            "POST", FACE_DETECT_ENDPOINT, "detect", handle, limiter=self.detect_limiter(model), json=body
+            "POST", FACE_DETECT_ENDPOINT, "detect", handle, limiter=self.pacing.detect_limiter(model), json=body
         )
         self.log.info(
             "DashScope %s (ratio %s): %s (request_id %s, %s image(s) billed)",

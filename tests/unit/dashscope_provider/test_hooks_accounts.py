@@ -44,7 +44,7 @@ def test_submits_are_paced_per_model_at_the_accounts_rate(
 ) -> None:
     hook = make_hook()
     # 90 % of the page's 1/s and 5/s, so that jitter does not land two arrivals in one of its windows.
-    assert (hook.submit_limiter("emoji-v1").qps, hook.submit_limiter("emo-v1").qps) == (0.9, 4.5)
+    assert (hook.pacing.submit_limiter("emoji-v1").qps, hook.pacing.submit_limiter("emo-v1").qps) == (0.9, 4.5)
     started = time.monotonic()
     for _ in range(3):
         hook.submit_task("emoji-v1", emoji_input)
@@ -67,9 +67,9 @@ def test_two_keys_of_one_account_share_its_submit_rate_and_other_accounts_do_not
     first = make_hook(detect_conn(monkeypatch, base, "acct_a", KEY, account="acct"))
     second = make_hook(detect_conn(monkeypatch, base, "acct_b", SAME_ACCOUNT_KEY, account="acct"))
     other = make_hook(detect_conn(monkeypatch, base, "other", OTHER_ACCOUNT_KEY))
-    assert first.submit_limiter("emoji-v1") is second.submit_limiter("emoji-v1")
-    assert first.submit_limiter("emoji-v1") is not other.submit_limiter("emoji-v1")
-    assert first.submit_limiter("emoji-v1") is not first.submit_limiter("emo-v1")
+    assert first.pacing.submit_limiter("emoji-v1") is second.pacing.submit_limiter("emoji-v1")
+    assert first.pacing.submit_limiter("emoji-v1") is not other.pacing.submit_limiter("emoji-v1")
+    assert first.pacing.submit_limiter("emoji-v1") is not first.pacing.submit_limiter("emo-v1")
     took: dict[str, float] = {}
 
     def submit(name: str, hook: Any, count: int) -> None:

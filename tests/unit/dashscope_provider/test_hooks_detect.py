@@ -199,7 +199,7 @@ def test_detections_are_paced_per_account_and_model(
     detect_stub: FaceDetectStub, make_hook: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     hook = make_hook()
-    slots = _record_slots(monkeypatch, hook.detect_limiter("emo-detect-v1"))
+    slots = _record_slots(monkeypatch, hook.pacing.detect_limiter("emo-detect-v1"))
     started = time.monotonic()
     assert all(hook.detect_face("emo-detect-v1", IMAGE).passed for _ in range(11))
     assert time.monotonic() - started >= 10 / 4.5 - 0.05  # 4.5 per second, below the page's 5 for emo-detect-v1
@@ -216,11 +216,12 @@ def test_keys_of_one_account_share_the_pace(
     first = make_hook(detect_conn(monkeypatch, detect_stub.base_url, "ds_a", KEY, account="acct-1"))
     second = make_hook(detect_conn(monkeypatch, detect_stub.base_url, "ds_b", "sk-same-account", account="acct-1"))
     other = make_hook(detect_conn(monkeypatch, detect_stub.base_url, "ds_c", "sk-other-account"))
-    assert first.detect_limiter("emoji-detect-v1") is second.detect_limiter("emoji-detect-v1")
-    assert first.detect_limiter("emoji-detect-v1") is not other.detect_limiter("emoji-detect-v1")
-    assert first.detect_limiter("emoji-detect-v1") is not first.detect_limiter("emo-detect-v1")
+    assert first.pacing.detect_limiter("emoji-detect-v1") is second.pacing.detect_limiter("emoji-detect-v1")
+    assert first.pacing.detect_limiter("emoji-detect-v1") is not other.pacing.detect_limiter("emoji-detect-v1")
+    assert first.pacing.detect_limiter("emoji-detect-v1") is not first.pacing.detect_limiter("emo-detect-v1")
     # 90 % of the page's 1/s and 5/s: room for arrival jitter inside the service's 1 s window.
-    assert first.detect_limiter("emoji-detect-v1").qps == 0.9 and first.detect_limiter("emo-detect-v1").qps == 4.5
+    assert first.pacing.detect_limiter("emoji-detect-v1").qps == 0.9
+    assert first.pacing.detect_limiter("emo-detect-v1").qps == 4.5
     started = time.monotonic()
     for hook in (first, second, first, second):
         assert hook.detect_face("emoji-detect-v1", IMAGE).passed
@@ -238,7 +239,7 @@ def test_detect_rate_can_be_set_per_hook(
         detect_conn(monkeypatch, detect_stub.base_url, "ds_slow", account="acct-slow"),
         detect_qps={"emo-detect-v1": 2.5},
     )
-    assert hook.detect_limiter("emo-detect-v1").qps == 2.5
+    assert hook.pacing.detect_limiter("emo-detect-v1").qps == 2.5
 
 
 def test_the_async_query_budget_is_per_account(detect_stub: FaceDetectStub, monkeypatch: pytest.MonkeyPatch) -> None:
