@@ -48,15 +48,18 @@ from dashscope_provider.models import (
     PROBE_TASK_ID,
     SUBMIT_ENDPOINT,
     TASK_ENDPOINT,
+    TASK_LIST_ENDPOINT,
     DashScopeTask,
     FaceDetection,
     ListedTask,
     SubmittedTask,
+    TaskPage,
     TaskStatus,
     api_error,
     parse_detection,
     parse_submission,
     parse_task,
+    parse_task_page,
     read_answer,
 )
 from dashscope_provider.rate_limit import RateLimiter
@@ -75,6 +78,17 @@ __all__ = [
     "api_key_from_connection",
     "base_url_from_connection",
 ]
+
+
+def _answer_reader(operation: str, parse: Callable[[Any], T], what: str) -> Callable[[requests.Response, str], T]:
+    """An answer handler for :meth:`DashScopeHook._idempotent_call`: a 200 read by ``parse``, else the
+    refusal (see :func:`~dashscope_provider.models.read_answer`)."""
+
+    def read(response: requests.Response, text: str) -> T:
+        content_type = response.headers.get("Content-Type")
+        return read_answer(response.status_code, text, content_type, operation, parse, what)
+
+    return read
 
 
 # -- the hook -----------------------------------------------------------------------------------------
@@ -159,7 +173,7 @@ class DashScopeHook(HttpHook):
         # The connection is read on first use, not here: the helpers ask for it when they need it.
         self.pacing = Pacing(lambda: self.dashscope_connection, detect_qps, submit_qps)
         self._throttles = ThrottleCounter()
-        self._task_list = TaskList(self._idempotent_call, self.pacing.query_limiter, self.log)
+        self._task_list = TaskList(self._task_page, self.log)
         self._session: requests.Session | None = None
 
     @property
@@ -352,6 +366,13 @@ class DashScopeHook(HttpHook):
         retrying = self.retry_policy.retrying(operation, self.log, idempotent=True, on_retry=self._throttles.on_retry)
         return retrying(attempt)
 
+    def _task_page(self, query: dict[str, str]) -> TaskPage:
+        """One page of the account's task list (``query``: the window, ``page_no``, ``page_size``)."""
+        read = _answer_reader("list", parse_task_page, "task-list")
+        return self._idempotent_call(
+            "GET", TASK_LIST_ENDPOINT, "list", read, limiter=self.pacing.query_limiter(), params=query
+        )
+
     def get_task(self, task_id: str) -> DashScopeTask:
         """The task's current status and, once succeeded, its video URL and usage.
 
@@ -359,13 +380,9 @@ class DashScopeHook(HttpHook):
         :raises DashScopeAPIError: on a non-retryable error (401...) or after the retries.
         :raises DashScopeConnectionError: if the service stayed unreachable.
         """
-
-        def handle(response: requests.Response, text: str) -> DashScopeTask:
-            content_type = response.headers.get("Content-Type")
-            return read_answer(response.status_code, text, content_type, "query", parse_task, "query")
-
         endpoint = TASK_ENDPOINT.format(task_id=quote(task_id, safe=""))
-        return self._idempotent_call("GET", endpoint, "query", handle, limiter=self.pacing.query_limiter())
+        read = _answer_reader("query", parse_task, "query")
+        return self._idempotent_call("GET", endpoint, "query", read, limiter=self.pacing.query_limiter())
 
     def list_tasks(self, model: str, start: datetime, end: datetime, status: str | None = None) -> list[ListedTask]:
         """The account's tasks of ``model`` created from ``start`` to ``end`` (aware datetimes), oldest first:

@@ -1,7 +1,7 @@
 """:class:`TaskList`: the account's task list, every page; :meth:`DashScopeHook.list_tasks` delegates to it.
 
-A helper the hook holds (kept in its own module so the hook stays readable): it sends its calls through
-the hook's call for requests that are safe to repeat, so with the hook's session, retry policy and
+A helper the hook holds (kept in its own module so the hook stays readable): it decides what to ask for
+and what to keep; each page is fetched by the hook, with its session, retry policy, pacing and
 connection, like every other call.
 """
 
@@ -10,64 +10,27 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import Any
 
-from dashscope_provider.models import (
-    TASK_LIST_ENDPOINT,
-    TASK_LIST_MARGIN,
-    TASK_LIST_MAX_WINDOW,
-    ListedTask,
-    TaskPage,
-    list_time,
-    parse_task_page,
-    read_answer,
-)
-
-if TYPE_CHECKING:
-    import requests
-
-    from dashscope_provider.rate_limit import RateLimiter
-
-T = TypeVar("T")
+from dashscope_provider.models import TASK_LIST_MARGIN, TASK_LIST_MAX_WINDOW, ListedTask, TaskPage, list_time
 
 #: Entries asked per page, and the most pages read for one window (a runaway guard).
 TASK_LIST_PAGE_SIZE = 100
 TASK_LIST_MAX_PAGES = 200
 
 
-class Send(Protocol):
-    """The hook's call for a request that is safe to repeat (``DashScopeHook._idempotent_call``)."""
-
-    def __call__(
-        self,
-        method: str,
-        endpoint: str,
-        operation: str,
-        handle: Callable[[requests.Response, str], T],
-        *,
-        limiter: RateLimiter | None = None,
-        **request_kwargs: Any,
-    ) -> T: ...
-
-
-def _read_page(response: requests.Response, text: str) -> TaskPage:
-    content_type = response.headers.get("Content-Type")
-    return read_answer(response.status_code, text, content_type, "list", parse_task_page, "task-list")
-
-
 class TaskList:
     """The task list of one connection's Alibaba Cloud account (``GET /api/v1/tasks/``).
 
-    :param send: the hook's call for requests that are safe to repeat (session, retries, 429 handling).
-    :param limiter: the limiter list calls are paced with: the account's query budget, shared in this
-        process with every hook of the same base URL and account, sync or async, and their task queries
-        (:meth:`~dashscope_provider.hooks.pacing.Pacing.query_limiter`).
+    :param fetch_page: the hook's ``GET /api/v1/tasks/`` of one query string (``start_time``...,
+        ``page_no``, ``page_size``): paced by the account's query budget, shared in this process with
+        every hook of the same base URL and account, sync or async, and their task queries
+        (:meth:`~dashscope_provider.hooks.pacing.Pacing.query_limiter`), and retried like a query.
     :param log: where the listing's one line goes (the hook's logger).
     """
 
-    def __init__(self, send: Send, limiter: Callable[[], RateLimiter], log: logging.Logger | Any) -> None:
-        self._send = send
-        self._limiter = limiter
+    def __init__(self, fetch_page: Callable[[dict[str, str]], TaskPage], log: logging.Logger | Any) -> None:
+        self._fetch_page = fetch_page
         self._log = log
 
     def list_tasks(self, model: str, start: datetime, end: datetime, status: str | None = None) -> list[ListedTask]:
@@ -107,10 +70,8 @@ class TaskList:
 
     def _every_entry(self, params: dict[str, str]) -> Iterator[ListedTask]:
         """The entries of every page of one window's listing, page by page."""
-        limiter = self._limiter()
         for page_no in range(1, TASK_LIST_MAX_PAGES + 1):
-            query = {**params, "page_no": str(page_no), "page_size": str(TASK_LIST_PAGE_SIZE)}
-            page = self._send("GET", TASK_LIST_ENDPOINT, "list", _read_page, limiter=limiter, params=query)
+            page = self._fetch_page({**params, "page_no": str(page_no), "page_size": str(TASK_LIST_PAGE_SIZE)})
             yield from page.tasks
             if not page.tasks or page_no >= page.total_page:
                 return
