@@ -91,6 +91,31 @@ def _answer_reader(operation: str, parse: Callable[[Any], T], what: str) -> Call
     return read
 
 
+def _submitted(
+    response: requests.Response, text: str, request_fingerprint: str | None, limiter: RateLimiter
+) -> SubmittedTask:
+    """The task a submit answer created; an answer that may hide a task raises
+    :class:`DashScopeSubmissionUncertain`, a refusal (no task) the :func:`refused` API error."""
+    status = response.status_code
+    if 200 <= status < 300:
+        try:
+            return parse_submission(response.json())
+        except ValueError as exc:
+            raise DashScopeSubmissionUncertain(
+                f"HTTP {status} answer without a readable task id ({exc})", request_fingerprint, status
+            ) from None
+    error = api_error(status, text, response.headers.get("Content-Type"), "submit")
+    if status >= 500 and not error.has_error_body:
+        # A gateway's 5xx: the service behind it may have created the task.
+        raise DashScopeSubmissionUncertain(
+            f"HTTP {status} without a DashScope error body (a gateway answered; the service may "
+            "have received the request)",
+            request_fingerprint,
+            status,
+        )
+    raise refused(error, limiter)
+
+
 # -- the hook -----------------------------------------------------------------------------------------
 
 
@@ -290,45 +315,27 @@ class DashScopeHook(HttpHook):
         body: dict[str, Any] = {"model": model, "input": input}
         if parameters:
             body["parameters"] = parameters
-
-        def attempt() -> SubmittedTask:
-            # A fresh session (so a fresh TCP connection) per attempt: a stale pooled connection would
-            # turn a harmless reconnect into an "uncertain" submission.
-            with self._submit_session() as session:
-                url = self.url_from_endpoint(SUBMIT_ENDPOINT)
-                limiter = self.pacing.submit_limiter(model)  # after the session: a bad connection is a config error
-                limiter.wait()
-                try:
-                    response = session.post(url, json=body, timeout=self._request_timeout(), allow_redirects=False)
-                    text = response.text
-                except requests.RequestException as exc:
-                    raise transport_error(exc, idempotent=False, request_fingerprint=request_fingerprint) from exc
-            status = response.status_code
-            if 200 <= status < 300:
-                try:
-                    return parse_submission(response.json())
-                except ValueError as exc:
-                    raise DashScopeSubmissionUncertain(
-                        f"HTTP {status} answer without a readable task id ({exc})", request_fingerprint, status
-                    ) from None
-            error = api_error(status, text, response.headers.get("Content-Type"), "submit")
-            if status >= 500 and not error.has_error_body:
-                # A gateway's 5xx: the service behind it may have created the task.
-                raise DashScopeSubmissionUncertain(
-                    f"HTTP {status} without a DashScope error body (a gateway answered; the service may "
-                    "have received the request)",
-                    request_fingerprint,
-                    status,
-                )
-            raise refused(error, limiter)
-
-        submitted = self.retry_policy.retrying("submit", self.log, idempotent=False, on_retry=self._throttles.on_retry)(
-            attempt
-        )
+        retrying = self.retry_policy.retrying("submit", self.log, idempotent=False, on_retry=self._throttles.on_retry)
+        submitted = retrying(self._submit_once, model, body, request_fingerprint)
         self.log.info(
             "DashScope task %s submitted (model %s, request_id %s)", submitted.task_id, model, submitted.request_id
         )
         return submitted
+
+    def _submit_once(self, model: str, body: dict[str, Any], request_fingerprint: str | None) -> SubmittedTask:
+        """One attempt of :meth:`submit_task`: a fresh session, the model's slot, one POST, its answer read."""
+        # A fresh session (so a fresh TCP connection) per attempt: a stale pooled connection would
+        # turn a harmless reconnect into an "uncertain" submission.
+        with self._submit_session() as session:
+            url = self.url_from_endpoint(SUBMIT_ENDPOINT)
+            limiter = self.pacing.submit_limiter(model)  # after the session: a bad connection is a config error
+            limiter.wait()
+            try:
+                response = session.post(url, json=body, timeout=self._request_timeout(), allow_redirects=False)
+                text = response.text
+            except requests.RequestException as exc:
+                raise transport_error(exc, idempotent=False, request_fingerprint=request_fingerprint) from exc
+        return _submitted(response, text, request_fingerprint, limiter)
 
     # -- query -------------------------------------------------------------------------------------
 
