@@ -117,6 +117,13 @@ def optional_str(value: Any) -> str | None:
     return None if value is None else str(value)
 
 
+def _known_fields(cls: type, data: dict[str, Any]) -> dict[str, Any]:
+    """The entries of ``data`` that name a field of the dataclass ``cls`` (a newer writer's extra keys are
+    dropped, so an older reader can still rebuild what it knows)."""
+    names = {f.name for f in fields(cls)}
+    return {key: value for key, value in data.items() if key in names}
+
+
 @dataclass(frozen=True)
 class SubmittedTask:
     """The answer to a submission.
@@ -185,8 +192,7 @@ class DashScopeTask:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DashScopeTask:
         """Rebuild from :meth:`to_dict` output; unknown keys are ignored."""
-        names = {f.name for f in fields(cls)}
-        return cls(**{key: value for key, value in data.items() if key in names})
+        return cls(**_known_fields(cls, data))
 
 
 def parse_task(payload: Any) -> DashScopeTask:
@@ -325,8 +331,7 @@ class FaceDetection:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FaceDetection:
         """Rebuild from :meth:`to_dict` output; unknown keys are ignored."""
-        names = {f.name for f in fields(cls)}
-        return cls(**{key: value for key, value in data.items() if key in names})
+        return cls(**_known_fields(cls, data))
 
 
 def _box(value: Any, name: str) -> Box:
