@@ -7,10 +7,11 @@ a result URL would be). Each copy runs in its own fresh process, whose peak RSS 
 before and after the copy:
 
 * ``baseline``: ``requests`` streaming the URL into a local file, 8 MB chunks (nothing else imported);
-* ``hook-local``: ``DashScopeHook.download_video`` into a local path (temporary sibling + rename);
-* ``hook-s3``: the same into ``s3://`` on moto in server mode (temporary file, then a multipart upload).
+* ``transfer-local``: the provider's ``download_video`` (``transfers.dashscope_to_object_storage``) into a
+  local path (temporary sibling + rename);
+* ``transfer-s3``: the same into ``s3://`` on moto in server mode (temporary file, then a multipart upload).
 
-The hook's processes import Airflow, which alone takes well over 100 MB before a byte is copied, so
+The transfer's processes import Airflow, which alone takes well over 100 MB before a byte is copied, so
 the figure that shows whether memory stays flat whatever the video size is the growth during the copy
 (peak RSS minus RSS after the imports), printed beside the absolute peak.
 """
@@ -53,19 +54,18 @@ print(size, seconds, before, peak_kb())
 """
 )
 
-HOOK = (
+TRANSFER = (
     PEAK
     + """
 import sys, time
-from dashscope_provider.hooks.dashscope import DashScopeHook
+from dashscope_provider.transfers.dashscope_to_object_storage import download_video
 from airflow.sdk import ObjectStoragePath
 url, dest, conn_id = sys.argv[1], sys.argv[2], sys.argv[3] or None
-hook = DashScopeHook()
 target = ObjectStoragePath(dest, conn_id=conn_id) if "://" in dest else dest
 ObjectStoragePath("file:///tmp").fs, getattr(target, "fs", None)  # imports done before measuring
 before = peak_kb()
 started = time.perf_counter()
-stored = hook.download_video(url, target)
+stored = download_video(url, target)
 seconds = time.perf_counter() - started
 print(stored.size_bytes, seconds, before, peak_kb())
 """
@@ -124,10 +124,6 @@ def main() -> None:
                     "extra": {"endpoint_url": endpoint, "region_name": "us-east-1"},
                 }
             ),
-            # The hook reads no DashScope credential for a download, but is built from a connection id.
-            "AIRFLOW_CONN_DASHSCOPE_DEFAULT": json.dumps(
-                {"conn_type": "dashscope", "host": "http://127.0.0.1:9", "password": "unused"}
-            ),
         }
         try:
             with serve_directory(video.parent) as base_url:
@@ -137,8 +133,8 @@ def main() -> None:
                 # of one copy must not slow down the next.
                 for name, script, dest, conn in (
                     ("baseline", BASELINE, root / "copy.mp4", None),
-                    ("hook-local", HOOK, root / "copy.mp4", ""),
-                    ("hook-s3", HOOK, "s3://bench/video.mp4", "bench_s3"),
+                    ("transfer-local", TRANSFER, root / "copy.mp4", ""),
+                    ("transfer-s3", TRANSFER, "s3://bench/video.mp4", "bench_s3"),
                     ("baseline-2", BASELINE, root / "copy.mp4", None),
                 ):
                     extra = () if conn is None else (conn,)
@@ -152,7 +148,7 @@ def main() -> None:
     for name, (size, seconds, before, peak) in results.items():
         rate = size / seconds / 1e6
         print(
-            f"DOWNLOAD {name:<10} bytes={size} seconds={seconds:.2f} throughput={rate:.0f}MB/s "
+            f"DOWNLOAD {name:<14} bytes={size} seconds={seconds:.2f} throughput={rate:.0f}MB/s "
             f"({rate / base_rate:.2f}x the baselines' mean) peak_rss={peak:.0f}MB "
             f"rss_growth_during_copy={peak - before:.0f}MB"
         )

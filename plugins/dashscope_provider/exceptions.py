@@ -85,14 +85,9 @@ class DashScopeAPIError(DashScopeError):
 
     def _describe(self) -> str:
         what = f"DashScope {self.operation} failed" if self.operation else "DashScope API error"
-        text = f"{what}: HTTP {self.status_code}"
-        if self.code:
-            text += f" {self.code}"
-        if self.message:
-            text += f": {self.message}"
-        if self.request_id:
-            text += f" (request_id={self.request_id})"
-        return text
+        text = _with_optional(f"{what}: HTTP {self.status_code}", " {}", self.code)
+        text = _with_optional(text, ": {}", self.message)
+        return _with_optional(text, " (request_id={})", self.request_id)
 
     @property
     def has_error_body(self) -> bool:
@@ -191,9 +186,7 @@ class DashScopeSubmissionUncertain(DashScopeError, AirflowFailException):
         self.request_fingerprint = request_fingerprint
         self.status_code = status_code
         text = f"DashScope submission uncertain (a task may exist and be billed; not re-sent): {reason}"
-        if request_fingerprint:
-            text += f" [request {request_fingerprint}]"
-        super().__init__(text)
+        super().__init__(_with_optional(text, " [request {}]", request_fingerprint))
 
     def _init_args(self) -> tuple[Any, ...]:
         return (self.reason, self.request_fingerprint, self.status_code)
@@ -235,9 +228,7 @@ class DashScopeResultExpired(DashScopeError):
         self.status_code = status_code
         self.url = url
         self.detail = detail
-        text = f"DashScope result URL is no longer valid (HTTP {status_code}) for {url}"
-        if detail:
-            text += f": {detail}"
+        text = _with_optional(f"DashScope result URL is no longer valid (HTTP {status_code}) for {url}", ": {}", detail)
         super().__init__(text + "; result URLs expire 24 h after the task succeeded")
 
     def _init_args(self) -> tuple[Any, ...]:
@@ -264,7 +255,7 @@ class DashScopeDetectionFailed(DashScopeError, AirflowFailException):
         self.message = message
         self.request_id = request_id
         text = _with_verdict(f"DashScope {model} did not pass the image", code, message)
-        super().__init__(f"{text} (request_id={request_id})" if request_id else text)
+        super().__init__(_with_optional(text, " (request_id={})", request_id))
 
     def _init_args(self) -> tuple[Any, ...]:
         return (self.model, self.code, self.message, self.request_id)
@@ -273,3 +264,8 @@ class DashScopeDetectionFailed(DashScopeError, AirflowFailException):
 def _with_verdict(text: str, code: str | None, message: str | None) -> str:
     """``text: code: message``, leaving out what the service did not say."""
     return ": ".join(part for part in (text, code, message) if part)
+
+
+def _with_optional(text: str, template: str, value: object) -> str:
+    """``text`` and ``template`` filled with ``value``, or ``text`` alone when the service gave no value."""
+    return text + template.format(value) if value else text

@@ -37,9 +37,44 @@ TASK_LIST_MARGIN = timedelta(minutes=15)
 TASK_LIST_MAX_WINDOW = timedelta(hours=24)
 FACE_DETECT_ENDPOINT = "api/v1/services/aigc/image2video/face-detect"
 
+#: The video-synthesis models: ``emo-v1`` (a portrait and a voice clip), ``emoji-v1`` (a portrait and a
+#: template, ``driven_id``).
+MODELS: tuple[str, ...] = ("emo-v1", "emoji-v1")
+#: emo-v1's ``parameters.style_level`` values; the first is the service's default.
+STYLE_LEVELS: tuple[str, ...] = ("normal", "calm", "active")
+#: The template ids emoji-v1's ``input.driven_id`` takes (the appendix of the emoji-v1 reference, page 004).
+EMOJI_DRIVEN_IDS: frozenset[str] = frozenset(
+    {
+        "mengwa_kaixin",
+        "dagong_zhuakuang",
+        "mengwa_dengyan",
+        "dagong_wunai",
+        "mengwa_gandong",
+        "dagong_weixiao",
+        "mengwa_renzhen_1",
+        "dagong_ganji",
+        "mengwa_jidong",
+        "jingdian_tiaopi",
+        "mengwa_kun_1",
+        "jingdian_deyi_1",
+        "mengwa_jiaoxie",
+        "jingdian_qidai",
+        "dagong_kaixin",
+        "jingdian_landuo_1",
+        "dagong_yangwang",
+        "jingdian_xianqi",
+        "dagong_kunhuo",
+        "jingdian_lei",
+    }
+)
+
+#: The face-detect model that finds the boxes of each video model's input.
+DETECT_MODELS: dict[str, str] = {"emo-v1": "emo-detect-v1", "emoji-v1": "emoji-detect-v1"}
 #: The ratios each detection model takes; the first is its default. The ratio chosen for emo-detect-v1
 #: decides the shape of ``ext_bbox``, and so emo-v1's output size and price.
 DETECT_RATIOS: dict[str, tuple[str, ...]] = {"emo-detect-v1": ("1:1", "3:4"), "emoji-detect-v1": ("1:1",)}
+#: The same ratios by video model: the ratios a row of that model may ask its detection for.
+MODEL_DETECT_RATIOS: dict[str, tuple[str, ...]] = {model: DETECT_RATIOS[DETECT_MODELS[model]] for model in MODELS}
 
 #: A task id that never exists: querying it answers 200 ``UNKNOWN`` when the key is accepted.
 PROBE_TASK_ID = "00000000-0000-0000-0000-000000000000"
@@ -80,6 +115,13 @@ def task_status(value: Any) -> TaskStatus | str:
 def optional_str(value: Any) -> str | None:
     """``str(value)``, or None for None."""
     return None if value is None else str(value)
+
+
+def _known_fields(cls: type, data: dict[str, Any]) -> dict[str, Any]:
+    """The entries of ``data`` that name a field of the dataclass ``cls`` (a newer writer's extra keys are
+    dropped, so an older reader can still rebuild what it knows)."""
+    names = {f.name for f in fields(cls)}
+    return {key: value for key, value in data.items() if key in names}
 
 
 @dataclass(frozen=True)
@@ -150,8 +192,7 @@ class DashScopeTask:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DashScopeTask:
         """Rebuild from :meth:`to_dict` output; unknown keys are ignored."""
-        names = {f.name for f in fields(cls)}
-        return cls(**{key: value for key, value in data.items() if key in names})
+        return cls(**_known_fields(cls, data))
 
 
 def parse_task(payload: Any) -> DashScopeTask:
@@ -290,8 +331,7 @@ class FaceDetection:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FaceDetection:
         """Rebuild from :meth:`to_dict` output; unknown keys are ignored."""
-        names = {f.name for f in fields(cls)}
-        return cls(**{key: value for key, value in data.items() if key in names})
+        return cls(**_known_fields(cls, data))
 
 
 def _box(value: Any, name: str) -> Box:

@@ -38,7 +38,8 @@ def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
 
     Five attempts still span > 1 s, the emulator's rate-limit window, so a 429 is always outlived.
     """
-    from dashscope_provider.hooks.dashscope import DashScopeAsyncHook, DashScopeHook
+    from dashscope_provider.hooks.dashscope import DashScopeHook
+    from dashscope_provider.hooks.dashscope_async import DashScopeAsyncHook
 
     for cls in (DashScopeHook, DashScopeAsyncHook):
         monkeypatch.setitem(cls.__init__.__kwdefaults__, "retry_initial", 0.2)

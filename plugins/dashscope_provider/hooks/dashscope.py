@@ -1,8 +1,9 @@
 """The sync hook for Alibaba Cloud DashScope (Model Studio) video synthesis (``emo-v1``, ``emoji-v1``).
 
-:class:`DashScopeHook` does HTTP to DashScope and nothing else: submit, query, list (``list_tasks``, in
-:mod:`~dashscope_provider.hooks.task_list`) and cancel tasks, and detect
-faces (the synchronous, billed call that finds the boxes a task needs). The async
+:class:`DashScopeHook` does HTTP to DashScope and nothing else: submit, query, list (``list_tasks``, by
+its :class:`~dashscope_provider.hooks.task_list.TaskList`) and cancel tasks, and detect faces (the
+synchronous, billed call that finds the boxes a task needs); it paces its calls with its
+:class:`~dashscope_provider.hooks.pacing.Pacing`. The async
 hook (triggers) is :mod:`dashscope_provider.hooks.dashscope_async`; the answers it parses are in
 :mod:`dashscope_provider.models`; what it retries is :class:`dashscope_provider.retry.RetryPolicy`; the
 result video is copied by :mod:`dashscope_provider.transfers.dashscope_to_object_storage` (it needs no
@@ -15,21 +16,20 @@ failure.
 
 from __future__ import annotations
 
-import importlib
 import json
-import warnings
 from collections.abc import Callable
+from datetime import datetime
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote
 
 import requests
-from airflow.exceptions import AirflowProviderDeprecationWarning
 from airflow.providers.http.hooks.http import HttpHook
 from airflow.sdk.exceptions import AirflowNotFoundException
 
 from dashscope_provider.connection import (
     DASHSCOPE_EXTRA_FIELDS,
+    account_from_connection,
     api_key_from_connection,
     base_url_from_connection,
 )
@@ -38,8 +38,8 @@ from dashscope_provider.exceptions import (
     DashScopeConfigError,
     DashScopeSubmissionUncertain,
 )
-from dashscope_provider.hooks.pacing import PacingMixin
-from dashscope_provider.hooks.task_list import TaskListMixin
+from dashscope_provider.hooks.pacing import Pacing, ThrottleCounter, refused
+from dashscope_provider.hooks.task_list import TaskList
 from dashscope_provider.models import (
     CANCEL_ENDPOINT,
     DEFAULT_BASE_URL,
@@ -48,23 +48,25 @@ from dashscope_provider.models import (
     PROBE_TASK_ID,
     SUBMIT_ENDPOINT,
     TASK_ENDPOINT,
+    TASK_LIST_ENDPOINT,
     DashScopeTask,
     FaceDetection,
+    ListedTask,
     SubmittedTask,
+    TaskPage,
     TaskStatus,
     api_error,
     parse_detection,
     parse_submission,
     parse_task,
+    parse_task_page,
     read_answer,
 )
 from dashscope_provider.rate_limit import RateLimiter
 from dashscope_provider.retry import DEFAULT_THROTTLE_TIMEOUT, RetryPolicy, describe, transport_error
 
 if TYPE_CHECKING:
-    from airflow.sdk import Connection, ObjectStoragePath
-
-    from dashscope_provider.transfers.dashscope_to_object_storage import StoredVideo
+    from airflow.sdk import Connection
 
 T = TypeVar("T")
 
@@ -78,10 +80,46 @@ __all__ = [
 ]
 
 
+def _answer_reader(operation: str, parse: Callable[[Any], T], what: str) -> Callable[[requests.Response, str], T]:
+    """An answer handler for :meth:`DashScopeHook._idempotent_call`: a 200 read by ``parse``, else the
+    refusal (see :func:`~dashscope_provider.models.read_answer`)."""
+
+    def read(response: requests.Response, text: str) -> T:
+        content_type = response.headers.get("Content-Type")
+        return read_answer(response.status_code, text, content_type, operation, parse, what)
+
+    return read
+
+
+def _submitted(
+    response: requests.Response, text: str, request_fingerprint: str | None, limiter: RateLimiter
+) -> SubmittedTask:
+    """The task a submit answer created; an answer that may hide a task raises
+    :class:`DashScopeSubmissionUncertain`, a refusal (no task) the :func:`refused` API error."""
+    status = response.status_code
+    if 200 <= status < 300:
+        try:
+            return parse_submission(response.json())
+        except ValueError as exc:
+            raise DashScopeSubmissionUncertain(
+                f"HTTP {status} answer without a readable task id ({exc})", request_fingerprint, status
+            ) from None
+    error = api_error(status, text, response.headers.get("Content-Type"), "submit")
+    if status >= 500 and not error.has_error_body:
+        # A gateway's 5xx: the service behind it may have created the task.
+        raise DashScopeSubmissionUncertain(
+            f"HTTP {status} without a DashScope error body (a gateway answered; the service may "
+            "have received the request)",
+            request_fingerprint,
+            status,
+        )
+    raise refused(error, limiter)
+
+
 # -- the hook -----------------------------------------------------------------------------------------
 
 
-class DashScopeHook(PacingMixin, TaskListMixin, HttpHook):
+class DashScopeHook(HttpHook):
     """Submit, query, list and cancel DashScope video-synthesis tasks; detect faces for them.
 
     Connection (type ``dashscope``): ``host`` = base URL (empty: ``https://dashscope.aliyuncs.com``;
@@ -92,15 +130,15 @@ class DashScopeHook(PacingMixin, TaskListMixin, HttpHook):
     the key belongs to (default: the key's own fingerprint, see
     :func:`~dashscope_provider.connection.account_from_connection`).
 
-    Pacing (:mod:`~dashscope_provider.hooks.pacing`): the service counts its limits per account and model,
-    whatever the key, so every hook of this process with the same base URL and account shares one limiter
-    per model for submits (below emo-v1 5/s, emoji-v1 1/s) and detects, and one query budget with the async
-    hook. Other processes have their own, so a 429 can still come: it is retried without using up
-    attempts, and counted in :attr:`throttled` (read-only: the 429 answers this hook retried through, in
-    submits, queries, task lists and detects), for the caller to record. Never retried: a used-up free
-    quota (429 ``Throttling.AllocationQuota`` "Free allocated quota exceeded":
-    :class:`~dashscope_provider.exceptions.DashScopeQuotaExhausted`), nor any other 4xx, such as 400
-    ``DataInspectionFailed`` (content moderation).
+    Pacing (:attr:`pacing`, a :class:`~dashscope_provider.hooks.pacing.Pacing`): the service counts its
+    limits per account and model, whatever the key, so every hook of this process with the same base URL
+    and account shares one limiter per model for submits (below emo-v1 5/s, emoji-v1 1/s) and detects,
+    and one query budget with the async hook. Other processes have their own, so a 429 can still come: it
+    is retried without using up attempts, and counted in :attr:`throttled` (read-only: the 429 answers
+    this hook retried through, in submits, queries, task lists and detects), for the caller to record.
+    Never retried: a used-up free quota (429 ``Throttling.AllocationQuota`` "Free allocated quota
+    exceeded": :class:`~dashscope_provider.exceptions.DashScopeQuotaExhausted`), nor any other 4xx, such as
+    400 ``DataInspectionFailed`` (content moderation).
 
     Built on ``HttpHook``'s public surface: :meth:`get_conn` extends its session (extras, TCP keep-alive
     adapter) with the bearer token, :meth:`url_from_endpoint` applies this connection's base-URL rules.
@@ -157,8 +195,21 @@ class DashScopeHook(PacingMixin, TaskListMixin, HttpHook):
         self.dashscope_conn_id = dashscope_conn_id
         self.retry_policy = RetryPolicy(max_attempts, retry_initial, retry_max, throttle_timeout)
         self.timeout = timeout
-        self._init_pacing(detect_qps, submit_qps)
+        # The connection is read on first use, not here: the helpers ask for it when they need it.
+        self.pacing = Pacing(lambda: self.dashscope_connection, detect_qps, submit_qps)
+        self._throttles = ThrottleCounter()
+        self._task_list = TaskList(self._task_page, self.log)
         self._session: requests.Session | None = None
+
+    @property
+    def throttled(self) -> int:
+        """How many 429 (throttled) answers this hook got and retried through, over all its calls so far:
+        submits, queries, task lists and face-detects. Read-only; it only grows.
+
+        A 429 that is not retried is not counted: the one after ``throttle_timeout`` (raised), and a free
+        quota used up (:class:`~dashscope_provider.exceptions.DashScopeQuotaExhausted`, raised at once).
+        """
+        return self._throttles.count
 
     # -- connection and session -------------------------------------------------------------------
 
@@ -194,6 +245,11 @@ class DashScopeHook(PacingMixin, TaskListMixin, HttpHook):
         session.headers["Authorization"] = f"Bearer {key}"
         self.base_url = base_url_from_connection(connection)
         return session
+
+    @property
+    def account(self) -> str:
+        """The Alibaba Cloud account the connection's calls count against (and whose tasks it lists)."""
+        return account_from_connection(self.dashscope_connection)
 
     def url_from_endpoint(self, endpoint: str | None) -> str:
         """``{base URL}/{endpoint}``, the base URL as :func:`base_url_from_connection` reads it."""
@@ -241,7 +297,8 @@ class DashScopeHook(PacingMixin, TaskListMixin, HttpHook):
     ) -> SubmittedTask:
         """Create a video-synthesis task; returns its id.
 
-        Each attempt waits for its slot of :meth:`submit_limiter`. Retried (bounded, exponential back-off
+        Each attempt waits for its slot of :meth:`Pacing.submit_limiter
+        <dashscope_provider.hooks.pacing.Pacing.submit_limiter>`. Retried (bounded, exponential back-off
         with jitter) only when no task can have been created: a 429 (but a used-up free quota), a 5xx with
         DashScope's JSON error body, or a connection that could not be opened.
 
@@ -258,45 +315,27 @@ class DashScopeHook(PacingMixin, TaskListMixin, HttpHook):
         body: dict[str, Any] = {"model": model, "input": input}
         if parameters:
             body["parameters"] = parameters
-
-        def attempt() -> SubmittedTask:
-            # A fresh session (so a fresh TCP connection) per attempt: a stale pooled connection would
-            # turn a harmless reconnect into an "uncertain" submission.
-            with self._submit_session() as session:
-                url = self.url_from_endpoint(SUBMIT_ENDPOINT)
-                limiter = self.submit_limiter(model)  # after the session: a bad connection is a config error
-                limiter.wait()
-                try:
-                    response = session.post(url, json=body, timeout=self._request_timeout(), allow_redirects=False)
-                    text = response.text
-                except requests.RequestException as exc:
-                    raise transport_error(exc, idempotent=False, request_fingerprint=request_fingerprint) from exc
-            status = response.status_code
-            if 200 <= status < 300:
-                try:
-                    return parse_submission(response.json())
-                except ValueError as exc:
-                    raise DashScopeSubmissionUncertain(
-                        f"HTTP {status} answer without a readable task id ({exc})", request_fingerprint, status
-                    ) from None
-            error = api_error(status, text, response.headers.get("Content-Type"), "submit")
-            if status >= 500 and not error.has_error_body:
-                # A gateway's 5xx: the service behind it may have created the task.
-                raise DashScopeSubmissionUncertain(
-                    f"HTTP {status} without a DashScope error body (a gateway answered; the service may "
-                    "have received the request)",
-                    request_fingerprint,
-                    status,
-                )
-            raise self._throttle_check(error, limiter)
-
-        submitted = self.retry_policy.retrying("submit", self.log, idempotent=False, on_retry=self._count_retry)(
-            attempt
-        )
+        retrying = self.retry_policy.retrying("submit", self.log, idempotent=False, on_retry=self._throttles.on_retry)
+        submitted = retrying(self._submit_once, model, body, request_fingerprint)
         self.log.info(
             "DashScope task %s submitted (model %s, request_id %s)", submitted.task_id, model, submitted.request_id
         )
         return submitted
+
+    def _submit_once(self, model: str, body: dict[str, Any], request_fingerprint: str | None) -> SubmittedTask:
+        """One attempt of :meth:`submit_task`: a fresh session, the model's slot, one POST, its answer read."""
+        # A fresh session (so a fresh TCP connection) per attempt: a stale pooled connection would
+        # turn a harmless reconnect into an "uncertain" submission.
+        with self._submit_session() as session:
+            url = self.url_from_endpoint(SUBMIT_ENDPOINT)
+            limiter = self.pacing.submit_limiter(model)  # after the session: a bad connection is a config error
+            limiter.wait()
+            try:
+                response = session.post(url, json=body, timeout=self._request_timeout(), allow_redirects=False)
+                text = response.text
+            except requests.RequestException as exc:
+                raise transport_error(exc, idempotent=False, request_fingerprint=request_fingerprint) from exc
+        return _submitted(response, text, request_fingerprint, limiter)
 
     # -- query -------------------------------------------------------------------------------------
 
@@ -329,9 +368,17 @@ class DashScopeHook(PacingMixin, TaskListMixin, HttpHook):
             try:
                 return handle(response, text)
             except DashScopeAPIError as exc:
-                raise self._throttle_check(exc, limiter) from None
+                raise refused(exc, limiter) from None
 
-        return self.retry_policy.retrying(operation, self.log, idempotent=True, on_retry=self._count_retry)(attempt)
+        retrying = self.retry_policy.retrying(operation, self.log, idempotent=True, on_retry=self._throttles.on_retry)
+        return retrying(attempt)
+
+    def _task_page(self, query: dict[str, str]) -> TaskPage:
+        """One page of the account's task list (``query``: the window, ``page_no``, ``page_size``)."""
+        read = _answer_reader("list", parse_task_page, "task-list")
+        return self._idempotent_call(
+            "GET", TASK_LIST_ENDPOINT, "list", read, limiter=self.pacing.query_limiter(), params=query
+        )
 
     def get_task(self, task_id: str) -> DashScopeTask:
         """The task's current status and, once succeeded, its video URL and usage.
@@ -340,13 +387,14 @@ class DashScopeHook(PacingMixin, TaskListMixin, HttpHook):
         :raises DashScopeAPIError: on a non-retryable error (401...) or after the retries.
         :raises DashScopeConnectionError: if the service stayed unreachable.
         """
-
-        def handle(response: requests.Response, text: str) -> DashScopeTask:
-            content_type = response.headers.get("Content-Type")
-            return read_answer(response.status_code, text, content_type, "query", parse_task, "query")
-
         endpoint = TASK_ENDPOINT.format(task_id=quote(task_id, safe=""))
-        return self._idempotent_call("GET", endpoint, "query", handle, limiter=self.query_limiter())
+        read = _answer_reader("query", parse_task, "query")
+        return self._idempotent_call("GET", endpoint, "query", read, limiter=self.pacing.query_limiter())
+
+    def list_tasks(self, model: str, start: datetime, end: datetime, status: str | None = None) -> list[ListedTask]:
+        """The account's tasks of ``model`` created from ``start`` to ``end`` (aware datetimes), oldest first:
+        :meth:`TaskList.list_tasks <dashscope_provider.hooks.task_list.TaskList.list_tasks>`."""
+        return self._task_list.list_tasks(model, start, end, status)
 
     # -- cancel ------------------------------------------------------------------------------------
 
@@ -386,7 +434,8 @@ class DashScopeHook(PacingMixin, TaskListMixin, HttpHook):
     def detect_face(self, model: str, image_url: str, ratio: str | None = None) -> FaceDetection:
         """Find the face and its dynamic area in an image (synchronous); the boxes a video task needs.
 
-        Paced per (base URL, account, model) in this process (see :meth:`detect_limiter`). Safe to repeat,
+        Paced per (base URL, account, model) in this process (see :meth:`Pacing.detect_limiter
+        <dashscope_provider.hooks.pacing.Pacing.detect_limiter>`). Safe to repeat,
         so retried like a query on 429, 5xx and transport errors. Every *answered* detection is billed one
         image, passed or not, so a retry after a lost answer may bill twice; a refused request (4xx, 429,
         5xx) is not billed. A detection that did not pass is an answer, not an error: ``passed`` is False
@@ -418,7 +467,7 @@ class DashScopeHook(PacingMixin, TaskListMixin, HttpHook):
                 raise DashScopeAPIError(200, None, f"unreadable detection answer ({exc})", None, "detect") from None
 
         detection = self._idempotent_call(
-            "POST", FACE_DETECT_ENDPOINT, "detect", handle, limiter=self.detect_limiter(model), json=body
+            "POST", FACE_DETECT_ENDPOINT, "detect", handle, limiter=self.pacing.detect_limiter(model), json=body
         )
         self.log.info(
             "DashScope %s (ratio %s): %s (request_id %s, %s image(s) billed)",
@@ -454,44 +503,3 @@ class DashScopeHook(PacingMixin, TaskListMixin, HttpHook):
         finally:
             self.retry_policy = saved
         return True, f"Connected to {self.base_url}: API key accepted (probe task {task.status})"
-
-    # -- deprecated --------------------------------------------------------------------------------
-
-    def download_video(
-        self,
-        video_url: str,
-        destination: ObjectStoragePath | str,
-        chunk_size: int = 8 * 1024 * 1024,
-        *,
-        conn_id: str | None = None,
-    ) -> StoredVideo:
-        """Deprecated: :func:`~dashscope_provider.transfers.dashscope_to_object_storage.download_video`,
-        which this calls with the hook's retry policy and timeout (it uses no DashScope credential)."""
-        from dashscope_provider.transfers.dashscope_to_object_storage import download_video
-
-        warnings.warn(
-            f"DashScopeHook.download_video is deprecated: use {_TRANSFER}.download_video",
-            AirflowProviderDeprecationWarning,
-            stacklevel=2,
-        )
-        return download_video(
-            video_url, destination, chunk_size, conn_id=conn_id, retry_policy=self.retry_policy, timeout=self.timeout
-        )
-
-
-_TRANSFER = "dashscope_provider.transfers.dashscope_to_object_storage"
-#: Names this module used to define, and where they live now (importable from here, with a warning).
-_MOVED = {
-    "DashScopeAsyncHook": "dashscope_provider.hooks.dashscope_async",
-    **dict.fromkeys(("AsyncRateLimiter", "get_rate_limiter", "DEFAULT_QUERY_QPS"), "dashscope_provider.rate_limit"),
-    **dict.fromkeys(("StoredVideo", "DEFAULT_CHUNK_SIZE", "UPLOAD_PART_SIZE"), _TRANSFER),
-    **dict.fromkeys(("TASK_STATUSES", "TERMINAL_STATUSES"), "dashscope_provider.models"),
-}
-
-
-def __getattr__(name: str) -> Any:
-    module = _MOVED.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    warnings.warn(f"{__name__}.{name} moved to {module}.{name}", AirflowProviderDeprecationWarning, stacklevel=2)
-    return getattr(importlib.import_module(module), name)

@@ -9,7 +9,8 @@ import aiohttp
 from airflow.sdk import BaseHook
 
 from dashscope_provider.connection import account_from_connection, api_key_from_connection, base_url_from_connection
-from dashscope_provider.exceptions import DashScopeAPIError, DashScopeConnectionError, DashScopeQuotaExhausted
+from dashscope_provider.exceptions import DashScopeConnectionError
+from dashscope_provider.hooks.pacing import ThrottleCounter, refused
 from dashscope_provider.models import CANCEL_ENDPOINT, TASK_ENDPOINT, DashScopeTask, api_error, parse_task
 from dashscope_provider.rate_limit import DEFAULT_QUERY_QPS, AsyncRateLimiter, get_rate_limiter
 from dashscope_provider.retry import DEFAULT_THROTTLE_TIMEOUT, RetryPolicy, describe, transport_error
@@ -65,16 +66,12 @@ class DashScopeAsyncHook(BaseHook):
         self._base_url: str | None = None
         self._headers: dict[str, str] | None = None
         self._limiter: AsyncRateLimiter | None = None
-        self._throttled = 0
+        self._throttles = ThrottleCounter()
 
     @property
     def throttled(self) -> int:
         """How many 429 answers this hook's queries got and retried through (read-only; it only grows)."""
-        return self._throttled
-
-    def _count_retry(self, error: BaseException) -> None:
-        if isinstance(error, DashScopeAPIError) and error.status_code == 429:
-            self._throttled += 1  # one event loop: no lock needed
+        return self._throttles.count
 
     async def _configure(self) -> tuple[str, dict[str, str], AsyncRateLimiter]:
         if self._base_url is None or self._headers is None or self._limiter is None:
@@ -114,13 +111,11 @@ class DashScopeAsyncHook(BaseHook):
                     return parse_task(json.loads(text))
                 except ValueError as exc:
                     raise DashScopeConnectionError(f"unreadable query answer ({exc})") from None
-            error = DashScopeQuotaExhausted.refine(api_error(status, text, content_type, "query"))
-            if status == 429 and error.retryable:
-                # Throttled: hold back every poller of this account, not just this one.
-                limiter.penalize(1.0)
-            raise error
+            # Throttled: every poller of this account is held back, not just this one.
+            raise refused(api_error(status, text, content_type, "query"), limiter)
 
-        retrying = self.retry_policy.async_retrying("query", self.log, idempotent=True, on_retry=self._count_retry)
+        count = self._throttles.on_retry
+        retrying = self.retry_policy.async_retrying("query", self.log, idempotent=True, on_retry=count)
         return await retrying(attempt)
 
     async def cancel_task(self, task_id: str) -> bool:

@@ -1,8 +1,7 @@
 """Operators for DashScope video synthesis: submit a task; detect the face boxes a task needs.
 
 The result video is stored by
-:class:`~dashscope_provider.transfers.dashscope_to_object_storage.DashScopeVideoToObjectStorageOperator`
-(importable from here under its old name, ``DashScopeVideoDownloadOperator``).
+:class:`~dashscope_provider.transfers.dashscope_to_object_storage.DashScopeVideoToObjectStorageOperator`.
 """
 
 from __future__ import annotations
@@ -15,10 +14,6 @@ from airflow.sdk import BaseOperator, Context
 
 from dashscope_provider.exceptions import DashScopeDetectionFailed
 from dashscope_provider.hooks.dashscope import DashScopeHook
-from dashscope_provider.transfers.dashscope_to_object_storage import DashScopeVideoToObjectStorageOperator
-
-#: The old name of the transfer operator, kept importable from here.
-DashScopeVideoDownloadOperator = DashScopeVideoToObjectStorageOperator
 
 
 class DashScopeVideoSynthesisOperator(BaseOperator):
@@ -123,9 +118,4 @@ class DashScopeFaceDetectOperator(BaseOperator):
         return detection.to_dict()
 
 
-__all__ = [
-    "DashScopeFaceDetectOperator",
-    "DashScopeVideoDownloadOperator",
-    "DashScopeVideoSynthesisOperator",
-    "DashScopeVideoToObjectStorageOperator",
-]
+__all__ = ["DashScopeFaceDetectOperator", "DashScopeVideoSynthesisOperator"]

@@ -101,6 +101,22 @@ def download_video(
     )
     url_for_logs = safe_url(video_url)
     local_path = _local_path(dest)
+    tmp = _temporary_file(local_path)
+    try:
+        size, digest = policy.retrying("download", logger, idempotent=True)(
+            _fetch_to_file, video_url, url_for_logs, tmp, chunk_size, timeout
+        )
+        _publish(tmp, dest, local_path, size)
+    finally:
+        tmp.unlink(missing_ok=True)
+    # The plain URL (``s3://bucket/key``, a local path...): str(dest) would embed the conn id.
+    uri = f"{dest.protocol}://{dest.path}" if dest.protocol else dest.path
+    logger.info("Stored %s (%d bytes, sha256 %s) from %s", uri, size, digest, url_for_logs)
+    return StoredVideo(uri=uri, size_bytes=size, sha256=digest)
+
+
+def _temporary_file(local_path: Path | None) -> Path:
+    """An empty temporary file for the bytes: beside ``local_path`` (hidden), or in the temp dir for a store."""
     if local_path is not None:
         local_path.parent.mkdir(parents=True, exist_ok=True)
         # Same directory, so the final rename is atomic and never crosses file systems.
@@ -108,24 +124,19 @@ def download_video(
     else:
         fd, tmp_name = tempfile.mkstemp(prefix="dashscope-video-", suffix=".part")
     os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        size, digest = policy.retrying("download", logger, idempotent=True)(
-            _fetch_to_file, video_url, url_for_logs, tmp, chunk_size, timeout
-        )
-        if local_path is not None:
-            os.replace(tmp, local_path)
-        else:
-            _upload(tmp, dest)
-            stored = dest.fs.size(dest.path)
-            if stored is not None and int(stored) != size:
-                raise DashScopeError(f"{dest} holds {stored} bytes after upload, expected {size}")
-    finally:
-        tmp.unlink(missing_ok=True)
-    # The plain URL (``s3://bucket/key``, a local path...): str(dest) would embed the conn id.
-    uri = f"{dest.protocol}://{dest.path}" if dest.protocol else dest.path
-    logger.info("Stored %s (%d bytes, sha256 %s) from %s", uri, size, digest, url_for_logs)
-    return StoredVideo(uri=uri, size_bytes=size, sha256=digest)
+    return Path(tmp_name)
+
+
+def _publish(tmp: Path, dest: ObjectStoragePath, local_path: Path | None, size: int) -> None:
+    """Make the complete file ``tmp`` appear at ``dest`` at once: a rename on a local disk, else one upload
+    (checked against ``size``)."""
+    if local_path is not None:
+        os.replace(tmp, local_path)
+        return
+    _upload(tmp, dest)
+    stored = dest.fs.size(dest.path)
+    if stored is not None and int(stored) != size:
+        raise DashScopeError(f"{dest} holds {stored} bytes after upload, expected {size}")
 
 
 def _local_path(dest: ObjectStoragePath) -> Path | None:

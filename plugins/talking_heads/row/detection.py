@@ -11,6 +11,8 @@ import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from dashscope_provider.models import DETECT_MODELS
+
 from talking_heads.row.media import MediaSigner, redact
 
 if TYPE_CHECKING:
@@ -22,7 +24,6 @@ if TYPE_CHECKING:
     from talking_heads.row.states import RowRecord
     from talking_heads.table.validation import RowRequest
 
-DETECT_MODELS = {"emo-v1": "emo-detect-v1", "emoji-v1": "emoji-detect-v1"}
 #: How long a row waits for another row's detection of the same image (a synchronous call, paced at 1/s
 #: per account at worst) before it detects itself, taking the claim's owner for gone.
 CLAIM_WAIT_SECONDS = 300.0

@@ -15,35 +15,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+# The model facts are the provider's: the detection ratios by video model (emo-detect-v1 takes both, which
+# set emo-v1's output size and price; emoji only 1:1) and the emoji-v1 template ids of the reference.
+from dashscope_provider.models import EMOJI_DRIVEN_IDS, MODELS, STYLE_LEVELS
+from dashscope_provider.models import MODEL_DETECT_RATIOS as DETECT_RATIOS
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-MODELS = ("emo-v1", "emoji-v1")
-STYLE_LEVELS = ("normal", "calm", "active")
-#: Template ids from the appendix of the emoji-v1 reference (page 004).
-EMOJI_DRIVEN_IDS = frozenset(
-    {
-        "mengwa_kaixin",
-        "dagong_zhuakuang",
-        "mengwa_dengyan",
-        "dagong_wunai",
-        "mengwa_gandong",
-        "dagong_weixiao",
-        "mengwa_renzhen_1",
-        "dagong_ganji",
-        "mengwa_jidong",
-        "jingdian_tiaopi",
-        "mengwa_kun_1",
-        "jingdian_deyi_1",
-        "mengwa_jiaoxie",
-        "jingdian_qidai",
-        "dagong_kaixin",
-        "jingdian_landuo_1",
-        "dagong_yangwang",
-        "jingdian_xianqi",
-        "dagong_kunhuo",
-        "jingdian_lei",
-    }
-)
 #: Columns the pipeline reads; any other column is carried through to the outcome table untouched.
 KNOWN_COLUMNS = (
     "row_id",
@@ -64,8 +41,6 @@ RATIO_TOLERANCE = 0.02
 MAX_COORDINATE = 7000
 #: Columns every table must have (a table without one is refused as a whole).
 REQUIRED_COLUMNS = ("row_id", "model", "image_url")
-#: The detection ratios: emo-detect-v1 takes both (it sets emo-v1's output size and price), emoji only 1:1.
-DETECT_RATIOS = {"emo-v1": ("1:1", "3:4"), "emoji-v1": ("1:1",)}
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -6,7 +6,12 @@ import json
 
 import pytest
 from dashscope_provider.models import (
+    DETECT_MODELS,
     DETECT_RATIOS,
+    EMOJI_DRIVEN_IDS,
+    MODEL_DETECT_RATIOS,
+    MODELS,
+    STYLE_LEVELS,
     TASK_STATUSES,
     TERMINAL_STATUSES,
     DashScopeTask,
@@ -160,3 +165,16 @@ def test_face_detection_round_trip_and_box_checks() -> None:
     with pytest.raises(ValueError):
         FaceDetection(True, (1, 2, 3, True), None, "m", "1:1")  # type: ignore[arg-type]
     assert DETECT_RATIOS == {"emo-detect-v1": ("1:1", "3:4"), "emoji-detect-v1": ("1:1",)}
+
+
+def test_the_model_facts_agree_with_the_emulators_contract() -> None:
+    """The emulator stands for the service and keeps its own copy of the reference's facts; the provider's
+    must say the same (the pipeline imports the provider's)."""
+    from dashscope_emulator import contract
+
+    assert MODELS == contract.MODELS and STYLE_LEVELS == contract.STYLE_LEVELS
+    assert len(set(contract.EMOJI_TEMPLATES)) == len(contract.EMOJI_TEMPLATES) == len(EMOJI_DRIVEN_IDS) == 20
+    assert frozenset(contract.EMOJI_TEMPLATES) == EMOJI_DRIVEN_IDS
+    assert DETECT_RATIOS == contract.DETECT_MODELS
+    assert tuple(DETECT_MODELS) == MODELS and set(DETECT_MODELS.values()) == set(contract.DETECT_MODELS)
+    assert MODEL_DETECT_RATIOS == {"emo-v1": ("1:1", "3:4"), "emoji-v1": ("1:1",)}

@@ -132,3 +132,11 @@ def test_sync_limiters_are_shared_per_base_url_account_and_model() -> None:
     assert isinstance(get_rate_limiter("http://a", "acct"), AsyncRateLimiter)
     with pytest.raises(ValueError):
         RateLimiter(qps=0)
+
+
+def test_the_service_limits_agree_with_the_emulators_contract() -> None:
+    """The provider paces at the limits the emulator (standing for the service) enforces, per model."""
+    from dashscope_emulator import contract
+    from dashscope_provider.rate_limit import DETECT_RPS, SUBMIT_RPS
+
+    assert SUBMIT_RPS == contract.SUBMIT_QPS and DETECT_RPS == contract.DETECT_QPS

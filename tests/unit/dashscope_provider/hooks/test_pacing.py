@@ -1,5 +1,6 @@
-"""Limits per Alibaba Cloud account, against the emulator's accounts over real HTTP: submit pacing shared by
-the keys of one account, the 429s a hook absorbed (``throttled``), a used-up free quota, content moderation.
+"""hooks/pacing.py: limits per Alibaba Cloud account over real HTTP (the emulator's accounts, the face-detect
+stub): submit and detect pacing shared by the keys of one account, the query budget, the 429s a hook
+absorbed (``throttled``), a used-up free quota, content moderation.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from tests.unit.conftest import (
     logged_requests,
 )
 from tests.unit.dashscope_provider.conftest import detect_conn, fast_hook
+from tests.unit.dashscope_provider.face_detect_stub import FaceDetectStub
 
 pytestmark = pytest.mark.usefixtures("no_key_in_logs")
 
@@ -44,7 +46,7 @@ def test_submits_are_paced_per_model_at_the_accounts_rate(
 ) -> None:
     hook = make_hook()
     # 90 % of the page's 1/s and 5/s, so that jitter does not land two arrivals in one of its windows.
-    assert (hook.submit_limiter("emoji-v1").qps, hook.submit_limiter("emo-v1").qps) == (0.9, 4.5)
+    assert (hook.pacing.submit_limiter("emoji-v1").qps, hook.pacing.submit_limiter("emo-v1").qps) == (0.9, 4.5)
     started = time.monotonic()
     for _ in range(3):
         hook.submit_task("emoji-v1", emoji_input)
@@ -67,9 +69,9 @@ def test_two_keys_of_one_account_share_its_submit_rate_and_other_accounts_do_not
     first = make_hook(detect_conn(monkeypatch, base, "acct_a", KEY, account="acct"))
     second = make_hook(detect_conn(monkeypatch, base, "acct_b", SAME_ACCOUNT_KEY, account="acct"))
     other = make_hook(detect_conn(monkeypatch, base, "other", OTHER_ACCOUNT_KEY))
-    assert first.submit_limiter("emoji-v1") is second.submit_limiter("emoji-v1")
-    assert first.submit_limiter("emoji-v1") is not other.submit_limiter("emoji-v1")
-    assert first.submit_limiter("emoji-v1") is not first.submit_limiter("emo-v1")
+    assert first.pacing.submit_limiter("emoji-v1") is second.pacing.submit_limiter("emoji-v1")
+    assert first.pacing.submit_limiter("emoji-v1") is not other.pacing.submit_limiter("emoji-v1")
+    assert first.pacing.submit_limiter("emoji-v1") is not first.pacing.submit_limiter("emo-v1")
     took: dict[str, float] = {}
 
     def submit(name: str, hook: Any, count: int) -> None:
@@ -169,3 +171,121 @@ def test_content_moderation_refusal_is_never_retried(
     assert not error.retryable and not isinstance(error, DashScopeQuotaExhausted)
     assert [r["status"] for r in logged_requests(emulator, is_submit)] == [400]  # one request, not re-sent
     assert emulator.tasks() == []
+
+
+IMAGE = "http://images.example/portrait.png"
+
+
+def _statuses(stub: FaceDetectStub) -> list[int | None]:
+    return [r["status"] for r in stub.requests]
+
+
+# -- face-detect pacing per account -------------------------------------------------------------------------------
+
+
+def _record_slots(monkeypatch: pytest.MonkeyPatch, limiter: Any) -> list[float]:
+    """The slot each call of ``limiter`` reserves (exactly spaced, unlike arrival times under load)."""
+    slots: list[float] = []
+    reserve = limiter.reserve
+
+    def recording() -> float:
+        delay = reserve()
+        slots.append(time.monotonic() + delay)
+        return delay
+
+    monkeypatch.setattr(limiter, "reserve", recording)
+    return slots
+
+
+def test_detections_are_paced_per_account_and_model(
+    detect_stub: FaceDetectStub, make_hook: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hook = make_hook()
+    slots = _record_slots(monkeypatch, hook.pacing.detect_limiter("emo-detect-v1"))
+    started = time.monotonic()
+    assert all(hook.detect_face("emo-detect-v1", IMAGE).passed for _ in range(11))
+    assert time.monotonic() - started >= 10 / 4.5 - 0.05  # 4.5 per second, below the page's 5 for emo-detect-v1
+    # (slots are read just after reserving: a few microseconds late, hence the 5 ms)
+    assert min(b - a for a, b in itertools.pairwise(slots)) >= 1 / 4.5 - 0.005
+    # An unpaced burst of 11 would get at least 6 answers 429; paced, the stub's window admits them all
+    # (arrival jitter on a loaded machine may still cost the odd 429, which is then retried).
+    assert _statuses(detect_stub).count(429) <= 1
+
+
+def test_keys_of_one_account_share_the_pace(
+    detect_stub: FaceDetectStub, make_hook: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = make_hook(detect_conn(monkeypatch, detect_stub.base_url, "ds_a", KEY, account="acct-1"))
+    second = make_hook(detect_conn(monkeypatch, detect_stub.base_url, "ds_b", "sk-same-account", account="acct-1"))
+    other = make_hook(detect_conn(monkeypatch, detect_stub.base_url, "ds_c", "sk-other-account"))
+    assert first.pacing.detect_limiter("emoji-detect-v1") is second.pacing.detect_limiter("emoji-detect-v1")
+    assert first.pacing.detect_limiter("emoji-detect-v1") is not other.pacing.detect_limiter("emoji-detect-v1")
+    assert first.pacing.detect_limiter("emoji-detect-v1") is not first.pacing.detect_limiter("emo-detect-v1")
+    # 90 % of the page's 1/s and 5/s: room for arrival jitter inside the service's 1 s window.
+    assert first.pacing.detect_limiter("emoji-detect-v1").qps == 0.9
+    assert first.pacing.detect_limiter("emo-detect-v1").qps == 4.5
+    started = time.monotonic()
+    for hook in (first, second, first, second):
+        assert hook.detect_face("emoji-detect-v1", IMAGE).passed
+    assert time.monotonic() - started >= 3 - 0.05  # one per second for the account, whichever key
+    assert _statuses(detect_stub).count(429) <= 1
+    assert {r["key"] for r in detect_stub.requests} == {KEY, "sk-same-account"}
+    # The account is the provider's own extra: never sent as a header.
+    assert not any("account" in {h.lower() for h in r["headers"]} for r in detect_stub.requests)
+
+
+def test_detect_rate_can_be_set_per_hook(
+    detect_stub: FaceDetectStub, make_hook: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hook = make_hook(
+        detect_conn(monkeypatch, detect_stub.base_url, "ds_slow", account="acct-slow"),
+        detect_qps={"emo-detect-v1": 2.5},
+    )
+    assert hook.pacing.detect_limiter("emo-detect-v1").qps == 2.5
+
+
+def test_the_async_query_budget_is_per_account(detect_stub: FaceDetectStub, monkeypatch: pytest.MonkeyPatch) -> None:
+    detect_conn(monkeypatch, detect_stub.base_url, "dq_a", KEY, account="acct-q")
+    detect_conn(monkeypatch, detect_stub.base_url, "dq_b", "sk-same-account", account="acct-q")
+    detect_conn(monkeypatch, detect_stub.base_url, "dq_c", "sk-other-account")
+
+    async def limiters() -> list[Any]:
+        return [(await fast_hook(conn_id)._configure())[2] for conn_id in ("dq_a", "dq_b", "dq_c")]
+
+    a, b, c = asyncio.run(limiters())
+    assert a is b and a is not c
+    assert CONN_ID  # the default connection is left alone
+
+
+# -- the helpers themselves ---------------------------------------------------------------------------
+
+
+def test_refused_refines_a_used_up_quota_and_holds_back_the_limiter_after_a_429() -> None:
+    from dashscope_provider.hooks.pacing import refused
+    from dashscope_provider.rate_limit import RateLimiter
+
+    limiter = RateLimiter(1000.0)
+    assert limiter.reserve() == 0.0  # nothing held back yet
+    quota = refused(DashScopeAPIError(429, *FREE_QUOTA), limiter)
+    assert type(quota) is DashScopeQuotaExhausted
+    assert limiter.reserve() < 0.5  # a used-up quota is no reason to slow the others down
+    refusal = DashScopeAPIError(400, "InvalidParameter", "bad")
+    assert refused(refusal, limiter) is refusal and limiter.reserve() < 0.5
+    throttled = DashScopeAPIError(429, "Throttling.RateQuota", "Requests rate limit exceeded")
+    assert refused(throttled, limiter) is throttled
+    assert limiter.reserve() >= 0.9  # every user of the limiter now waits about a second
+    assert refused(throttled, None) is throttled  # calls without a limiter only get the error
+
+
+def test_throttle_counter_counts_only_the_429s() -> None:
+    from dashscope_provider.hooks.pacing import ThrottleCounter
+
+    counter = ThrottleCounter()
+    for error in (
+        DashScopeAPIError(429, "Throttling.RateQuota", "slow down"),
+        DashScopeAPIError(500, "InternalError", "x"),
+        TimeoutError("read"),
+        DashScopeAPIError(429, "Throttling", "again"),
+    ):
+        counter.on_retry(error)
+    assert counter.count == 2

@@ -86,3 +86,33 @@ def test_list_tasks_refuses_a_window_it_cannot_send(account_emulator: Any) -> No
         hook.list_tasks("emo-v1", datetime(2026, 1, 1), datetime(2026, 1, 1, 1))
     # A window of the full 24 h is sent without the margin (the service refuses more than 24 h).
     assert hook.list_tasks("emo-v1", now - timedelta(hours=24), now) == []
+
+
+def test_task_list_keeps_a_task_shifted_across_pages_once_and_stops_at_the_last_page() -> None:
+    """Paging alone (the pages given, not fetched): a task created while paging pushes an entry onto the
+    next page, where it comes again; it is listed once, and no page past ``total_page`` is asked for."""
+    import logging
+
+    from dashscope_provider.hooks.task_list import TaskList
+    from dashscope_provider.models import TaskPage
+
+    start = datetime(2026, 12, 1, 8, tzinfo=UTC)
+
+    def task(task_id: str, minutes: int, model: str = "emo-v1") -> ListedTask:
+        return ListedTask(task_id, "SUCCEEDED", model, start + timedelta(minutes=minutes))
+
+    pages = {
+        "1": TaskPage(5, 3, 1, 2, (task("c", 30), task("b", 20))),
+        "2": TaskPage(5, 3, 2, 2, (task("b", 20), task("a", 10))),  # "b" again: shifted by a new task
+        "3": TaskPage(5, 3, 3, 2, (task("late", 200), task("x", 15, "emoji-v1"))),
+    }
+    asked: list[dict[str, str]] = []
+
+    def fetch_page(query: dict[str, str]) -> TaskPage:
+        asked.append(query)
+        return pages[query["page_no"]]
+
+    listed = TaskList(fetch_page, logging.getLogger(__name__)).list_tasks("emo-v1", start, start + timedelta(hours=1))
+    assert [t.task_id for t in listed] == ["a", "b", "c"]  # once each, oldest first; "late" and emoji cut
+    assert [q["page_no"] for q in asked] == ["1", "2", "3"]
+    assert {q["model_name"] for q in asked} == {"emo-v1"} and "status" not in asked[0]

@@ -197,13 +197,3 @@ def test_download_operator_needs_no_dashscope_connection(
     )
     assert op.execute({})["size_bytes"] > 0  # type: ignore[arg-type]
     assert calls == []
-
-
-def test_old_operator_name_and_hook_method_still_work(emoji_video_url: str, tmp_path: Path, make_hook: Any) -> None:
-    from airflow.exceptions import AirflowProviderDeprecationWarning
-    from dashscope_provider.operators.dashscope import DashScopeVideoDownloadOperator
-
-    assert DashScopeVideoDownloadOperator is DashScopeVideoToObjectStorageOperator
-    with pytest.warns(AirflowProviderDeprecationWarning, match="transfers"):
-        stored = make_hook().download_video(emoji_video_url, str(tmp_path / "old.mp4"))
-    assert (stored.size_bytes, stored.sha256) == _sha256(emoji_video_url)
