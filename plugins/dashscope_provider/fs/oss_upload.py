@@ -4,21 +4,27 @@ from __future__ import annotations
 
 import io
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from oss2.models import PartInfo
 from ossfs.file import OSSFile
 
-if TYPE_CHECKING:
-    from dashscope_provider.fs.oss_filesystem import AirflowOSSFileSystem
-
 log = logging.getLogger(__name__)
+
+
+class OSSCalls(Protocol):
+    """What an upload needs of its filesystem (:class:`~dashscope_provider.fs.oss_filesystem.AirflowOSSFileSystem`,
+    which imports this module): its OSS calls, with their retries, and its path split."""
+
+    def _call_oss(self, method: str, *args: Any, **kwargs: Any) -> Any: ...
+
+    def split_path(self, path: str) -> tuple[str, str]: ...
 
 
 class MultipartUpload:
     """One multipart upload: parts added in order, completed, or aborted (best effort) on failure."""
 
-    def __init__(self, fs: AirflowOSSFileSystem, bucket: str, key: str, headers: dict[str, str] | None) -> None:
+    def __init__(self, fs: OSSCalls, bucket: str, key: str, headers: dict[str, str] | None) -> None:
         self.fs, self.bucket, self.key, self.headers = fs, bucket, key, headers
         self.upload_id: str = fs._call_oss("init_multipart_upload", key, bucket=bucket, headers=headers).upload_id
         self.parts: list[PartInfo] = []
@@ -47,7 +53,7 @@ class AtomicOSSFile(OSSFile):
     ``x-oss-forbid-overwrite: true``. Leaving a ``with`` block on an exception aborts: nothing is published.
     """
 
-    fs: AirflowOSSFileSystem
+    fs: OSSCalls
 
     def _initiate_upload(self) -> None:
         self._upload: MultipartUpload | None = None
