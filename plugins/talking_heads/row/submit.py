@@ -9,7 +9,8 @@ The protocol is one named function per step, run in order by :func:`submit_row`;
 2. :func:`check_quota`: an account whose free quota ran out in this run sends nothing more.
 3. :func:`detect`: a row without boxes is detected first (paid once per image and ratio); a face the
    service refuses ends the row ``failed``, never submitted.
-4. :func:`claim`: the write-ahead intent (``submitting``, naming its owner), written exclusively.
+4. :func:`claim`: the write-ahead intent (``submitting``, naming its owner), written exclusively, under
+   the account's submit lease (:func:`account_lease`), held until step 5's answer is recorded.
 5. :func:`send`: the media presigned just before the POST; the task id recorded by :func:`record_sent`,
    or each kind of failure by its own function: :func:`on_lost_answer` (a task may exist),
    :func:`on_quota_exhausted`, :func:`on_refused` (an error body: no task), :func:`on_not_answered`.
@@ -20,6 +21,7 @@ before anything is sent; :func:`submit_row` then decides again from the newer re
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,6 +44,7 @@ from talking_heads.row.claims import (
 )
 from talking_heads.row.connections import RunConnections
 from talking_heads.row.detection import detect_image
+from talking_heads.row.lease import AccountLease
 from talking_heads.row.ledger import LedgerConflict, RowLedger
 from talking_heads.row.media import MediaSigner, redact
 from talking_heads.row.payloads import Submission, WorkItem
@@ -133,8 +136,19 @@ def _submit_once(context: SubmitContext) -> Submission:
     hook = context.connections.hook(context.conn_id)  # one hook per row: its waited-out 429s are recorded
     check_quota(context, record, hook)
     boxes, detection = detect(context, record, hook)
-    claimed = claim(context, record, detection, resubmitted=resubmitted)
-    return send(context, claimed, hook, boxes)
+    with account_lease(context, hook):  # one answer outstanding per account: a crash loses at most one
+        claimed = claim(context, record, detection, resubmitted=resubmitted)
+        return send(context, claimed, hook, boxes)
+
+
+def account_lease(context: SubmitContext, hook: DashScopeHook) -> contextlib.AbstractContextManager[Any]:
+    """Step 4's guard: the account's submit lease (:mod:`talking_heads.row.lease`), held from just before
+    the claim until the answer, or its loss, is recorded. Rows waiting for it have sent nothing."""
+    try:
+        account = hook.account
+    except Exception:  # no usable connection: nothing can be sent, and the POST says so, recorded as failed
+        return contextlib.nullcontext()
+    return AccountLease(context.ledger, account, context.log).hold(context.owner, context.row_id)
 
 
 def follow_or_settle(

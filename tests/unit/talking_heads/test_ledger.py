@@ -14,7 +14,7 @@ from talking_heads.row.ledger import LedgerConflict, RowLedger
 from talking_heads.row.states import RowRecord
 
 from tests.conftest import S3_BUCKET
-from tests.unit.dashscope_provider.test_fs_oss import OSS_BUCKET, make_oss_conn, oss_double  # noqa: F401 (fixtures)
+from tests.unit.dashscope_provider.fs.test_oss import OSS_BUCKET, make_oss_conn, oss_double  # noqa: F401 (fixtures)
 
 
 @pytest.fixture(params=["local", "s3", "oss"])

@@ -7,6 +7,7 @@ windows overlap, or another program's task in its window); not looked up after 2
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -100,15 +101,11 @@ def test_a_lost_answer_is_adopted_then_waited_on_and_billed_once(
     assert len(account_emulator.tasks()) == 1 and len(_lists(account_emulator)) == 1
 
 
-def test_two_uncertain_rows_with_overlapping_windows_and_two_unclaimed_tasks_both_stay_uncertain(
-    # emo-v1: two submits of one account within one second (emoji-v1's limit is 1/s)
-    account_emulator: Any,
-    emo_input: dict[str, Any],
-    tmp_path: Path,
-) -> None:
-    ledger = RowLedger(str(tmp_path))
-    account_emulator.force_next("drop_submit")
-    account_emulator.force_next("drop_submit")
+def _two_lost_submits_at_once(ledger: RowLedger, emo_input: dict[str, Any], emulator: Any) -> dict[str, Any]:
+    """Rows a and b submitted at the same moment (emo-v1: two submits of one account within one second;
+    emoji-v1's limit is 1/s), both answers dropped; what each submit raised."""
+    emulator.force_next("drop_submit")
+    emulator.force_next("drop_submit")
     start = threading.Barrier(2)
     errors: dict[str, BaseException] = {}
 
@@ -124,6 +121,33 @@ def test_two_uncertain_rows_with_overlapping_windows_and_two_unclaimed_tasks_bot
         thread.start()
     for thread in threads:
         thread.join(60)
+    return errors
+
+
+def test_two_submits_of_one_account_at_once_take_turns_so_both_lost_answers_are_found(
+    account_emulator: Any, emo_input: dict[str, Any], tmp_path: Path
+) -> None:
+    """The account's submit lease: one answer outstanding at a time, so each lost one is the single
+    unclaimed task of its window, adopted; nothing was sent twice."""
+    ledger = RowLedger(str(tmp_path))
+    errors = _two_lost_submits_at_once(ledger, emo_input, account_emulator)
+    tasks = sorted(t["task_id"] for t in account_emulator.tasks())
+    assert len(tasks) == 2 and errors == {}
+    records = [ledger.get(row_id) for row_id in ("a", "b")]
+    assert all(r is not None and r.status == "submitted" and r.reconciled for r in records), records
+    assert sorted(r.task_id for r in records if r is not None) == tasks
+
+
+def test_two_uncertain_rows_with_overlapping_windows_and_two_unclaimed_tasks_both_stay_uncertain(
+    account_emulator: Any, emo_input: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without the lease (rows left by an older version, or a store without exclusive create), two lost
+    answers in flight together cannot be told apart: neither row adopts a task, both name the candidates."""
+    from talking_heads.row import submit as submit_step
+
+    monkeypatch.setattr(submit_step, "account_lease", lambda context, hook: contextlib.nullcontext())
+    ledger = RowLedger(str(tmp_path))
+    errors = _two_lost_submits_at_once(ledger, emo_input, account_emulator)
     tasks = sorted(t["task_id"] for t in account_emulator.tasks())
     assert len(tasks) == 2  # both submissions created a task, neither answer came back
     assert set(errors) == {"a", "b"} and all(isinstance(e, AirflowFailException) for e in errors.values())
