@@ -4,7 +4,6 @@ never re-sent. Against the emulator, on a local disk and on S3 (moto)."""
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 import uuid
@@ -15,20 +14,14 @@ from typing import Any
 
 import pytest
 from airflow.sdk.exceptions import AirflowFailException
-from dashscope_provider.hooks.dashscope import DashScopeHook
 from talking_heads.row import claims
 from talking_heads.row.ledger import RowLedger
-from talking_heads.row.media import MediaSigner
 from talking_heads.row.outcome import outcome_of
-from talking_heads.row.payloads import Submission, WorkItem
+from talking_heads.row.payloads import Submission
 from talking_heads.row.states import RowRecord
-from talking_heads.row.submit import submit_row
-from talking_heads.table.validation import RowRequest
 
 from tests.conftest import S3_BUCKET
-from tests.unit.conftest import CONN_ID, is_submit
-
-LOG = logging.getLogger(__name__)
+from tests.unit.talking_heads.row.helpers import submit, submits
 
 
 @pytest.fixture(autouse=True)
@@ -44,21 +37,7 @@ def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> RowLedger:
 
 
 def _submit(ledger: RowLedger, emoji_input: dict[str, Any], run_id: str) -> Submission:
-    return submit_row(
-        ledger,
-        WorkItem(RowRequest(row_id="r", model="emoji-v1", **emoji_input), CONN_ID),
-        hook_for=lambda conn_id: DashScopeHook(dashscope_conn_id=conn_id),
-        default_conn_id=CONN_ID,
-        run_id=run_id,
-        owner=f"{run_id} generate.submit[0] try 1",
-        resubmit_uncertain=False,
-        signer=MediaSigner(ledger.layout),
-        log=LOG,
-    )
-
-
-def _submits(emulator: Any) -> list[dict[str, Any]]:
-    return [r for r in emulator.request_log() if is_submit(r)]
+    return submit(ledger, "r", emoji_input, run_id=run_id, owner=f"{run_id} generate.submit[0] try 1")
 
 
 def _claim_by(run_id: str) -> RowRecord:
@@ -91,7 +70,7 @@ def test_two_runs_submitting_one_row_at_once_make_one_task(
     for thread in threads:
         thread.join(120)
     assert all(isinstance(r, Submission) for r in results.values()), results
-    assert len(_submits(emulator)) == 1 and len(emulator.tasks()) == 1  # the service saw one submit
+    assert len(submits(emulator)) == 1 and len(emulator.tasks()) == 1  # the service saw one submit
     assert {r.task_id for r in results.values()} == {emulator.tasks()[0]["task_id"]}  # type: ignore[union-attr]
     state = ledger.get("r")
     assert state is not None and state.status == "submitted" and state.owner is not None
@@ -115,7 +94,7 @@ def test_a_fresh_claim_of_another_run_is_waited_for_then_its_task_followed(
     followed = _submit(ledger, emoji_input, "run-A")
     assert time.monotonic() - began >= 1.4  # it waited for the claim, not took it for lost
     assert followed.task_id == "task-of-run-B"
-    assert _submits(emulator) == []
+    assert submits(emulator) == []
     state = ledger.get("r")
     assert state is not None and state.status == "submitted" and state.run_id == "run-B"
 
@@ -129,7 +108,7 @@ def test_a_claim_whose_owner_is_gone_is_a_lost_answer_and_is_not_sent_again(
     with pytest.raises(AirflowFailException, match=r"answer of run-B generate\.submit"):
         _submit(ledger, emoji_input, "run-A")
     assert time.monotonic() - began < 30  # bounded: it did not hang on the dead claim
-    assert _submits(emulator) == []
+    assert submits(emulator) == []
     state = ledger.get("r")
     assert state is not None and state.status == "uncertain"
     assert "run-B generate.submit[0] try 1 (claimed at" in (state.message or "")
@@ -150,4 +129,4 @@ def test_a_claim_of_the_same_run_id_in_another_deployment_is_waited_for(
 
     threading.Thread(target=the_other_deployment_gets_its_answer).start()
     assert _submit(ledger, emoji_input, "run-A").task_id == "task-of-the-other-deployment"
-    assert _submits(emulator) == []
+    assert submits(emulator) == []
