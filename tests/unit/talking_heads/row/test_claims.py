@@ -8,7 +8,7 @@ import threading
 import time
 import uuid
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -130,3 +130,53 @@ def test_a_claim_of_the_same_run_id_in_another_deployment_is_waited_for(
     threading.Thread(target=the_other_deployment_gets_its_answer).start()
     assert _submit(ledger, emoji_input, "run-A").task_id == "task-of-the-other-deployment"
     assert submits(emulator) == []
+
+
+# -- the claim's own rules: its age, whose it is, and why a stale one is a lost answer ------------------
+
+
+def test_a_claim_is_fresh_until_the_timeout_and_has_no_age_without_an_intent(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(claims, "CLAIM_TIMEOUT_SECONDS", 60.0)
+    written = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+    claim = replace(_claim_by("run-B"), intent_at=written.isoformat())
+    assert claims.claim_age(claim, written + timedelta(seconds=5)) == 5.0
+    assert claims.claim_age(claim, written + timedelta(seconds=59.5)) == 59.5
+    assert claims.claim_age(claim, written + timedelta(seconds=60)) is None  # stale: its owner is gone
+    assert claims.claim_age(replace(claim, intent_at=None)) is None
+    assert claims.claim_age(_claim_by("run-B")) is not None  # written just now, measured against the clock
+
+
+def test_a_claim_is_this_runs_own_only_from_this_deployment(monkeypatch: pytest.MonkeyPatch) -> None:
+    claim = _claim_by("run-A")
+    assert claims.own_run(claim, "run-A")  # written before the deployment was recorded
+    assert claims.own_run(replace(claim, deployment=claims.deployment_id()), "run-A")
+    assert not claims.own_run(replace(claim, deployment="another-deployment"), "run-A")
+    assert not claims.own_run(claim, "run-B")
+    # Only another run's fresh claim is waited for.
+    assert claims.claimed_elsewhere(claim, "run-B")
+    assert not claims.claimed_elsewhere(claim, "run-A")
+    assert not claims.claimed_elsewhere(claim.advance("submitted", task_id="t"), "run-B")
+    monkeypatch.setattr(claims, "CLAIM_TIMEOUT_SECONDS", 0.0)
+    assert not claims.claimed_elsewhere(claim, "run-B")  # stale: a lost answer, not waited for
+
+
+def test_the_deployment_is_a_digest_of_its_database_never_its_address(monkeypatch: pytest.MonkeyPatch) -> None:
+    here = claims.deployment_id()
+    assert here == claims.deployment_id() and len(here) == 12 and int(here, 16) >= 0
+    address = "postgresql+psycopg2://airflow:s3cret-password@db.example:5432/airflow"
+    monkeypatch.setenv("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", address)
+    there = claims.deployment_id()
+    assert there != here
+    assert "s3cret" not in there and "db.example" not in there
+
+
+def test_a_stale_claim_of_another_run_names_its_owner_and_an_own_one_says_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(claims, "CLAIM_TIMEOUT_SECONDS", 90.0)
+    claim = _claim_by("run-B")
+    message = claims.stale_claim_message(claim, "run-A")
+    assert message is not None
+    assert f"run run-B (run-B generate.submit[0] try 1) claimed the row at {claim.intent_at}" in message
+    assert "no answer within 90 s" in message
+    assert claims.stale_claim_message(claim, "run-B") is None  # an earlier try of this very step

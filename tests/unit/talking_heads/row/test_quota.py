@@ -12,11 +12,13 @@ from typing import Any
 
 import pytest
 from airflow.sdk.exceptions import AirflowSkipException
+from dashscope_provider.hooks.dashscope import DashScopeHook
 from talking_heads.reporting.outcome_table import build_outcomes
 from talking_heads.row.decide import plan_row
 from talking_heads.row.ledger import RowLedger
 from talking_heads.row.outcome import outcome_of
 from talking_heads.row.payloads import PlanEntry
+from talking_heads.row.quota import quota_stop, stop_submitting
 
 from tests.unit.conftest import CONN_ID, KEY, conn_json, is_submit
 from tests.unit.talking_heads.row.helpers import submit
@@ -54,3 +56,25 @@ def test_a_used_up_free_quota_stops_the_runs_submits_and_a_later_run_takes_the_r
     assert plan_row(ledger.get("r3"), resubmit_uncertain=False) is None
     free_emulator.set_free_quota("free", None)
     assert submit(ledger, "r3", emo_input, model="emo-v1", run_id="run-2").task_id
+
+
+def test_the_stop_is_recorded_per_run_and_account(
+    dashscope_conn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ledger = RowLedger(str(tmp_path))
+    hook = DashScopeHook(dashscope_conn_id=dashscope_conn)
+    assert quota_stop(ledger, "run-1", hook) is None
+    reason = stop_submitting(ledger, "run-1", hook, "r7", "Throttling.AllocationQuota: Free allocated quota exceeded.")
+    assert reason.startswith("not submitted: the free quota of the DashScope account is used up")
+    assert "Free allocated quota exceeded" in reason and "nothing was billed" in reason
+    # Every later submit of the run with that account reads it, naming the row the service answered.
+    stopped = quota_stop(ledger, "run-1", hook)
+    assert stopped is not None and stopped.endswith("(answered to row r7 earlier in this run)")
+    assert reason.removeprefix("not submitted: ") in stopped
+    assert [p.parent.name for p in (tmp_path / "runs").rglob("*.json")] == ["quota_exhausted"]
+    # Another run, or another account in the same run, still submits.
+    assert quota_stop(ledger, "run-2", hook) is None
+    monkeypatch.setenv("AIRFLOW_CONN_DASHSCOPE_OTHER", conn_json("http://127.0.0.1:1", password="sk-other-account"))
+    assert quota_stop(ledger, "run-1", DashScopeHook(dashscope_conn_id="dashscope_other")) is None
+    # A missing connection stops nothing here: the submit itself says it is missing.
+    assert quota_stop(ledger, "run-1", DashScopeHook(dashscope_conn_id="no_such_connection")) is None
