@@ -17,7 +17,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -166,6 +167,16 @@ class AirflowCluster:
         if not response.ok:
             raise AssertionError(f"{method} {path}: {response.status_code} {response.text[:500]}")
         return response.json()
+
+    @contextmanager
+    def running(self, dag_id: str, seconds: float = 120) -> Iterator[AirflowCluster]:
+        """The components started and ``dag_id`` parsed and unpaused; all stopped on the way out."""
+        try:
+            self.start()
+            self.wait_for_dag(dag_id, seconds)
+            yield self
+        finally:
+            self.stop()
 
     def wait_for_dag(self, dag_id: str, seconds: float = 120) -> None:
         self._wait(lambda: requests.get(f"{self.api}/dags/{dag_id}", timeout=5).ok, seconds, f"DAG {dag_id}")

@@ -22,7 +22,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Self
@@ -410,3 +410,25 @@ def s3_connection(endpoint_url: str) -> dict[str, Any]:
         "password": S3Server.secret_key,
         "extra": {"endpoint_url": endpoint_url, "region_name": "us-east-1"},
     }
+
+
+def dashscope_connections(emulators: Mapping[str, Any], key: str) -> dict[str, str]:
+    """The ``AIRFLOW_CONN_<ID>`` variables of DashScope connections (connection id -> an emulator), all on ``key``."""
+    return {
+        f"AIRFLOW_CONN_{conn_id.upper()}": json.dumps(
+            {"conn_type": "dashscope", "host": emulator.base_url, "password": key}
+        )
+        for conn_id, emulator in emulators.items()
+    }
+
+
+@contextlib.contextmanager
+def emulators(key: str, **speeds: float) -> Iterator[dict[str, Any]]:
+    """One emulator per connection id (``conn_id=speed``), each with its own queue, all accepting ``key``."""
+    from dashscope_emulator import EmulatorServer
+
+    with contextlib.ExitStack() as stack:
+        yield {
+            conn_id: stack.enter_context(EmulatorServer(api_keys=[key], port=0, speed=speed))
+            for conn_id, speed in speeds.items()
+        }

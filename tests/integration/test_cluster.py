@@ -15,10 +15,10 @@ from collections.abc import Iterator
 
 import pandas as pd
 import pytest
-from dashscope_emulator import EmulatorServer, make_samples, serve_directory
 
 from tests.harness.cluster import AirflowCluster
-from tests.harness.services import PostgresServer
+from tests.harness.samples import served_samples
+from tests.harness.services import PostgresServer, dashscope_connections, emulators
 
 pytestmark = pytest.mark.integration
 KEY = "sk-cluster-test-secret-42"
@@ -44,28 +44,17 @@ def _row(media: str, boxes: dict, row_id: str, model: str = "emo-v1") -> dict:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     root = tmp_path_factory.mktemp("cluster")
-    make_samples(root / "media")
-    boxes = json.loads((root / "media" / "samples.json").read_text())
-    # Two services: a real-time one (tasks take ~20 s, so the waits must defer) and a fast one.
     with (
-        serve_directory(root / "media", port=0) as media,
-        EmulatorServer(api_keys=[KEY], port=0, speed=1) as slow,
-        EmulatorServer(api_keys=[KEY], port=0, speed=200) as fast,
+        served_samples(root / "media") as (media, boxes),
+        # Two services: a real-time one (tasks take ~20 s, so the waits must defer) and a fast one.
+        emulators(KEY, dashscope_slow=1, dashscope_default=200) as services,
         PostgresServer(root / "postgres") as postgres,
     ):
-        env = {
-            f"AIRFLOW_CONN_{name.upper()}": json.dumps(
-                {"conn_type": "dashscope", "host": emu.base_url, "password": KEY}
-            )
-            for name, emu in (("dashscope_slow", slow), ("dashscope_default", fast))
-        }
+        slow, fast = services["dashscope_slow"], services["dashscope_default"]
+        env = dashscope_connections(services, KEY)
         cluster = AirflowCluster(root / "airflow", {**env, "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": postgres.url})
-        try:
-            cluster.start()
-            cluster.wait_for_dag("talking_heads")
+        with cluster.running("talking_heads"):
             yield {"root": root, "media": media, "boxes": boxes, "emu": fast, "slow": slow, "cluster": cluster}
-        finally:
-            cluster.stop()
 
 
 def test_rest_triggered_run_defers_waits_and_records_outcomes(world: dict) -> None:

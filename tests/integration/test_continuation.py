@@ -20,9 +20,10 @@ from urllib.parse import quote
 import pandas as pd
 import pytest
 import requests
-from dashscope_emulator import EmulatorServer, make_samples, serve_directory
 
 from tests.harness.cluster import AirflowCluster
+from tests.harness.samples import served_samples
+from tests.harness.services import dashscope_connections, emulators
 
 pytestmark = pytest.mark.integration
 KEY = "sk-continuation-test-0123"
@@ -34,33 +35,26 @@ WORKLOAD = re.compile(r"Workload finished\s.*?workload_id=(?P<id>[0-9a-f-]{36})"
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     root = tmp_path_factory.mktemp("continuation")
-    make_samples(root / "media")
-    boxes = json.loads((root / "media" / "samples.json").read_text())
     with (
-        serve_directory(root / "media", port=0) as media,
-        # A task runs ~0.4 s: most waits find their task queued behind others on the one key, and defer.
-        EmulatorServer(api_keys=[KEY], port=0, speed=50) as emulator,
-        # Tasks of ~10 s, queued behind each other: every wait defers to the triggerer.
-        EmulatorServer(api_keys=[KEY], port=0, speed=2) as slow,
-        # The run that unpausing starts (default params) goes to its own emulator.
-        EmulatorServer(api_keys=[KEY], port=0, speed=500) as decoy,
+        served_samples(root / "media") as (media, boxes),
+        emulators(
+            KEY,
+            # A task runs ~0.4 s: most waits find their task queued behind others on the one key, and defer.
+            dashscope_cont=50,
+            # Tasks of ~10 s, queued behind each other: every wait defers to the triggerer.
+            dashscope_slow=2,
+            # The run that unpausing starts (default params) goes to its own emulator.
+            dashscope_default=500,
+        ) as services,
     ):
-        env = {
-            f"AIRFLOW_CONN_{name.upper()}": json.dumps(
-                {"conn_type": "dashscope", "host": emu.base_url, "password": KEY}
-            )
-            for name, emu in (("dashscope_cont", emulator), ("dashscope_slow", slow), ("dashscope_default", decoy))
-        }
+        emulator, slow = services["dashscope_cont"], services["dashscope_slow"]
+        env = dashscope_connections(services, KEY)
         env["AIRFLOW__CORE__MAX_MAP_LENGTH"] = str(MAP_LIMIT)
         env["TALKING_HEADS_RETRY_DELAY_SECONDS"] = "1"
         cluster = AirflowCluster(root / "airflow", env, pool_slots=8)
         cluster.env["AIRFLOW__API__BASE_URL"] = f"http://127.0.0.1:{cluster.port}"  # for the run notes
-        try:
-            cluster.start()
-            cluster.wait_for_dag("talking_heads")
+        with cluster.running("talking_heads"):
             yield {"root": root, "media": media, "boxes": boxes, "emu": emulator, "slow": slow, "cluster": cluster}
-        finally:
-            cluster.stop()
 
 
 def _rows(media: str, boxes: dict, count: int = ROWS) -> list[dict]:

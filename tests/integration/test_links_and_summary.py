@@ -172,13 +172,8 @@ def test_links_resolve_to_the_video_the_task_and_the_outcomes_and_the_summary_is
     assert len(smtp_server) == 1  # notify_email unset: no mail (off by default)
 
 
-def test_stored_video_link_on_s3_is_presigned(
-    airflow_db: str,
-    emulator: EmulatorServer,
-    media: tuple[str, dict],
-    aws_default: str,
-    tmp_path: Path,
-) -> None:
+@pytest.mark.usefixtures("airflow_db", "emulator")
+def test_stored_video_link_on_s3_is_presigned(media: tuple[str, dict], aws_default: str, tmp_path: Path) -> None:
     from tests.conftest import S3_BUCKET
 
     root = f"s3://{S3_BUCKET}/links"

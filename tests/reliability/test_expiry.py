@@ -20,15 +20,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from tests.harness.reliability import (
-    Media,
-    bills_by_row,
-    count_leaks,
-    run_dag,
-    submits,
-    tasks_by_row,
-    write_table,
-)
+from tests.harness.reliability import Media, bills_by_row, count_leaks, run_dag, submits, tasks_by_row, write_table
 
 DAY_AND_A_MINUTE = 86_400 + 60
 ROWS = {"late-emo": "emo-square", "late-emoji": "emoji"}  # both result shapes (results.video_url, video_url)
@@ -176,27 +168,11 @@ def test_cost_report_counts_the_seconds_billed_for_an_expired_result(tmp_path: P
     run_id = "manual__2027-01-01T00:00:00+00:00"
     ledger = RowLedger(str(tmp_path))
     common = {"model": "emo-v1", "billed": True, "video_ratio": "1:1", "run_id": run_id}
-    ledger.put(
-        RowRecord(
-            row_id="stored",
-            state="succeeded",
-            task_id="t-1",
-            video_duration=5.0,
-            video_uri=str(tmp_path / "videos" / "stored.mp4"),
-            **common,
-        )
-    )
-    ledger.put(
-        RowRecord(
-            row_id="expired",
-            state="failed",
-            task_id="t-2",
-            video_duration=4.0,
-            code="ResultExpired",
-            message="DashScope result URL is no longer valid (HTTP 403)",
-            **common,
-        )
-    )
+    stored = {"task_id": "t-1", "video_duration": 5.0, "video_uri": str(tmp_path / "videos" / "stored.mp4")}
+    ledger.put(RowRecord("stored", "succeeded", **stored, **common))
+    expired = {"task_id": "t-2", "video_duration": 4.0, "code": "ResultExpired"}
+    message = "DashScope result URL is no longer valid (HTTP 403)"
+    ledger.put(RowRecord("expired", "failed", message=message, **expired, **common))
     plan = [PlanEntry(r, "emo-v1", "generate") for r in ("stored", "expired")]
     outcomes = build_outcomes(plan, ledger, run_id)
     by_id = outcomes.set_index("row_id")

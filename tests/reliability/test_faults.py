@@ -18,15 +18,7 @@ from typing import Any
 import pytest
 from talking_heads.row import reconcile
 
-from tests.harness.reliability import (
-    Media,
-    bills_by_row,
-    count_leaks,
-    run_dag,
-    submits,
-    tasks_by_row,
-    write_table,
-)
+from tests.harness.reliability import Media, bills_by_row, count_leaks, run_dag, submits, tasks_by_row, write_table
 
 ROWS = 200
 KINDS = ("emo-square", "emo-halfbody", "emoji")

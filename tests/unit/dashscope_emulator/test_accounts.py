@@ -11,15 +11,8 @@ import pytest
 import requests
 from dashscope_emulator import EmulatorServer, key_fingerprint
 
-from tests.unit.dashscope_emulator.helpers import (
-    SUBMIT,
-    Client,
-    assert_error,
-    detect_body,
-    emo_body,
-    emoji_body,
-    wait_for,
-)
+from tests.unit.dashscope_emulator import helpers
+from tests.unit.dashscope_emulator.helpers import Client, assert_error, detect_body, emo_body, emoji_body
 
 
 def test_submit_without_or_with_unknown_key_is_401(emu: EmulatorServer, media: dict) -> None:
@@ -31,7 +24,9 @@ def test_submit_without_or_with_unknown_key_is_401(emu: EmulatorServer, media: d
         "Invalid API-key provided.",
     )
     # Auth comes first: a request that is wrong in every other way still gets the 401.
-    response = requests.post(emu.base_url + SUBMIT, data="not json", headers={"Authorization": "Bearer sk-nope"})
+    response = requests.post(
+        emu.base_url + helpers.SUBMIT, data="not json", headers={"Authorization": "Bearer sk-nope"}
+    )
     assert_error(response, 401, "InvalidApiKey", "Invalid API-key provided.")
 
 
@@ -157,7 +152,9 @@ def test_keys_of_one_account_share_its_submit_limit_and_its_one_running_task(cac
         def status() -> dict[str, str]:
             return {t["task_id"]: t["status"] for t in server.tasks()}
 
-        wait_for(lambda: status()[first] == "RUNNING" and status()[other] == "RUNNING", what="two accounts running")
+        helpers.wait_for(
+            lambda: status()[first] == "RUNNING" and status()[other] == "RUNNING", what="two accounts running"
+        )
         assert status()[second] == "PENDING"  # behind sk-q-a's task: one account, one task at a time
         accounts_of = {t["task_id"]: t["account"] for t in server.tasks()}
         assert accounts_of == {first: "acct", second: "acct", other: key_fingerprint("sk-q-c")}

@@ -20,7 +20,7 @@ from talking_heads.row.ledger import RowLedger
 
 from tests.conftest import S3_BUCKET
 
-REPO = Path(__file__).resolve().parents[3]
+REPO = Path(__file__).resolve().parents[4]
 
 
 @pytest.fixture(params=["local", "s3"])

@@ -1,4 +1,6 @@
-"""The cost report counts each billed task once, prices it by ratio, and never invents a price."""
+"""The cost report (talking_heads.reporting.report) counts each billed task once, prices it by ratio, never
+invents a price, keeps the seconds as precise as the service reported them, and counts reconciled rows and
+rows still uncertain with their candidate tasks."""
 
 from __future__ import annotations
 
@@ -6,7 +8,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from talking_heads.reporting.report import build_report, read_outcomes, write_report
+from talking_heads.reporting.report import build_report, read_outcomes, seconds_decimals, write_report
+
+from tests.unit.conftest import CONN_ID
 
 
 def _outcomes(root: Path, run: str, rows: list[dict]) -> None:
@@ -121,3 +125,35 @@ def test_no_user_price_leaves_emoji_cost_unknown(monkeypatch: pytest.MonkeyPatch
     monkeypatch.delenv("AIRFLOW_VAR_DASHSCOPE_PRICES", raising=False)
     cost = cost_of("emoji-v1", "standard", 3, load_prices())
     assert (cost.usd, cost.cny) == (None, None)
+
+
+def test_seconds_keep_the_service_precision() -> None:
+    assert seconds_decimals([5.3, 10.0]) == 1
+    assert seconds_decimals([60, 24]) == 0
+    assert seconds_decimals([5.312, None, float("nan")]) == 3
+
+
+def test_the_cost_report_counts_reconciled_rows_and_rows_still_uncertain_with_their_candidates(
+    tmp_path: Path,
+) -> None:
+    common = {"model": "emo-v1", "video_ratio": "1:1", "dashscope_conn_id": CONN_ID}
+    run_1 = [
+        {"row_id": "a", "status": "failed", "code": "SubmissionUncertain", "candidates": "t-a t-x", **common},
+        {"row_id": "b", "status": "failed", "code": "SubmissionUncertain", "candidates": "t-b t-y", **common},
+        {"row_id": "c", "status": "succeeded", "task_id": "t-c", "video_duration": 2.0, **common},
+    ]
+    run_2 = [  # a later run found a's task; b is still ambiguous; c is skipped
+        {"row_id": "a", "status": "succeeded", "task_id": "t-a", "video_duration": 3.0, "reconciled": True, **common},
+        {"row_id": "b", "status": "failed", "code": "SubmissionUncertain", "candidates": "t-b t-y", **common},
+        {"row_id": "c", "status": "skipped", "task_id": "t-c", "video_duration": 2.0, **common},
+    ]
+    for run, lines in (("manual__2026-11-01", run_1), ("manual__2026-11-02", run_2)):
+        (tmp_path / "outcomes").mkdir(exist_ok=True)
+        pd.DataFrame([{**line, "run_id": run} for line in lines]).to_csv(tmp_path / "outcomes" / f"{run}.csv")
+    written = write_report(str(tmp_path))
+    assert (written["reconciled"], written["uncertain"]) == (1, 1)
+    uncertain = pd.read_csv(tmp_path / "reports" / "uncertain.csv")
+    assert uncertain[["row_id", "candidates"]].to_dict("records") == [{"row_id": "b", "candidates": "t-b t-y"}]
+    page = (tmp_path / "reports" / "cost_report.html").read_text()
+    assert "Lost submit answers" in page and "t-b t-y" in page
+    assert build_report(pd.DataFrame()).uncertain.empty

@@ -4,31 +4,24 @@ never re-sent. Against the emulator, on a local disk and on S3 (moto)."""
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 import uuid
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from airflow.sdk.exceptions import AirflowFailException
-from dashscope_provider.hooks.dashscope import DashScopeHook
 from talking_heads.row import claims
 from talking_heads.row.ledger import RowLedger
-from talking_heads.row.media import MediaSigner
 from talking_heads.row.outcome import outcome_of
-from talking_heads.row.payloads import Submission, WorkItem
+from talking_heads.row.payloads import Submission
 from talking_heads.row.states import RowRecord
-from talking_heads.row.submit import submit_row
-from talking_heads.table.validation import RowRequest
 
 from tests.conftest import S3_BUCKET
-from tests.unit.conftest import CONN_ID, is_submit
-
-LOG = logging.getLogger(__name__)
+from tests.unit.talking_heads.row.helpers import submit, submits
 
 
 @pytest.fixture(autouse=True)
@@ -44,21 +37,7 @@ def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> RowLedger:
 
 
 def _submit(ledger: RowLedger, emoji_input: dict[str, Any], run_id: str) -> Submission:
-    return submit_row(
-        ledger,
-        WorkItem(RowRequest(row_id="r", model="emoji-v1", **emoji_input), CONN_ID),
-        hook_for=lambda conn_id: DashScopeHook(dashscope_conn_id=conn_id),
-        default_conn_id=CONN_ID,
-        run_id=run_id,
-        owner=f"{run_id} generate.submit[0] try 1",
-        resubmit_uncertain=False,
-        signer=MediaSigner(ledger.layout),
-        log=LOG,
-    )
-
-
-def _submits(emulator: Any) -> list[dict[str, Any]]:
-    return [r for r in emulator.request_log() if is_submit(r)]
+    return submit(ledger, "r", emoji_input, run_id=run_id, owner=f"{run_id} generate.submit[0] try 1")
 
 
 def _claim_by(run_id: str) -> RowRecord:
@@ -91,7 +70,7 @@ def test_two_runs_submitting_one_row_at_once_make_one_task(
     for thread in threads:
         thread.join(120)
     assert all(isinstance(r, Submission) for r in results.values()), results
-    assert len(_submits(emulator)) == 1 and len(emulator.tasks()) == 1  # the service saw one submit
+    assert len(submits(emulator)) == 1 and len(emulator.tasks()) == 1  # the service saw one submit
     assert {r.task_id for r in results.values()} == {emulator.tasks()[0]["task_id"]}  # type: ignore[union-attr]
     state = ledger.get("r")
     assert state is not None and state.status == "submitted" and state.owner is not None
@@ -115,7 +94,7 @@ def test_a_fresh_claim_of_another_run_is_waited_for_then_its_task_followed(
     followed = _submit(ledger, emoji_input, "run-A")
     assert time.monotonic() - began >= 1.4  # it waited for the claim, not took it for lost
     assert followed.task_id == "task-of-run-B"
-    assert _submits(emulator) == []
+    assert submits(emulator) == []
     state = ledger.get("r")
     assert state is not None and state.status == "submitted" and state.run_id == "run-B"
 
@@ -129,7 +108,7 @@ def test_a_claim_whose_owner_is_gone_is_a_lost_answer_and_is_not_sent_again(
     with pytest.raises(AirflowFailException, match=r"answer of run-B generate\.submit"):
         _submit(ledger, emoji_input, "run-A")
     assert time.monotonic() - began < 30  # bounded: it did not hang on the dead claim
-    assert _submits(emulator) == []
+    assert submits(emulator) == []
     state = ledger.get("r")
     assert state is not None and state.status == "uncertain"
     assert "run-B generate.submit[0] try 1 (claimed at" in (state.message or "")
@@ -150,4 +129,54 @@ def test_a_claim_of_the_same_run_id_in_another_deployment_is_waited_for(
 
     threading.Thread(target=the_other_deployment_gets_its_answer).start()
     assert _submit(ledger, emoji_input, "run-A").task_id == "task-of-the-other-deployment"
-    assert _submits(emulator) == []
+    assert submits(emulator) == []
+
+
+# -- the claim's own rules: its age, whose it is, and why a stale one is a lost answer ------------------
+
+
+def test_a_claim_is_fresh_until_the_timeout_and_has_no_age_without_an_intent(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(claims, "CLAIM_TIMEOUT_SECONDS", 60.0)
+    written = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+    claim = replace(_claim_by("run-B"), intent_at=written.isoformat())
+    assert claims.claim_age(claim, written + timedelta(seconds=5)) == 5.0
+    assert claims.claim_age(claim, written + timedelta(seconds=59.5)) == 59.5
+    assert claims.claim_age(claim, written + timedelta(seconds=60)) is None  # stale: its owner is gone
+    assert claims.claim_age(replace(claim, intent_at=None)) is None
+    assert claims.claim_age(_claim_by("run-B")) is not None  # written just now, measured against the clock
+
+
+def test_a_claim_is_this_runs_own_only_from_this_deployment(monkeypatch: pytest.MonkeyPatch) -> None:
+    claim = _claim_by("run-A")
+    assert claims.own_run(claim, "run-A")  # written before the deployment was recorded
+    assert claims.own_run(replace(claim, deployment=claims.deployment_id()), "run-A")
+    assert not claims.own_run(replace(claim, deployment="another-deployment"), "run-A")
+    assert not claims.own_run(claim, "run-B")
+    # Only another run's fresh claim is waited for.
+    assert claims.claimed_elsewhere(claim, "run-B")
+    assert not claims.claimed_elsewhere(claim, "run-A")
+    assert not claims.claimed_elsewhere(claim.advance("submitted", task_id="t"), "run-B")
+    monkeypatch.setattr(claims, "CLAIM_TIMEOUT_SECONDS", 0.0)
+    assert not claims.claimed_elsewhere(claim, "run-B")  # stale: a lost answer, not waited for
+
+
+def test_the_deployment_is_a_digest_of_its_database_never_its_address(monkeypatch: pytest.MonkeyPatch) -> None:
+    here = claims.deployment_id()
+    assert here == claims.deployment_id() and len(here) == 12 and int(here, 16) >= 0
+    address = "postgresql+psycopg2://airflow:s3cret-password@db.example:5432/airflow"
+    monkeypatch.setenv("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", address)
+    there = claims.deployment_id()
+    assert there != here
+    assert "s3cret" not in there and "db.example" not in there
+
+
+def test_a_stale_claim_of_another_run_names_its_owner_and_an_own_one_says_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(claims, "CLAIM_TIMEOUT_SECONDS", 90.0)
+    claim = _claim_by("run-B")
+    message = claims.stale_claim_message(claim, "run-A")
+    assert message is not None
+    assert f"run run-B (run-B generate.submit[0] try 1) claimed the row at {claim.intent_at}" in message
+    assert "no answer within 90 s" in message
+    assert claims.stale_claim_message(claim, "run-B") is None  # an earlier try of this very step

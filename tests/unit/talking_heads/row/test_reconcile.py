@@ -21,15 +21,13 @@ from dashscope_provider.hooks.dashscope import DashScopeHook
 from talking_heads.row import reconcile
 from talking_heads.row.decide import plan_row
 from talking_heads.row.ledger import RowLedger
-from talking_heads.row.media import MediaSigner
 from talking_heads.row.outcome import outcome_of
-from talking_heads.row.payloads import Submission, WorkItem
+from talking_heads.row.payloads import Submission
 from talking_heads.row.states import RowRecord
-from talking_heads.row.submit import submit_row
 from talking_heads.row.wait import record_task_end
-from talking_heads.table.validation import RowRequest
 
 from tests.unit.conftest import CONN_ID, KEY, SAME_ACCOUNT_KEY, submit_as
+from tests.unit.talking_heads.row.helpers import submit as _submit
 
 LOG = logging.getLogger(__name__)
 LIST_PATH = "/api/v1/tasks/"
@@ -43,22 +41,6 @@ def quick_reconciliation(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(DashScopeHook.__init__.__kwdefaults__, "retry_initial", 0.05)
     # Rows submitted in the same instant (the service's own limit still applies: emo-v1 5/s per account).
     monkeypatch.setitem(DashScopeHook.__init__.__kwdefaults__, "submit_qps", {"emo-v1": 1000.0, "emoji-v1": 1000.0})
-
-
-def _submit(
-    ledger: RowLedger, row_id: str, emoji_input: dict[str, Any], resubmit: bool = False, model: str = "emoji-v1"
-) -> Submission:
-    request = RowRequest(row_id=row_id, model=model, **emoji_input)
-    return submit_row(
-        ledger,
-        WorkItem(request, CONN_ID),
-        hook_for=lambda conn_id: DashScopeHook(dashscope_conn_id=conn_id),
-        default_conn_id=CONN_ID,
-        run_id="run-1",
-        resubmit_uncertain=resubmit,
-        signer=MediaSigner(ledger.layout),
-        log=LOG,
-    )
 
 
 def _lists(emulator: Any) -> list[dict[str, Any]]:
@@ -237,35 +219,6 @@ def test_after_24_hours_a_lost_submission_is_no_longer_looked_up(
     # A record without any submit time can't be looked up: settled by the plan as before.
     bare = RowRecord("bare", "uncertain", model="emoji-v1")
     assert plan_row(bare, resubmit_uncertain=False)["code"] == "SubmissionUncertain"  # type: ignore[index]
-
-
-def test_the_cost_report_counts_reconciled_rows_and_rows_still_uncertain_with_their_candidates(
-    tmp_path: Path,
-) -> None:
-    import pandas as pd
-    from talking_heads.reporting.report import build_report, write_report
-
-    common = {"model": "emo-v1", "video_ratio": "1:1", "dashscope_conn_id": CONN_ID}
-    run_1 = [
-        {"row_id": "a", "status": "failed", "code": "SubmissionUncertain", "candidates": "t-a t-x", **common},
-        {"row_id": "b", "status": "failed", "code": "SubmissionUncertain", "candidates": "t-b t-y", **common},
-        {"row_id": "c", "status": "succeeded", "task_id": "t-c", "video_duration": 2.0, **common},
-    ]
-    run_2 = [  # a later run found a's task; b is still ambiguous; c is skipped
-        {"row_id": "a", "status": "succeeded", "task_id": "t-a", "video_duration": 3.0, "reconciled": True, **common},
-        {"row_id": "b", "status": "failed", "code": "SubmissionUncertain", "candidates": "t-b t-y", **common},
-        {"row_id": "c", "status": "skipped", "task_id": "t-c", "video_duration": 2.0, **common},
-    ]
-    for run, lines in (("manual__2026-11-01", run_1), ("manual__2026-11-02", run_2)):
-        (tmp_path / "outcomes").mkdir(exist_ok=True)
-        pd.DataFrame([{**line, "run_id": run} for line in lines]).to_csv(tmp_path / "outcomes" / f"{run}.csv")
-    written = write_report(str(tmp_path))
-    assert (written["reconciled"], written["uncertain"]) == (1, 1)
-    uncertain = pd.read_csv(tmp_path / "reports" / "uncertain.csv")
-    assert uncertain[["row_id", "candidates"]].to_dict("records") == [{"row_id": "b", "candidates": "t-b t-y"}]
-    page = (tmp_path / "reports" / "cost_report.html").read_text()
-    assert "Lost submit answers" in page and "t-b t-y" in page
-    assert build_report(pd.DataFrame()).uncertain.empty
 
 
 def test_a_row_whose_task_was_found_meanwhile_is_returned_not_looked_up_again(tmp_path: Path) -> None:

@@ -18,9 +18,9 @@ import pytest
 from PIL import Image
 from talking_heads.reporting.report import write_report
 
-from tests.unit.talking_heads.test_report import _outcomes
+from tests.unit.talking_heads.reporting.test_report import _outcomes
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
+REPO_ROOT = Path(__file__).resolve().parents[4]
 SCRIPT = REPO_ROOT / "scripts" / "screenshot_report.py"
 # matplotlib's first two cycle colours: the first two stacked series (emo-v1 1:1, emo-v1 3:4).
 BAR_COLOURS = {"emo-v1 1:1": (31, 119, 180), "emo-v1 3:4": (255, 127, 14)}

@@ -1,7 +1,9 @@
-"""Row operators (talking_heads): what a refused submit leaves in the ledger, and which key a row uses."""
+"""Row operators (talking_heads.orchestration.operators): what a refused submit leaves in the ledger, which
+key a row uses, and the download reading the XCom of a wait its trigger ended."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -128,3 +130,17 @@ def test_rows_go_to_their_planned_key_and_keep_the_key_that_created_their_task(
         assert (result["task_id"], result["video_ratio"]) == (task["task_id"], "standard")
         queried = {r["key_fingerprint"] for r in emulator.request_log() if "/tasks/" in r["path"]}
         assert queried == {key_fingerprint("sk-key-two")}
+
+
+def test_the_download_reads_the_xcom_of_a_wait_its_trigger_ended(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Airflow 3.3.2 stores a TaskSuccessEvent's XCom JSON-encoded once more; the Task SDK reads a string."""
+    from talking_heads.orchestration.operators import DownloadRowOperator
+    from talking_heads.row import store
+
+    seen: list[Any] = []
+    monkeypatch.setattr(store, "store_row", lambda ledger, result, **kwargs: seen.append(result) or {})
+    result = {"row_id": "r-1", "task_id": "t-1", "video_duration": 5.3, "video_ratio": "1:1"}
+    download = DownloadRowOperator(task_id="download", result=json.dumps(result), output_root="/tmp/x")
+    download.execute({"run_id": "run-1"})  # type: ignore[arg-type]
+    assert download.result == result  # what the map index template ({{ task.result.row_id }}) renders from
+    assert seen[0].row_id == "r-1" and seen[0].video_ratio == "1:1"

@@ -143,17 +143,3 @@ def test_the_wait_defers_to_the_row_trigger(
     trigger = deferred.value.trigger
     assert isinstance(trigger, RowTaskTrigger)
     assert (trigger.row_id, trigger.output_root, trigger.storage_conn_id) == ("r-1", str(tmp_path), None)
-
-
-def test_the_download_reads_the_xcom_of_a_wait_its_trigger_ended(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Airflow 3.3.2 stores a TaskSuccessEvent's XCom JSON-encoded once more; the Task SDK reads a string."""
-    from talking_heads.orchestration.operators import DownloadRowOperator
-    from talking_heads.row import store
-
-    seen: list[Any] = []
-    monkeypatch.setattr(store, "store_row", lambda ledger, result, **kwargs: seen.append(result) or {})
-    result = {"row_id": "r-1", "task_id": "t-1", "video_duration": 5.3, "video_ratio": "1:1"}
-    download = DownloadRowOperator(task_id="download", result=json.dumps(result), output_root="/tmp/x")
-    download.execute({"run_id": "run-1"})  # type: ignore[arg-type]
-    assert download.result == result  # what the map index template ({{ task.result.row_id }}) renders from
-    assert seen[0].row_id == "r-1" and seen[0].video_ratio == "1:1"
