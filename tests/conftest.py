@@ -25,6 +25,25 @@ import pytest  # noqa: E402
 #: The bucket every S3 test writes into, on a moto server in server mode on 127.0.0.1.
 S3_BUCKET = "talking-heads-test"
 
+#: The test tier: ``everyday`` (``./test.sh``: every behaviour once) or ``all`` (``./test.sh --all``, CI:
+#: every soak at its full count, and the tests marked ``full_tier``). See docs/testing.md.
+TIER = os.environ.get("TALKING_HEADS_TEST_TIER", "everyday")
+
+
+def repetitions(full: int) -> int:
+    """How many times a soak repeats its scenario: ``full`` in the full tier, once every day."""
+    return full if TIER == "all" else 1
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``full_tier`` run only in the full tier (``./test.sh --all``)."""
+    if TIER == "all":
+        return
+    skip = pytest.mark.skip(reason="full tier only: ./test.sh --all")
+    for item in items:
+        if item.get_closest_marker("full_tier"):
+            item.add_marker(skip)
+
 
 @pytest.fixture(scope="session")
 def airflow_db() -> str:
