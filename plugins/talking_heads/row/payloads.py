@@ -6,7 +6,7 @@ types. None of them carries a secret: no API key, and no signed video URL (that 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 from talking_heads.table.validation import RowRequest
@@ -30,10 +30,12 @@ class PlanEntry:
     outcome: dict[str, Any] | None = None
     estimated_cost_usd: float | None = None
     columns: dict[str, Any] = field(default_factory=dict)
+    #: The voice clip's length as the pre-flight measured it (emo-v1 bills about that many seconds).
+    audio_seconds: float | None = None
 
     def settle(self, outcome: dict[str, Any]) -> PlanEntry:
         """This entry, done before any spend with the given outcome."""
-        return PlanEntry(self.row_id, self.model, "done", None, outcome, self.estimated_cost_usd, self.columns)
+        return replace(self, plan="done", request=None, outcome=outcome)
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {"row_id": self.row_id, "model": self.model, "plan": self.plan}
@@ -43,6 +45,8 @@ class PlanEntry:
             data["outcome"] = {k: (str(v) if k == "code" and v is not None else v) for k, v in self.outcome.items()}
         if self.estimated_cost_usd is not None:
             data["estimated_cost_usd"] = self.estimated_cost_usd
+        if self.audio_seconds is not None:
+            data["audio_seconds"] = self.audio_seconds
         data["columns"] = self.columns
         return data
 
@@ -56,6 +60,7 @@ class PlanEntry:
             request=RowRequest(**request) if request else None,
             outcome=data.get("outcome"),
             estimated_cost_usd=data.get("estimated_cost_usd"),
+            audio_seconds=data.get("audio_seconds"),
             columns=data.get("columns") or {},
         )
 
@@ -66,17 +71,27 @@ class WorkItem:
 
     request: RowRequest
     conn_id: str | None = None
+    #: The voice clip's length, when the plan measured it: recorded with the claim, so a lost answer can
+    #: be told apart from another row's by the task's billed seconds (:mod:`talking_heads.row.reconcile`).
+    audio_seconds: float | None = None
 
     @property
     def row_id(self) -> str:
         return self.request.row_id
 
     def to_dict(self) -> dict[str, Any]:
-        return {"row_id": self.row_id, "request": self.request.model_dump(), "conn_id": self.conn_id}
+        data = {"row_id": self.row_id, "request": self.request.model_dump(), "conn_id": self.conn_id}
+        if self.audio_seconds is not None:
+            data["audio_seconds"] = self.audio_seconds
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> WorkItem:
-        return cls(request=RowRequest(**data["request"]), conn_id=data.get("conn_id") or None)
+        return cls(
+            request=RowRequest(**data["request"]),
+            conn_id=data.get("conn_id") or None,
+            audio_seconds=data.get("audio_seconds"),
+        )
 
 
 @dataclass(frozen=True)

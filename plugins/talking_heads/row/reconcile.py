@@ -11,7 +11,13 @@ The rule (:func:`decide`), never a guess:
 * leave out every task id that any row's ledger record holds or held (its ``task_id`` and its history);
 * adopt a task only when it is the one unclaimed task in the row's window, and no other uncertain or
   in-flight (``submitting``) row of the same account and model could own it (its window holds it too);
-* anything else stays uncertain, and the verdict says why: how many candidates, and which task ids.
+* where several candidates or several uncertain rows remain (rows left by an older version, or a store
+  without exclusive create: the account's submit lease, :mod:`talking_heads.row.lease`, otherwise keeps
+  a crash to one lost answer per account), tell them apart by what the finished tasks billed
+  (:func:`tell_apart`): a task is adopted when it is the one candidate whose ``video_ratio`` and, for
+  emo-v1, ``video_duration`` fit the row, and fits no other uncertain row of the window;
+* anything else stays uncertain, and the verdict says why: which tasks are candidates for the row, and
+  what each billed.
 
 The service keeps tasks 24 h (:data:`TASK_LIFETIME`): a row whose intent is older is not looked up.
 Listings are kept a few minutes (:class:`ListingCache`), so rows of one run whose windows are covered by
@@ -39,7 +45,7 @@ from talking_heads.row.states import OPEN_SUBMISSION, RowRecord, RowStatus
 
 if TYPE_CHECKING:  # the hook's import (HttpHook, aiohttp) is paid where a call is made, not at DAG parse
     from dashscope_provider.hooks.dashscope import DashScopeHook
-    from dashscope_provider.models import ListedTask
+    from dashscope_provider.models import DashScopeTask, ListedTask
 
 #: How far this machine's clock may be from the service's: each window is widened by it on both sides.
 CLOCK_SKEW = timedelta(seconds=60)
@@ -242,6 +248,70 @@ def decide(
     return Verdict(task.task_id, ids, f"task {task.task_id}, the one unclaimed task {where}, adopted")
 
 
+#: How far a task's billed seconds may be from a row's voice clip and still fit it (emo-v1 bills the clip's
+#: length to 0.01 s; the slack covers a clip measured from a re-encoded copy).
+DURATION_TOLERANCE = 0.25
+
+
+def fits(record: RowRecord, task: DashScopeTask) -> bool | None:
+    """Whether a finished task's usage fits the row's expected ratio and (emo-v1) seconds; None: can't tell
+    (the task has not succeeded, or nothing is known of what the row should bill)."""
+    if not task.succeeded or task.video_duration is None:
+        return None
+    told = False
+    if record.expected_ratio and task.video_ratio:
+        if task.video_ratio != record.expected_ratio:
+            return False
+        told = True
+    if record.model == "emo-v1" and record.expected_seconds is not None:
+        if abs(task.video_duration - record.expected_seconds) > DURATION_TOLERANCE:
+            return False
+        told = True
+    return True if told else None
+
+
+def tell_apart(
+    state: RowRecord,
+    others: list[RowRecord],
+    verdict: Verdict,
+    tasks: dict[str, DashScopeTask],
+    created: dict[str, datetime],
+    now: datetime,
+) -> Verdict:
+    """An ambiguous :class:`Verdict` settled by usage: the one candidate that fits the row while every other
+    candidate surely does not (one still running could be the row's), and that fits no other uncertain row
+    whose window holds it; else the verdict again, each candidate's usage named."""
+    fit = {t: fits(state, tasks[t]) for t in verdict.candidates}
+    mine = [t for t, fitted in fit.items() if fitted is True]
+    if len(mine) == 1 and all(f is False for t, f in fit.items() if t != mine[0]):
+        (task_id,) = mine
+        rivals = [other.row_id for other in others if _could_own(other, tasks[task_id], created.get(task_id), now)]
+        if not rivals:
+            message = (
+                f"task {task_id} ({_usage(tasks[task_id])}), the one candidate whose billed usage fits the row, "
+                f"adopted (candidates: {', '.join(verdict.candidates)})"
+            )
+            return Verdict(task_id, verdict.candidates, message)
+    named = "; ".join(f"{t} ({_usage(tasks[t])}: {_fit_word(fit[t])})" for t in verdict.candidates)
+    return Verdict(None, verdict.candidates, f"{verdict.message}; by usage, for this row: {named}", verdict.again)
+
+
+def _could_own(other: RowRecord, task: DashScopeTask, created: datetime | None, now: datetime) -> bool:
+    window = window_of(other, now)
+    in_window = window is None or created is None or window.holds(created)
+    return in_window and fits(other, task) is not False
+
+
+def _usage(task: DashScopeTask) -> str:
+    if not task.succeeded or task.video_duration is None:
+        return str(task.status)
+    return f"{task.video_duration:g} s at {task.video_ratio}"
+
+
+def _fit_word(fit: bool | None) -> str:
+    return {True: "fits", False: "does not fit", None: "cannot tell"}[fit]
+
+
 @dataclass
 class _Listing:
     fetched: float
@@ -318,7 +388,13 @@ def reconcile(
     }
     seen = _parse(state.lost_at) or now
     tasks = CACHE.tasks(hook, account, state.model, window, seen)
-    return decide(state, window, tasks, claimed_ids(states), rivals)
+    verdict = decide(state, window, tasks, claimed_ids(states), rivals)
+    if verdict.task_id is not None or not verdict.candidates:
+        return verdict
+    others = [other for other in states if other.row_id in rivals and other.status == RowStatus.UNCERTAIN]
+    created = {t.task_id: t.created for t in tasks}
+    finished = {t: hook.get_task(t) for t in verdict.candidates}  # their usage: one query each, rare
+    return tell_apart(state, others, verdict, finished, created, now)
 
 
 def look(

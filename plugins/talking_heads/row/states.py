@@ -107,6 +107,11 @@ class RowRecord:
     #: the Airflow deployment it ran in (two deployments may both have a run ``scheduled__2026-11-29...``).
     owner: str | None = None
     deployment: str | None = None
+    #: What the row's task should bill, recorded with its claim: the output ratio (``1:1``/``3:4``, or
+    #: ``standard`` for emoji-v1) and, for emo-v1, the voice clip's seconds (when the plan measured them). A
+    #: lost answer's task is told apart from other rows' by them (:mod:`talking_heads.row.reconcile`).
+    expected_ratio: str | None = None
+    expected_seconds: float | None = None
     #: 429 answers the submit step waited out for this row (detect and submit), counted in the run's summary.
     throttled: int = 0
     updated_at: str = field(default_factory=now_iso)

@@ -247,6 +247,8 @@ def claim(
             lost_at=None,
             reconciled=False,
             resubmitted=resubmitted,
+            expected_ratio=request.expected_ratio,
+            expected_seconds=context.item.audio_seconds,
         )
     )
 

@@ -127,8 +127,11 @@ def assign_connections(entries: list[PlanEntry], conn_ids: list[str]) -> list[Wo
     unique = list(dict.fromkeys(c.strip() for c in conn_ids if c and c.strip()))
     if not unique:
         raise ValueError("at least one DashScope connection id is needed")
-    requests_ = [e.request for e in entries if e.plan == "generate" and e.request is not None]
-    return [WorkItem(request, unique[i % len(unique)]) for i, request in enumerate(requests_)]
+    rows = [e for e in entries if e.plan == "generate" and e.request is not None]
+    return [
+        WorkItem(entry.request, unique[i % len(unique)], entry.audio_seconds)  # type: ignore[arg-type]
+        for i, entry in enumerate(rows)
+    ]
 
 
 def _admit(
@@ -157,7 +160,7 @@ def _admit(
             continue
         seconds = checks[request.audio_url].seconds if request.audio_url in checks else None
         estimate = cost_of(request.model, request.expected_ratio, seconds, prices).usd
-        entry = entries[i] = replace(entry, estimated_cost_usd=estimate)
+        entry = entries[i] = replace(entry, estimated_cost_usd=estimate, audio_seconds=seconds)
         if dry_run:
             shown = "unknown" if estimate is None else f"USD {estimate:.4f}"
             entries[i] = entry.settle({"status": "skipped", "message": f"dry run: would submit ({shown})"})

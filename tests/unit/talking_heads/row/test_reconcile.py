@@ -235,3 +235,46 @@ def test_a_row_whose_task_was_found_meanwhile_is_returned_not_looked_up_again(tm
         "found", "t-1", "other_conn"
     )
     assert reconcile_row(ledger, "never", RunConnections(no_hook, CONN_ID), LOG) is None
+
+
+def _two_uncertain_emo_rows(now: datetime) -> tuple[RowRecord, RowRecord]:
+    """Rows a (a 4.2 s clip) and b (a 6.5 s clip), both 1:1, both lost in one window."""
+    window = dict(model="emo-v1", intent_at=(now - timedelta(seconds=5)).isoformat(), lost_at=now.isoformat())
+    a = RowRecord("a", "uncertain", expected_ratio="1:1", expected_seconds=4.2, **window)  # type: ignore[arg-type]
+    b = RowRecord("b", "uncertain", expected_ratio="1:1", expected_seconds=6.5, **window)  # type: ignore[arg-type]
+    return a, b
+
+
+def _succeeded(task_id: str, seconds: float, ratio: str = "1:1") -> Any:
+    from dashscope_provider.models import DashScopeTask
+
+    return DashScopeTask(task_id, "SUCCEEDED", video_url="u", video_duration=seconds, video_ratio=ratio)
+
+
+def test_several_uncertain_rows_are_told_apart_by_what_their_tasks_billed() -> None:
+    """Two lost answers in one window (no lease): each task goes to the row whose clip it billed."""
+    from dashscope_provider.models import DashScopeTask
+
+    now = datetime.now(UTC)
+    a, b = _two_uncertain_emo_rows(now)
+    ambiguous = reconcile.Verdict(None, ("t-a", "t-b"), "2 unclaimed tasks")
+    tasks = {"t-a": _succeeded("t-a", 4.21), "t-b": _succeeded("t-b", 6.5)}
+    created = {"t-a": now - timedelta(seconds=3), "t-b": now - timedelta(seconds=2)}
+    for row, other, expected in ((a, b, "t-a"), (b, a, "t-b")):
+        verdict = reconcile.tell_apart(row, [other], ambiguous, tasks, created, now)
+        assert verdict.task_id == expected and "fits the row" in verdict.message
+    # The same seconds for both rows: no task fits one row only, both stay uncertain naming what each billed.
+    same = {"t-a": _succeeded("t-a", 4.2), "t-b": _succeeded("t-b", 4.2)}
+    b_same = RowRecord("b", "uncertain", model="emo-v1", expected_ratio="1:1", expected_seconds=4.2)
+    verdict = reconcile.tell_apart(a, [b_same], ambiguous, same, created, now)
+    assert verdict.task_id is None and "t-a (4.2 s at 1:1: fits)" in verdict.message
+    # One candidate fits, but another is still running: it could be the row's, so nothing is adopted.
+    running = {"t-a": _succeeded("t-a", 4.2), "t-b": DashScopeTask("t-b", "RUNNING")}
+    verdict = reconcile.tell_apart(a, [], ambiguous, running, created, now)
+    assert verdict.task_id is None and "t-b (RUNNING: cannot tell)" in verdict.message
+    # The ratio tells them apart too; and a task of the other ratio never fits.
+    by_ratio = {"t-a": _succeeded("t-a", 4.2, "3:4"), "t-b": _succeeded("t-b", 4.2)}
+    assert reconcile.tell_apart(a, [], ambiguous, by_ratio, created, now).task_id == "t-b"
+    # A row that recorded nothing of what it should bill (an older version's) can't be told apart.
+    bare = RowRecord("a", "uncertain", model="emo-v1")
+    assert reconcile.tell_apart(bare, [], ambiguous, tasks, created, now).task_id is None
