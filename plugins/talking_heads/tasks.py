@@ -12,7 +12,7 @@ from typing import Any
 
 from airflow.configuration import conf
 from airflow.sdk import Asset, BaseHook, Context
-from airflow.sdk.exceptions import AirflowFailException, AirflowNotFoundException
+from dashscope_provider.compat import AirflowFailException, AirflowNotFoundException
 from dashscope_provider.connection import account_from_connection, base_url_from_connection
 
 from talking_heads.continuation import CONF_KEY, Part, own_entries, split_first, split_next

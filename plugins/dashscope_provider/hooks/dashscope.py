@@ -26,8 +26,8 @@ from urllib.parse import quote
 import requests
 from airflow.exceptions import AirflowProviderDeprecationWarning
 from airflow.providers.http.hooks.http import HttpHook
-from airflow.sdk.exceptions import AirflowNotFoundException
 
+from dashscope_provider.compat import AirflowNotFoundException
 from dashscope_provider.connection import (
     DASHSCOPE_EXTRA_FIELDS,
     api_key_from_connection,

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from airflow.configuration import conf
-from airflow.sdk.exceptions import AirflowFailException, AirflowNotFoundException, AirflowSkipException
+from dashscope_provider.compat import AirflowFailException, AirflowNotFoundException, AirflowSkipException
 from dashscope_provider.connection import account_from_connection
 from dashscope_provider.exceptions import (
     QUOTA_EXHAUSTED_CODE,
