@@ -11,7 +11,7 @@ REPO_ROOT = Path(__file__).resolve().parents[3]
 
 @pytest.fixture(scope="module")
 def dagbag(airflow_db: str):  # type: ignore[no-untyped-def]
-    from airflow.dag_processing.dagbag import DagBag
+    from tests.harness.airflow_compat import DagBag
 
     return DagBag(str(REPO_ROOT / "dags"))
 

@@ -17,7 +17,8 @@ def test_provider_info_registers_the_connection_type() -> None:
     assert transfer["python-module"] == "dashscope_provider.transfers.dashscope_to_object_storage"
     assert (transfer["source-integration-name"], transfer["target-integration-name"]) == ("DashScope", "Common IO")
     from airflow.providers_manager import ProvidersManager
-    from airflow.sdk.providers_manager_runtime import ProvidersManagerTaskRuntime
+
+    from tests.harness.airflow_compat import ProvidersManagerTaskRuntime
 
     hook_info = ProvidersManagerTaskRuntime().hooks["dashscope"]
     assert hook_info is not None

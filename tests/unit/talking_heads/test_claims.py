@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from airflow.sdk.exceptions import AirflowFailException
 from dashscope_provider.hooks.dashscope import DashScopeHook
 from talking_heads.ledger import RowLedger
 from talking_heads.lifecycle import RowState, outcome_of, submit_row
@@ -24,6 +23,7 @@ from talking_heads.payloads import Submission, WorkItem
 from talking_heads.validation import RowRequest
 
 from tests.conftest import S3_BUCKET
+from tests.harness.airflow_compat import AirflowFailException
 from tests.unit.conftest import CONN_ID, is_submit
 
 LOG = logging.getLogger(__name__)

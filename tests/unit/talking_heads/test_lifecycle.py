@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from airflow.sdk.exceptions import AirflowFailException
 from dashscope_provider.exceptions import DashScopeResultExpired
 from talking_heads.ledger import RowLedger
 from talking_heads.lifecycle import (
@@ -21,6 +20,8 @@ from talking_heads.lifecycle import (
     store_row,
 )
 from talking_heads.payloads import WaitResult
+
+from tests.harness.airflow_compat import AirflowFailException
 
 LOG = logging.getLogger(__name__)
 

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from airflow.sdk.exceptions import AirflowSkipException
 from dashscope_provider.hooks.dashscope import DashScopeHook
 from talking_heads.ledger import RowLedger
 from talking_heads.lifecycle import outcome_of, plan_row, submit_row
@@ -21,6 +20,7 @@ from talking_heads.payloads import PlanEntry, WorkItem
 from talking_heads.run_summary import summary_line
 from talking_heads.validation import RowRequest
 
+from tests.harness.airflow_compat import AirflowSkipException
 from tests.unit.conftest import CONN_ID, KEY, conn_json, is_submit
 
 LOG = logging.getLogger(__name__)
@@ -89,7 +89,7 @@ def test_the_summary_counts_the_429s_the_submits_waited_out(tmp_path: Path) -> N
 def test_content_moderation_fails_the_row_once_and_is_never_retried(
     emulator: Any, dashscope_conn: str, emo_input: dict[str, Any], tmp_path: Path
 ) -> None:
-    from airflow.sdk.exceptions import AirflowFailException
+    from tests.harness.airflow_compat import AirflowFailException
 
     ledger = RowLedger(str(tmp_path))
     emulator.force_next("submit_inspection")

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from airflow.sdk.exceptions import AirflowFailException
 from dashscope_provider.hooks.dashscope import DashScopeHook
 from talking_heads import reconcile
 from talking_heads.ledger import RowLedger
@@ -24,6 +23,7 @@ from talking_heads.media import MediaSigner
 from talking_heads.payloads import Submission, WorkItem
 from talking_heads.validation import RowRequest
 
+from tests.harness.airflow_compat import AirflowFailException
 from tests.unit.conftest import CONN_ID, KEY, SAME_ACCOUNT_KEY, submit_as
 
 LOG = logging.getLogger(__name__)
