@@ -10,10 +10,15 @@ each line. Nothing here imports anything but Airflow, so it is as safe to import
 * ``DagSerialization``: the DAG serializer is ``SerializedDAG`` on 3.1 (same ``to_dict``).
 * ``ProvidersManagerTaskRuntime``: the Task SDK's own providers manager from 3.2 on; on 3.1 the task side
   reads core's ``ProvidersManager`` (the same ``hooks`` and ``filesystem_module_names``).
+* ``AIRFLOW_V_3_2_PLUS``, ``AIRFLOW_V_3_3_PLUS``: for what a line lacks altogether. The connection form:
+  3.3 reads it from provider info (``ProvidersManager.iter_connection_type_hook_ui_metadata``); 3.2 from the
+  hook's ``get_ui_field_behaviour`` into ``ProvidersManager.field_behaviours``; 3.1 the same, but only under
+  the API server's wtforms mock (without wtforms, a plain ``ProvidersManager`` has no form).
 """
 
 from __future__ import annotations
 
+from airflow import __version__ as _airflow_version
 from dashscope_provider.compat import (
     AirflowException,
     AirflowFailException,
@@ -22,6 +27,7 @@ from dashscope_provider.compat import (
     AirflowSkipException,
     DagRunTriggerException,
 )
+from packaging.version import Version
 
 try:  # Airflow >= 3.2
     from airflow.sdk.exceptions import TaskDeferred
@@ -47,7 +53,13 @@ except ImportError:  # Airflow 3.1
         ProvidersManager as ProvidersManagerTaskRuntime,
     )
 
+_AIRFLOW_VERSION = Version(Version(_airflow_version).base_version)
+AIRFLOW_V_3_2_PLUS = Version("3.2.0") <= _AIRFLOW_VERSION
+AIRFLOW_V_3_3_PLUS = Version("3.3.0") <= _AIRFLOW_VERSION
+
 __all__ = [
+    "AIRFLOW_V_3_2_PLUS",
+    "AIRFLOW_V_3_3_PLUS",
     "AirflowException",
     "AirflowFailException",
     "AirflowNotFoundException",
