@@ -13,7 +13,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 PROBE = """
 import sys, time
 import airflow.sdk  # Airflow itself is loaded before any DAG file is parsed
-from airflow.dag_processing.dagbag import DagBag
+from tests.harness.airflow_compat import DagBag
 started = time.perf_counter()
 bag = DagBag(sys.argv[1])
 elapsed = time.perf_counter() - started

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from airflow.sdk.exceptions import AirflowException, AirflowFailException
+from dashscope_provider.compat import AirflowException, AirflowFailException
 
 
 class DashScopeError(AirflowException):

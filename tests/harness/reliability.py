@@ -62,7 +62,7 @@ class Media:
 def talking_heads_dag() -> Any:
     """The DAG, parsed afresh: ``dag.test(run_conf=...)`` leaves a run's conf in the DAG object's
     params, where the next run would inherit it (a wrong connection id, say)."""
-    from airflow.dag_processing.dagbag import DagBag
+    from tests.harness.airflow_compat import DagBag
 
     return DagBag(str(REPO_ROOT / "dags")).get_dag("talking_heads")
 

@@ -92,9 +92,10 @@ def _table(folder: Path) -> Path:
 
 
 def _run(table: Path, day: int) -> pd.DataFrame:
-    from airflow.dag_processing.dagbag import DagBag
     from airflow.sdk import ObjectStoragePath
     from talking_heads.storage import safe_name
+
+    from tests.harness.airflow_compat import DagBag
 
     dag = DagBag(str(REPO_ROOT / "dags")).get_dag("talking_heads")
     conf = {

@@ -85,7 +85,7 @@ def _table(path: Path, media_url: str, boxes: dict) -> Path:
 
 
 def _run(day: int, conf: dict[str, Any]) -> Any:
-    from airflow.dag_processing.dagbag import DagBag
+    from tests.harness.airflow_compat import DagBag
 
     dag = DagBag(str(REPO_ROOT / "dags")).get_dag("talking_heads")
     return dag.test(logical_date=datetime(2026, 10, day, tzinfo=UTC), run_conf={"poll_interval_seconds": 0.2, **conf})

@@ -59,8 +59,9 @@ def _table(path: Path, media_url: str, boxes: dict) -> Path:
 
 
 def _run(table: Path, output_root: Path, day: int, **extra_conf: object) -> pd.DataFrame:
-    from airflow.dag_processing.dagbag import DagBag
     from talking_heads.storage import safe_name
+
+    from tests.harness.airflow_compat import DagBag
 
     dag = DagBag(str(REPO_ROOT / "dags")).get_dag("talking_heads")
     conf = {"input_table": str(table), "output_root": str(output_root), "poll_interval_seconds": 0.2, **extra_conf}
@@ -242,7 +243,7 @@ def test_outputs_on_s3(
     root = f"s3://{S3_BUCKET}/e2e"
     s3 = s3_client(aws_default)
 
-    from airflow.dag_processing.dagbag import DagBag
+    from tests.harness.airflow_compat import DagBag
 
     dag = DagBag(str(REPO_ROOT / "dags")).get_dag("talking_heads")
     dag.test(

@@ -156,17 +156,49 @@ def test_every_third_party_module_the_code_imports_is_declared(provider_wheel: P
     assert not missing, f"imported but not declared in pyproject.toml's dependencies: {missing}"
 
 
-def test_every_runtime_dependency_is_pinned_by_the_lock(provider_wheel: Path) -> None:
-    """requirements.txt (what the tests run with, and the image's constraints) satisfies the wheel."""
-    _, meta, _ = _metadata(provider_wheel)
+#: Every lock: requirements.txt (the default, the newest Airflow line: what ./test.sh runs with and the image's
+#: constraints) and one per supported Airflow line (constraints/airflow-X.Y.txt, what scripts/matrix.sh runs).
+LOCKS = ["requirements.txt", *sorted(p.relative_to(REPO_ROOT).as_posix() for p in REPO_ROOT.glob("constraints/*.txt"))]
+
+
+def _pins(lock: str) -> dict[str, str]:
     pins = {}
-    for line in (REPO_ROOT / "requirements.txt").read_text().splitlines():
+    for line in (REPO_ROOT / lock).read_text().splitlines():
         if "==" in line and not line.startswith((" ", "#")):
             name, version = line.split("==")
-            pins[canonicalize_name(name)] = version.strip()
-    for name, req in _runtime_requirements(meta).items():
-        assert name in pins, f"{name} is not in requirements.txt"
-        assert req.specifier.contains(pins[name], prereleases=True), f"{name}=={pins[name]} breaks {req}"
+            pins[canonicalize_name(name.split("[")[0])] = version.strip()
+    return pins
+
+
+def test_there_is_a_lock_per_supported_airflow_line() -> None:
+    """constraints/airflow-X.Y.txt pins Airflow X.Y, and requirements.txt is the newest line's lock."""
+    lines = [lock for lock in LOCKS if lock.startswith("constraints/")]
+    assert lines == ["constraints/airflow-3.1.txt", "constraints/airflow-3.2.txt", "constraints/airflow-3.3.txt"]
+    for lock in lines:
+        line = lock.removeprefix("constraints/airflow-").removesuffix(".txt")
+        assert _pins(lock)["apache-airflow"].startswith(f"{line}."), lock
+    assert _pins("requirements.txt") == _pins(lines[-1])
+
+
+@pytest.mark.parametrize("lock", LOCKS)
+def test_every_dependency_is_pinned_by_the_lock(provider_wheel: Path, lock: str, tmp_path: Path) -> None:
+    """Each lock satisfies every range the wheel declares (runtime, and the tests and celery extras its
+    installation uses) and the emulator's: `pip install -c <lock> -e . -e include` keeps to the lock."""
+    _, meta, _ = _metadata(provider_wheel)
+    emulator = _build(REPO_ROOT / "include", ["pyproject.toml", "dashscope_emulator"], tmp_path)
+    _, emulator_meta, _ = _metadata(emulator)
+    pins = _pins(lock)
+    requirements = [Requirement(line) for line in meta.get_all("Requires-Dist") or []]
+    requirements += [Requirement(line) for line in emulator_meta.get_all("Requires-Dist") or []]
+    checked = 0
+    for req in requirements:
+        if req.marker and not any(req.marker.evaluate({"extra": extra}) for extra in ("", "tests", "celery")):
+            continue  # another extra (benchmarks), or another platform
+        name = canonicalize_name(req.name)
+        assert name in pins, f"{name} is not in {lock}"
+        assert req.specifier.contains(pins[name], prereleases=True), f"{lock}: {name}=={pins[name]} breaks {req}"
+        checked += 1
+    assert checked >= len(_runtime_requirements(meta))
 
 
 def test_the_emulator_is_its_own_distribution(tmp_path: Path) -> None:

@@ -25,8 +25,8 @@ from urllib.parse import quote
 
 import requests
 from airflow.providers.http.hooks.http import HttpHook
-from airflow.sdk.exceptions import AirflowNotFoundException
 
+from dashscope_provider.compat import AirflowNotFoundException
 from dashscope_provider.connection import (
     DASHSCOPE_EXTRA_FIELDS,
     account_from_connection,

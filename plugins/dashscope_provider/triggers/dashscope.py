@@ -6,9 +6,9 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk.exceptions import AirflowNotFoundException, AirflowSensorTimeout
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
+from dashscope_provider.compat import AirflowNotFoundException, AirflowSensorTimeout
 from dashscope_provider.exceptions import DashScopeAPIError, DashScopeConfigError, DashScopeError
 from dashscope_provider.models import DashScopeTask, TaskStatus
 

@@ -314,7 +314,7 @@ class ContinueRunOperator(BaseOperator):
         self.storage_conn_id = storage_conn_id
 
     def execute(self, context: Context) -> None:
-        from airflow.sdk.exceptions import DagRunTriggerException
+        from dashscope_provider.compat import DagRunTriggerException
 
         from talking_heads.table.continuation import CONF_KEY, Part
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from airflow.configuration import conf
 from airflow.sdk import Asset, BaseHook, Context
-from airflow.sdk.exceptions import AirflowFailException, AirflowNotFoundException
+from dashscope_provider.compat import AirflowFailException, AirflowNotFoundException
 from dashscope_provider.connection import account_from_connection, base_url_from_connection
 
 from talking_heads.reporting.outcome_table import build_outcomes, summarize, write_outcomes

@@ -28,8 +28,8 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
-from airflow.sdk.exceptions import AirflowFailException
 from airflow.triggers.base import TaskSuccessEvent, TriggerEvent
+from dashscope_provider.compat import AirflowFailException
 from dashscope_provider.triggers.dashscope import DEFAULT_CONN_ID, DashScopeTaskTrigger, task_from_event
 
 from talking_heads.row import wait

@@ -30,7 +30,7 @@ from urllib.parse import quote
 import requests
 from airflow.configuration import conf
 from airflow.sdk import BaseHook, Context
-from airflow.sdk.exceptions import AirflowNotFoundException
+from dashscope_provider.compat import AirflowNotFoundException
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING
 
-from airflow.sdk.exceptions import AirflowNotFoundException
+from dashscope_provider.compat import AirflowNotFoundException
 from dashscope_provider.connection import account_from_connection
 
 from talking_heads.row.ledger import RowLedger

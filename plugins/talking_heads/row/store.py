@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk.exceptions import AirflowFailException
+from dashscope_provider.compat import AirflowFailException
 from dashscope_provider.exceptions import DashScopeResultExpired
 
 from talking_heads.row.payloads import WaitResult

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+from dashscope_provider.compat import AirflowFailException, AirflowSkipException
 from dashscope_provider.exceptions import (
     QUOTA_EXHAUSTED_CODE,
     DashScopeAPIError,

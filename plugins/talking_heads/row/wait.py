@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from airflow.sdk.exceptions import AirflowFailException
+from dashscope_provider.compat import AirflowFailException
 from dashscope_provider.models import DashScopeTask, TaskStatus
 
 from talking_heads.row.payloads import Submission, WaitResult

@@ -6,12 +6,14 @@ from pathlib import Path
 
 import pytest
 
+from tests.harness.airflow_compat import AIRFLOW_V_3_2_PLUS
+
 REPO_ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(scope="module")
 def dagbag(airflow_db: str):  # type: ignore[no-untyped-def]
-    from airflow.dag_processing.dagbag import DagBag
+    from tests.harness.airflow_compat import DagBag
 
     return DagBag(str(REPO_ROOT / "dags"))
 
@@ -56,5 +58,32 @@ def test_dashscope_connection_type_has_a_form() -> None:
     assert "dashscope" in hooks
     info = hooks["dashscope"]
     assert info is not None and info.hook_class_name.endswith("DashScopeHook")
-    behaviour = ProvidersManager().field_behaviours.get("dashscope", {})
-    assert behaviour.get("relabeling", {}).get("password")
+    if AIRFLOW_V_3_2_PLUS:  # 3.1 fills field_behaviours only under the API server's wtforms mock (below)
+        behaviour = ProvidersManager().field_behaviours.get("dashscope", {})
+        assert behaviour.get("relabeling", {}).get("password")
+
+
+def test_the_api_server_serves_the_dashscope_connection_form() -> None:
+    """The form's fields as the API server sends them to the UI, on every Airflow line (3.1 builds them from
+    the hook's get_ui_field_behaviour under a wtforms mock, 3.2+ from provider info). In a fresh interpreter,
+    as an API server starts: on 3.1 a ProvidersManager that imported the hooks before (this session's other
+    tests) keeps the form it found then, without wtforms none."""
+    import json
+    import subprocess
+    import sys
+
+    code = """if True:
+        import json
+        from airflow.api_fastapi.core_api.services.ui.connections import HookMetaService
+        [meta] = [m for m in HookMetaService.hook_meta_data() if m.connection_type == "dashscope"]
+        print("FORM", json.dumps({"hook_name": meta.hook_name, "fields": meta.standard_fields.model_dump()}))
+    """
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    [line] = [line for line in done.stdout.splitlines() if line.startswith("FORM ")]
+    form = json.loads(line.removeprefix("FORM "))
+    assert form["hook_name"] == "DashScope"
+    fields = form["fields"]
+    assert (fields["host"]["title"], fields["host"]["hidden"]) == ("Base URL", False)
+    assert (fields["password"]["title"], fields["password"]["hidden"]) == ("API key", False)
+    assert fields["login"]["hidden"] and fields["port"]["hidden"] and fields["url_schema"]["hidden"]

@@ -9,8 +9,7 @@ REPO_ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_each_step_serializes_its_links(airflow_db: str) -> None:
-    from airflow.dag_processing.dagbag import DagBag
-    from airflow.serialization.serialized_objects import DagSerialization
+    from tests.harness.airflow_compat import DagBag, DagSerialization
 
     dag = DagBag(str(REPO_ROOT / "dags")).get_dag("talking_heads")
     serialized = DagSerialization.to_dict(dag)["dag"]["tasks"]

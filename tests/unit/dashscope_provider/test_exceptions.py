@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pickle
 
-from airflow.sdk.exceptions import AirflowFailException
 from dashscope_provider.exceptions import (
     DashScopeAPIError,
     DashScopeDetectionFailed,
@@ -15,6 +14,7 @@ from dashscope_provider.exceptions import (
     DashScopeTaskFailed,
 )
 
+from tests.harness.airflow_compat import AirflowFailException
 from tests.unit.conftest import assert_no_key
 
 

@@ -157,8 +157,9 @@ def test_oss_paths_use_this_provider_filesystem_with_v4_by_default(
     make_oss_conn: Callable[..., str], oss_double: OSSDouble
 ) -> None:
     from airflow.sdk import ObjectStoragePath
-    from airflow.sdk.providers_manager_runtime import ProvidersManagerTaskRuntime
     from dashscope_provider.fs.oss import AirflowOSSFileSystem
+
+    from tests.harness.airflow_compat import ProvidersManagerTaskRuntime
 
     assert "dashscope_provider.fs.oss" in ProvidersManagerTaskRuntime().filesystem_module_names
     path = ObjectStoragePath(f"oss://{OSS_BUCKET}/a.txt", conn_id=make_oss_conn())

@@ -10,7 +10,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from airflow.sdk.exceptions import AirflowFailException
 from dashscope_provider.exceptions import (
     DashScopeAPIError,
     DashScopeConfigError,
@@ -21,6 +20,7 @@ from dashscope_provider.exceptions import (
 from dashscope_provider.hooks.dashscope import DashScopeHook
 from dashscope_provider.models import DEFAULT_BASE_URL, DashScopeTask, FaceDetection, SubmittedTask
 
+from tests.harness.airflow_compat import AirflowFailException
 from tests.harness.services import QuietHandler, send_json, serve_http
 from tests.unit.conftest import (
     CONN_ID,

@@ -12,10 +12,10 @@ import time
 from typing import Any
 
 import pytest
-from airflow.sdk.exceptions import AirflowFailException
 from dashscope_emulator import EmulatorServer, key_fingerprint
 from dashscope_provider.exceptions import DashScopeAPIError, DashScopeQuotaExhausted
 
+from tests.harness.airflow_compat import AirflowFailException
 from tests.unit.conftest import (
     CONN_ID,
     KEY,

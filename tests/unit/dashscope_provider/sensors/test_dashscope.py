@@ -6,10 +6,11 @@ import asyncio
 from typing import Any
 
 import pytest
-from airflow.sdk.exceptions import AirflowFailException, AirflowSensorTimeout, TaskDeferred
 from dashscope_provider.exceptions import DashScopeError, DashScopeTaskFailed
 from dashscope_provider.sensors.dashscope import DashScopeTaskSensor
 from dashscope_provider.triggers.dashscope import DashScopeTaskTrigger
+
+from tests.harness.airflow_compat import AirflowFailException, AirflowSensorTimeout, TaskDeferred
 
 pytestmark = pytest.mark.usefixtures("no_key_in_logs")
 

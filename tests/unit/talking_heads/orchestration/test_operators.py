@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from airflow.sdk.exceptions import AirflowFailException
 from dashscope_provider.exceptions import DashScopeAPIError, DashScopeConfigError
 from dashscope_provider.hooks.dashscope import DashScopeHook
+
+from tests.harness.airflow_compat import AirflowFailException
 
 pytestmark = pytest.mark.usefixtures("no_key_in_logs")
 

@@ -19,7 +19,6 @@ import pandas as pd
 import pytest
 from airflow.sdk import DAG
 from airflow.sdk.bases.operator import BaseOperator
-from airflow.sdk.exceptions import AirflowFailException
 from airflow.sdk.execution_time.context import OutletEventAccessors
 from talking_heads.orchestration.assets import OUTCOMES
 from talking_heads.orchestration.task_bodies import PlanSettings, log_shared_accounts, plan_rows, record_outcomes
@@ -27,6 +26,7 @@ from talking_heads.row.ledger import RowLedger
 from talking_heads.row.states import RowRecord
 from talking_heads.table.continuation import CONF_KEY
 
+from tests.harness.airflow_compat import AirflowFailException
 from tests.unit.conftest import CONN_ID
 from tests.unit.talking_heads.helpers import ROW, table_frame
 
