@@ -155,6 +155,14 @@ def plan_settings(params: Any) -> Any:
             title="Poll interval (s)",
             description="Seconds between status queries of one task (the reference suggests 15).",
         ),
+        "fail_run_on_row_failures": Param(
+            False,
+            type="boolean",
+            title="Fail the run when rows fail",
+            description="Mark the run failed when any row ended failed (after its outcome table, note and mail "
+            "are written), so it shows where operators look. Off: a scheduled table with a few refused rows "
+            "still ends success, and the note and the outcome table carry the counts.",
+        ),
         "notify_email": Param(
             None,
             type=["null", "string"],
@@ -220,6 +228,7 @@ def talking_heads() -> None:
         output_root=OUTPUT_ROOT,
         storage_conn_id=STORAGE_CONN_ID,
         notify_email="{{ params.notify_email or '' }}",
+        fail_run_on_row_failures="{{ params.fail_run_on_row_failures }}",
     )
     generated >> outcomes
     planned >> outcomes

@@ -59,6 +59,11 @@ def _table(path: Path, media_url: str, boxes: dict) -> Path:
 
 
 def _run(table: Path, output_root: Path, day: int, **extra_conf: object) -> pd.DataFrame:
+    return _run_with_state(table, output_root, day, **extra_conf)[1]
+
+
+def _run_with_state(table: Path, output_root: Path, day: int, **extra_conf: object) -> tuple[str, pd.DataFrame]:
+    """One run through ``dag.test()``: its final state and its outcome table."""
     from talking_heads.storage import safe_name
 
     from tests.harness.airflow_compat import DagBag
@@ -66,7 +71,7 @@ def _run(table: Path, output_root: Path, day: int, **extra_conf: object) -> pd.D
     dag = DagBag(str(REPO_ROOT / "dags")).get_dag("talking_heads")
     conf = {"input_table": str(table), "output_root": str(output_root), "poll_interval_seconds": 0.2, **extra_conf}
     run = dag.test(logical_date=datetime(2026, 11, day, tzinfo=UTC), run_conf=conf)
-    return pd.read_csv(output_root / "outcomes" / f"{safe_name(run.run_id)}.csv")
+    return str(run.state), pd.read_csv(output_root / "outcomes" / f"{safe_name(run.run_id)}.csv")
 
 
 def test_dag_generates_both_models_and_never_pays_twice(
@@ -76,7 +81,8 @@ def test_dag_generates_both_models_and_never_pays_twice(
     table = _table(tmp_path / "table.csv", media_url, boxes)
     output_root = tmp_path / "out"
 
-    first = _run(table, output_root, 1)
+    state, first = _run_with_state(table, output_root, 1)
+    assert state == "success"  # rows failed, but fail_run_on_row_failures is off by default
     status = dict(zip(first["row_id"], first["status"], strict=True))
     assert status == {
         "square": "succeeded",
@@ -114,8 +120,11 @@ def test_dag_generates_both_models_and_never_pays_twice(
 
     _assert_key_never_leaked(output_root)
 
-    second = _run(table, output_root, 2)
+    # Asked to, the run fails on its failed rows, after writing every row's outcome and its note.
+    state, second = _run_with_state(table, output_root, 2, fail_run_on_row_failures=True)
+    assert state == "failed"
     assert dict(zip(second["row_id"], second["status"], strict=True))["square"] == "skipped"
+    assert (second["status"] == "failed").sum() == 3 and len(second) == 6
     assert len(emulator.billing()) == 3  # nothing paid twice
 
     _assert_report_matches_billing(output_root, emulator.billing())

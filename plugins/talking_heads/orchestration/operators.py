@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.configuration import conf
 from airflow.sdk import BaseOperator, Context, ObjectStoragePath
+from dashscope_provider.compat import AirflowFailException
 from dashscope_provider.exceptions import DashScopeError
 from dashscope_provider.links import DashScopeTaskLink
 from dashscope_provider.triggers.dashscope import DEFAULT_CONN_ID, task_from_event
@@ -252,9 +253,12 @@ class RecordOutcomesOperator(BaseOperator):
     :param output_root: where the run's plan, the ledger and the outcome table are (templated).
     :param storage_conn_id: Airflow connection of the store under ``output_root``, to presign the links.
     :param notify_email: comma-separated addresses the run's summary is mailed to (templated); empty: none.
+    :param fail_run_on_row_failures: fail this step, and so the run, when any row ended ``failed`` (after
+        the outcome table, the note and the mail are written; no retry: the same rows would fail again).
+        Templated (``"True"``/``"False"``); off by default.
     """
 
-    template_fields: Sequence[str] = ("output_root", "storage_conn_id", "notify_email")
+    template_fields: Sequence[str] = ("output_root", "storage_conn_id", "notify_email", "fail_run_on_row_failures")
     operator_extra_links = (OutcomeTableLink(), CostReportLink())
 
     def __init__(
@@ -263,23 +267,31 @@ class RecordOutcomesOperator(BaseOperator):
         output_root: str,
         storage_conn_id: str | None = None,
         notify_email: str | None = None,
+        fail_run_on_row_failures: bool | str = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.output_root = output_root
         self.storage_conn_id = storage_conn_id
         self.notify_email = notify_email
+        self.fail_run_on_row_failures = fail_run_on_row_failures
 
     def execute(self, context: Context) -> dict[str, Any]:
         from talking_heads.orchestration.task_bodies import record_outcomes  # pandas: not at parse time
 
-        return record_outcomes(
+        summary = record_outcomes(
             context,
             output_root=self.output_root,
             storage_conn_id=self.storage_conn_id or None,
             notify_email=(self.notify_email or "").strip() or None,
             assets=self.outlets,
         )
+        if str(self.fail_run_on_row_failures).strip().lower() in ("true", "1", "yes") and summary["failed"]:
+            raise AirflowFailException(
+                f"{summary['failed']} of {summary['rows']} rows failed (fail_run_on_row_failures is on); their "
+                f"codes and messages are in {summary['outcomes']}"
+            )
+        return summary
 
 
 class ContinueRunOperator(BaseOperator):
