@@ -8,9 +8,9 @@ source "$REPO_ROOT/scripts/bootstrap.sh"
 cd "$REPO_ROOT"
 # Benchmark-only extras (the dashscope SDK for bench_sdk's baseline), within the lock's pins.
 .venv/bin/uv pip install --quiet --python .venv/bin/python -r benchmarks/requirements.txt -c requirements.txt
-for bench in bench_dag_parse bench_plan bench_report bench_download bench_waits bench_batch bench_sdk; do
+for bench in bench_dag_parse bench_plan bench_report bench_download bench_waits bench_lease bench_batch bench_sdk; do
   echo "==> benchmarks/$bench.py"
-  python "benchmarks/$bench.py" 2>&1 | grep -E '^(plan:|report:|dag_parse:|DOWNLOAD|WAITS|BATCH|SDK)' || { echo "!! $bench failed"; exit 1; }
+  python "benchmarks/$bench.py" 2>&1 | grep -E '^(plan:|report:|dag_parse:|DOWNLOAD|WAITS|LEASE|BATCH|SDK)' || { echo "!! $bench failed"; exit 1; }
 done
 if [[ "${1:-}" != "--quick" ]]; then
   echo "==> benchmarks/bench_batch.py --scaling --speed 16"
