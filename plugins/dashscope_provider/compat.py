@@ -19,24 +19,18 @@ The shims:
 
 from __future__ import annotations
 
-try:  # Airflow >= 3.2
-    from airflow.sdk.exceptions import (
-        AirflowException,
-        AirflowFailException,
-        AirflowNotFoundException,
-        AirflowSensorTimeout,
-        AirflowSkipException,
-        DagRunTriggerException,
-    )
+try:  # Airflow >= 3.2: the Task SDK's own classes (the ones it raises and catches)
+    from airflow.sdk import exceptions as _home
+    from airflow.sdk.exceptions import AirflowFailException as _probe  # noqa: F401 (absent on 3.1)
 except ImportError:  # Airflow 3.1
-    from airflow.exceptions import (  # type: ignore[assignment,no-redef]
-        AirflowException,
-        AirflowFailException,
-        AirflowNotFoundException,
-        AirflowSensorTimeout,
-        AirflowSkipException,
-        DagRunTriggerException,
-    )
+    from airflow import exceptions as _home  # type: ignore[no-redef]
+
+AirflowException = _home.AirflowException
+AirflowFailException = _home.AirflowFailException
+AirflowNotFoundException = _home.AirflowNotFoundException
+AirflowSensorTimeout = _home.AirflowSensorTimeout
+AirflowSkipException = _home.AirflowSkipException
+DagRunTriggerException = _home.DagRunTriggerException
 
 __all__ = [
     "AirflowException",

@@ -1,7 +1,7 @@
 """The test-side names whose home differs between the Airflow lines the matrix runs (3.1, 3.2, 3.3).
 
-The package's own shims are in ``dashscope_provider.compat`` (re-exported here, so a test imports every
-exception from one place); these are the ones only the tests use. ``scripts/matrix.sh`` runs the tests on
+The package's own shims (the task exceptions) are in ``dashscope_provider.compat``, and tests import them
+from there; these are the ones only the tests use. ``scripts/matrix.sh`` runs the tests on
 each line. Nothing here imports anything but Airflow, so it is as safe to import as ``airflow`` itself
 (after ``tests/conftest.py`` has set ``AIRFLOW_HOME``).
 
@@ -19,14 +19,6 @@ each line. Nothing here imports anything but Airflow, so it is as safe to import
 from __future__ import annotations
 
 from airflow import __version__ as _airflow_version
-from dashscope_provider.compat import (
-    AirflowException,
-    AirflowFailException,
-    AirflowNotFoundException,
-    AirflowSensorTimeout,
-    AirflowSkipException,
-    DagRunTriggerException,
-)
 from packaging.version import Version
 
 try:  # Airflow >= 3.2
@@ -60,13 +52,7 @@ AIRFLOW_V_3_3_PLUS = Version("3.3.0") <= _AIRFLOW_VERSION
 __all__ = [
     "AIRFLOW_V_3_2_PLUS",
     "AIRFLOW_V_3_3_PLUS",
-    "AirflowException",
-    "AirflowFailException",
-    "AirflowNotFoundException",
-    "AirflowSensorTimeout",
-    "AirflowSkipException",
     "DagBag",
-    "DagRunTriggerException",
     "DagSerialization",
     "ProvidersManagerTaskRuntime",
     "TaskDeferred",

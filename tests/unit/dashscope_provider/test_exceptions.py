@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 
+from dashscope_provider.compat import AirflowFailException
 from dashscope_provider.exceptions import (
     DashScopeAPIError,
     DashScopeDetectionFailed,
@@ -14,7 +15,6 @@ from dashscope_provider.exceptions import (
     DashScopeTaskFailed,
 )
 
-from tests.harness.airflow_compat import AirflowFailException
 from tests.unit.conftest import assert_no_key
 
 

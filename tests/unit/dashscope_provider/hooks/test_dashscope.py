@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from dashscope_provider.compat import AirflowFailException
 from dashscope_provider.exceptions import (
     DashScopeAPIError,
     DashScopeConfigError,
@@ -20,7 +21,6 @@ from dashscope_provider.exceptions import (
 from dashscope_provider.hooks.dashscope import DashScopeHook
 from dashscope_provider.models import DEFAULT_BASE_URL, DashScopeTask, FaceDetection, SubmittedTask
 
-from tests.harness.airflow_compat import AirflowFailException
 from tests.harness.services import QuietHandler, send_json, serve_http
 from tests.unit.conftest import (
     CONN_ID,

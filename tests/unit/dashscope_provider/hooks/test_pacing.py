@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 from dashscope_emulator import EmulatorServer, key_fingerprint
+from dashscope_provider.compat import AirflowFailException
 from dashscope_provider.exceptions import DashScopeAPIError, DashScopeQuotaExhausted
 
-from tests.harness.airflow_compat import AirflowFailException
 from tests.unit.conftest import (
     CONN_ID,
     KEY,

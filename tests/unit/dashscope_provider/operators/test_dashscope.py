@@ -6,11 +6,11 @@ import json
 from typing import Any
 
 import pytest
+from dashscope_provider.compat import AirflowFailException
 from dashscope_provider.exceptions import DashScopeDetectionFailed, DashScopeSubmissionUncertain
 from dashscope_provider.models import FaceDetection
 from dashscope_provider.operators.dashscope import DashScopeFaceDetectOperator, DashScopeVideoSynthesisOperator
 
-from tests.harness.airflow_compat import AirflowFailException
 from tests.unit.conftest import CONN_ID, is_submit, logged_requests
 from tests.unit.dashscope_provider.face_detect_stub import FaceDetectStub
 

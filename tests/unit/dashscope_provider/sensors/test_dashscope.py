@@ -6,11 +6,12 @@ import asyncio
 from typing import Any
 
 import pytest
+from dashscope_provider.compat import AirflowFailException, AirflowSensorTimeout
 from dashscope_provider.exceptions import DashScopeError, DashScopeTaskFailed
 from dashscope_provider.sensors.dashscope import DashScopeTaskSensor
 from dashscope_provider.triggers.dashscope import DashScopeTaskTrigger
 
-from tests.harness.airflow_compat import AirflowFailException, AirflowSensorTimeout, TaskDeferred
+from tests.harness.airflow_compat import TaskDeferred
 
 pytestmark = pytest.mark.usefixtures("no_key_in_logs")
 

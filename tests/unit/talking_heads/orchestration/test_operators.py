@@ -8,10 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from dashscope_provider.compat import AirflowFailException
 from dashscope_provider.exceptions import DashScopeAPIError, DashScopeConfigError
 from dashscope_provider.hooks.dashscope import DashScopeHook
-
-from tests.harness.airflow_compat import AirflowFailException
 
 pytestmark = pytest.mark.usefixtures("no_key_in_logs")
 

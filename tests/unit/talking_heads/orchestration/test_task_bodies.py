@@ -20,13 +20,13 @@ import pytest
 from airflow.sdk import DAG
 from airflow.sdk.bases.operator import BaseOperator
 from airflow.sdk.execution_time.context import OutletEventAccessors
+from dashscope_provider.compat import AirflowFailException
 from talking_heads.orchestration.assets import OUTCOMES
 from talking_heads.orchestration.task_bodies import PlanSettings, log_shared_accounts, plan_rows, record_outcomes
 from talking_heads.row.ledger import RowLedger
 from talking_heads.row.states import RowRecord
 from talking_heads.table.continuation import CONF_KEY
 
-from tests.harness.airflow_compat import AirflowFailException
 from tests.unit.conftest import CONN_ID
 from tests.unit.talking_heads.helpers import ROW, table_frame
 

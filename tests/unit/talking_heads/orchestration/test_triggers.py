@@ -87,10 +87,9 @@ def test_a_succeeded_task_is_recorded_and_ends_the_wait_with_its_result(
 def test_a_failed_task_is_recorded_failed_and_resumes_the_wait_to_fail_without_retries(
     dashscope_conn: str, make_hook: Any, emo_input: dict[str, Any], tmp_path: Path
 ) -> None:
+    from dashscope_provider.compat import AirflowFailException
     from talking_heads.orchestration.operators import WaitRowOperator
     from talking_heads.row.ledger import RowLedger
-
-    from tests.harness.airflow_compat import AirflowFailException
 
     bad = {**emo_input, "image_url": emo_input["image_url"] + "?emulator_error=InvalidFile.Content"}
     task_id = make_hook().submit_task("emo-v1", bad).task_id

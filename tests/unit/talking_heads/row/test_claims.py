@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from dashscope_provider.compat import AirflowFailException
 from talking_heads.row import claims
 from talking_heads.row.ledger import RowLedger
 from talking_heads.row.outcome import outcome_of
@@ -20,7 +21,6 @@ from talking_heads.row.payloads import Submission
 from talking_heads.row.states import RowRecord
 
 from tests.conftest import S3_BUCKET
-from tests.harness.airflow_compat import AirflowFailException
 from tests.unit.talking_heads.row.helpers import submit, submits
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from dashscope_provider.compat import AirflowSkipException
 from dashscope_provider.hooks.dashscope import DashScopeHook
 from talking_heads.reporting.outcome_table import build_outcomes
 from talking_heads.row.decide import plan_row
@@ -19,7 +20,6 @@ from talking_heads.row.outcome import outcome_of
 from talking_heads.row.payloads import PlanEntry
 from talking_heads.row.quota import quota_stop, stop_submitting
 
-from tests.harness.airflow_compat import AirflowSkipException
 from tests.unit.conftest import CONN_ID, KEY, conn_json, is_submit
 from tests.unit.talking_heads.row.helpers import submit
 

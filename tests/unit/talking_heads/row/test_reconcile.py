@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from dashscope_provider.compat import AirflowFailException
 from dashscope_provider.hooks.dashscope import DashScopeHook
 from talking_heads.row import reconcile
 from talking_heads.row.decide import plan_row
@@ -25,7 +26,6 @@ from talking_heads.row.payloads import Submission
 from talking_heads.row.states import RowRecord
 from talking_heads.row.wait import record_task_end
 
-from tests.harness.airflow_compat import AirflowFailException
 from tests.unit.conftest import CONN_ID, KEY, SAME_ACCOUNT_KEY, submit_as
 from tests.unit.talking_heads.row.helpers import submit as _submit
 

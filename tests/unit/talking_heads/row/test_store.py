@@ -8,13 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from dashscope_provider.compat import AirflowFailException
 from dashscope_provider.exceptions import DashScopeResultExpired
 from talking_heads.row.ledger import RowLedger
 from talking_heads.row.payloads import WaitResult
 from talking_heads.row.states import RowRecord
 from talking_heads.row.store import store_row
-
-from tests.harness.airflow_compat import AirflowFailException
 
 LOG = logging.getLogger(__name__)
 

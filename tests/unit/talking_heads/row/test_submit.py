@@ -8,12 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from dashscope_provider.compat import AirflowFailException
 from talking_heads.row.claims import deployment_id
 from talking_heads.row.ledger import RowLedger
 from talking_heads.row.outcome import outcome_of
 from talking_heads.row.payloads import Submission
 
-from tests.harness.airflow_compat import AirflowFailException
 from tests.unit.conftest import CONN_ID
 from tests.unit.talking_heads.row.helpers import submit, submits
 

@@ -9,13 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from dashscope_provider.compat import AirflowFailException
 from dashscope_provider.models import TaskStatus
 from talking_heads.row.ledger import RowLedger
 from talking_heads.row.payloads import Submission, WaitResult
 from talking_heads.row.states import RowRecord
 from talking_heads.row.wait import finished_result, poll_until_done, record_task_end
-
-from tests.harness.airflow_compat import AirflowFailException
 
 pytestmark = pytest.mark.usefixtures("no_key_in_logs")
 
