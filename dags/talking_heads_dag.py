@@ -95,7 +95,7 @@ def plan_settings(params: Any) -> Any:
         ),
         "extra_dashscope_conn_ids": Param(
             [],
-            type="array",
+            type=["null", "array"],  # optional: without "null" the form marks it required
             items={"type": "string"},
             title="More DashScope connections",
             description="Further connections, one API key each, to spread the rows over together with "

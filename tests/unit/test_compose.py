@@ -113,3 +113,29 @@ def test_the_emulator_service_builds_the_emulator_target() -> None:
     assert "apache/airflow" not in stage and "plugins" not in stage
     assert "/opt/talking-heads/include" in stage
     assert 'ENTRYPOINT ["python", "-m", "dashscope_emulator"]' in stage
+
+
+def _with_defaults(text: str) -> str:
+    """``${VAR:-default}`` as compose renders it with an empty .env (``$$`` is a literal ``$``)."""
+    return re.sub(r"\$\$?\{[A-Z_]+:-([^}]*)\}", r"\1", text)
+
+
+def test_runs_in_the_deployment_write_their_note_through_the_api_server() -> None:
+    """The outcome step sets each run's note through the REST API as the ``airflow_api`` connection
+    (talking_heads.reporting.run_summary); compose gives it the api-server and the UI's own user."""
+    from talking_heads.reporting.run_summary import AIRFLOW_API_CONN_ID
+
+    compose = _compose()
+    env = compose["services"]["airflow-worker"]["environment"]
+    connection = json.loads(_with_defaults(env[f"AIRFLOW_CONN_{AIRFLOW_API_CONN_ID.upper()}"]))
+    port = compose["services"]["airflow-apiserver"]["ports"][0].split(":")[-1]
+    assert connection["host"] == f"http://airflow-apiserver:{port}"
+    user, role = _with_defaults(env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS"]).split(":")
+    assert (connection["login"], role) == (user, "admin")  # may PATCH a run's note
+    # airflow-init writes that user's password where the auth manager reads it, from the same .env variable.
+    init = compose["services"]["airflow-init"]
+    script = _with_defaults(" ".join(init["command"]))
+    passwords_file = env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"]
+    assert f"> {passwords_file}" in script and f'"{user}" "{connection["password"]}"' in script
+    assert init["environment"]["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"] == passwords_file
+    assert passwords_file.startswith("/opt/airflow/config/")  # the volume every container mounts

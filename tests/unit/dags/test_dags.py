@@ -87,3 +87,18 @@ def test_the_api_server_serves_the_dashscope_connection_form() -> None:
     assert (fields["host"]["title"], fields["host"]["hidden"]) == ("Base URL", False)
     assert (fields["password"]["title"], fields["password"]["hidden"]) == ("API key", False)
     assert fields["login"]["hidden"] and fields["port"]["hidden"] and fields["url_schema"]["hidden"]
+
+
+#: The params a user may leave empty in the trigger form: the form marks a param required (a red asterisk)
+#: unless its schema's type admits ``null``.
+OPTIONAL_PARAMS = ("extra_dashscope_conn_ids", "storage_conn_id", "max_cost_usd", "notify_email")
+
+
+def test_optional_params_are_not_marked_required_in_the_form(dagbag) -> None:  # type: ignore[no-untyped-def]
+    params = dagbag.get_dag("talking_heads").params
+    for key in OPTIONAL_PARAMS:
+        kind = params.get_param(key).schema["type"]
+        assert "null" in (kind if isinstance(kind, list) else [kind]), f"{key} is marked required: {kind}"
+    # Every param whose default is empty is one of them.
+    empty = {key for key, value in params.dump().items() if value in (None, [], "")}
+    assert empty <= set(OPTIONAL_PARAMS), empty - set(OPTIONAL_PARAMS)
