@@ -1,12 +1,34 @@
 #!/usr/bin/env bash
-# Runs the whole test suite (creating .venv/ first if needed): lint, then pytest. Extra args go to pytest.
+# Runs the test suite (creating .venv/ first if needed): lint, then pytest. Extra args go to pytest.
+#
+#   ./test.sh         the everyday tier: every behaviour once, on real components (each soak one repetition)
+#   ./test.sh --all   the full tier, what CI runs (.ci/run): every soak at its full count, the tests marked
+#                     full_tier, then the Airflow matrix (scripts/matrix.sh 3.1 3.2: the default .venv is 3.3)
+#
+# docs/testing.md lists what each tier holds and how long it takes.
 set -euo pipefail
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+tier=everyday
+pytest_args=()
+for arg in "$@"; do
+  if [[ "$arg" == "--all" ]]; then tier=all; else pytest_args+=("$arg"); fi
+done
+export TALKING_HEADS_TEST_TIER="$tier"
 source "$REPO_ROOT/scripts/bootstrap.sh"
 bash "$REPO_ROOT/scripts/system_deps.sh"
 cd "$REPO_ROOT"
 echo "==> ruff"
 ruff check .
 ruff format --check .
-echo "==> pytest"
-exec python -m pytest "$@"
+echo "==> pytest ($tier tier)"
+started=$SECONDS
+status=0
+python -m pytest ${pytest_args[@]+"${pytest_args[@]}"} || status=$?
+echo "==> pytest took $((SECONDS - started)) s"
+if [[ "$tier" == "all" && ${#pytest_args[@]} -eq 0 ]]; then
+  echo "==> Airflow matrix (3.1, 3.2)"
+  started=$SECONDS
+  bash "$REPO_ROOT/scripts/matrix.sh" 3.1 3.2 || status=$((status ? status : 1))
+  echo "==> matrix took $((SECONDS - started)) s"
+fi
+exit "$status"

@@ -64,6 +64,15 @@ def plan_settings(params: Any) -> Any:
     )
 
 
+@task(inlets=[INPUT_TABLE])
+def plan() -> list[dict[str, Any]]:
+    """Read and validate the table; decide per row: generate, skip, or fail before any spend."""
+    from talking_heads.orchestration.task_bodies import plan_rows  # pandas: not at parse time
+
+    context = get_current_context()
+    return plan_rows(context, plan_settings(context["params"]))
+
+
 @dag(
     dag_id="talking_heads",
     description="Portraits + voice clips -> DashScope talking-head videos, with per-row outcomes and usage",
@@ -175,14 +184,6 @@ def plan_settings(params: Any) -> Any:
     doc_md=__doc__,
 )
 def talking_heads() -> None:
-    @task(inlets=[INPUT_TABLE])
-    def plan() -> list[dict[str, Any]]:
-        """Read and validate the table; decide per row: generate, skip, or fail before any spend."""
-        from talking_heads.orchestration.task_bodies import plan_rows  # pandas: not at parse time
-
-        context = get_current_context()
-        return plan_rows(context, plan_settings(context["params"]))
-
     @task_group(group_id="generate")
     def generate(row: dict[str, Any]) -> None:
         submit = SubmitRowOperator(

@@ -2,7 +2,7 @@
 # The Airflow matrix: for each supported Airflow line (default: all of them), a venv of its own,
 # .venv-airflow-X.Y/, installed from constraints/airflow-X.Y.txt, then for that line:
 #   unit       tests/unit, without the two that need what is not a Python package:
-#              tests/unit/talking_heads/test_report_render.py (Debian's Chromium) and nothing else needs a
+#              tests/unit/talking_heads/reporting/test_report_render.py (Debian's Chromium) and nothing else needs a
 #              system service (test_compose.py only reads docker-compose.yaml and the Dockerfile);
 #   dag_test   one real-Airflow dag.test() of talking_heads against the emulator (both models: stored videos
 #              and one outcome line per row, a rerun that pays nothing);
@@ -29,7 +29,7 @@ mkdir -p "$ARTIFACTS"
 DAG_TEST="tests/integration/test_talking_heads_dag.py::test_dag_generates_both_models_and_never_pays_twice"
 # Unit tests left out of the matrix, and why: the report's render test drives Debian's Chromium (a system
 # package; ./test.sh runs it on the default line).
-UNIT_DESELECT=(--deselect tests/unit/talking_heads/test_report_render.py)
+UNIT_DESELECT=(--deselect tests/unit/talking_heads/reporting/test_report_render.py)
 
 setup_venv() {  # $1: the line (3.1); creates or reuses .venv-airflow-$1, returns non-zero on failure
   local line="$1" venv="$REPO_ROOT/.venv-airflow-$1" lock="$REPO_ROOT/constraints/airflow-$1.txt"

@@ -24,12 +24,13 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from tests.conftest import S3_BUCKET
+from tests.conftest import S3_BUCKET, repetitions
 from tests.harness.reliability import REPO_ROOT, Media, read_outcomes, tasks_by_row, write_table
 from tests.harness.services import s3_client, s3_connection
 
-#: How many times the two runs are started together, per store (OVERLAP_REPETITIONS overrides it).
-REPETITIONS = int(os.environ.get("OVERLAP_REPETITIONS", "10"))
+#: How many times the two runs are started together, per store: 10 in the full tier, once every day
+#: (OVERLAP_REPETITIONS overrides it).
+REPETITIONS = int(os.environ.get("OVERLAP_REPETITIONS", str(repetitions(10))))
 KINDS = ("emo-square", "emoji", "emo-halfbody", "emo-square", "emoji", "emo-halfbody")
 
 
