@@ -62,7 +62,9 @@ PACE_SAMPLES = 16
 #: A round comes every this many of the account's recent times per finished task: a round (2 pages) then
 #: finds 1.5 tasks ended on average, so a row costs about 2.3 queries at the real pace (one task at a
 #: time), and a finished task is seen within 1.5 tasks' time, less than the 3 tasks the documented
-#: ``dashscope`` pool keeps queued behind the running one.
+#: ``dashscope`` pool keeps queued behind the running one. A round of more pages (a long queue) comes
+#: every ``pages / 2`` finishes instead: at most 2 pages per finished task, and a queue that long has
+#: more tasks left in it than the round waits for.
 PACE_FACTOR = 1.5
 #: The statuses a round lists, in this order: a task moves PENDING -> RUNNING -> ended, never back.
 IN_FLIGHT = (TaskStatus.PENDING, TaskStatus.RUNNING)
@@ -146,6 +148,7 @@ class AccountWatcher:
         self._next_round = 0.0
         self._list_errors = 0
         self._hook_turn = 0
+        self._pages_per_round = 2
         #: What this watcher sent so far (rounds, list pages, single reads): for logs, tests and benchmarks.
         self.rounds = self.pages = self.reads = 0
 
@@ -223,12 +226,14 @@ class AccountWatcher:
         task, or the time since a task last finished when that is longer (a dry spell: the gap doubles
         round after round), within the shortest ``poll_interval`` watched and :data:`MAX_ROUND_GAP`.
 
-        So a round finds about 1.5 finished tasks at the real pace, and many at a faster one.
+        So a round finds about 1.5 finished tasks at the real pace (``pages / 2`` when a long queue makes
+        the round longer than 3 pages), and many at a faster one.
         """
         now = self.loop.time()
         pace = 0.0
         if len(self._finishes) >= 2:
-            pace = PACE_FACTOR * (self._finishes[-1] - self._finishes[0]) / (len(self._finishes) - 1)
+            per_finish = (self._finishes[-1] - self._finishes[0]) / (len(self._finishes) - 1)
+            pace = max(PACE_FACTOR, self._pages_per_round / 2) * per_finish
         since = now - max(self._finishes[-1] if self._finishes else self._started, self._started)
         base = self._base_gap()
         return min(max(pace, since, base), max(MAX_ROUND_GAP, base))
@@ -248,12 +253,14 @@ class AccountWatcher:
         self.rounds += 1
         judged = list(self._watched.values())  # registered before the lists were read
         hook = self._list_hook(judged)
+        pages_before = self.pages
         try:
             in_flight = await self._in_flight(hook)
         except DashScopeError as error:
             self._list_failed(judged, hook, error)
             return
         self._list_errors = 0
+        self._pages_per_round = self.pages - pages_before
         now = self.loop.time()
         for entry in judged:
             status = in_flight.get(entry.task_id)
