@@ -1,7 +1,7 @@
 """The row wait's trigger: polls a row's DashScope task and ends the wait task from the triggerer.
 
 :class:`RowTaskTrigger` is the provider's :class:`~dashscope_provider.triggers.dashscope.DashScopeTaskTrigger`
-(polling only) plus one small write when the task ends: the row's ledger record
+(waiting through its account's watcher) plus one small write when the task ends: the row's ledger record
 (:func:`talking_heads.row.wait.record_task_end`), in a thread so the triggerer's event loop never blocks
 on storage. Then, instead of resuming the wait in a task process:
 
