@@ -1,6 +1,10 @@
 """Prints the query rate one account sees while 1,000 deferred waits poll it from one triggerer.
 
     .venv/bin/python benchmarks/bench_waits.py [--waits 1000] [--window 90] [--poll-interval 15] [--connections 2]
+        [--no-watch]
+
+``--no-watch``: each trigger polls its own task (``watch_account=False``), as before the account's watcher;
+by default the triggers share their account's watcher (one task list per round, a read per ended task).
 
 ``--connections N``: the waits are spread over N connections, N API keys of one Alibaba Cloud account
 (connection extra ``account``), each wait polling through the key that submitted its task; the service
@@ -12,7 +16,8 @@ documented 20 QPS). One task runs at a time per key, so all the others stay PEND
 polling. Then ``--waits`` :class:`DashScopeTaskTrigger` instances run in one asyncio event loop, as the
 triggerer runs them, for ``--window`` seconds. The emulator's own request log gives the figures: peak
 queries in any 1 s window (limit 20), throttled (429) answers (target 0), and how often each wait got
-to poll.
+to poll; at the end of the last line, the list pages and single-task reads among the queries, the
+queries per wait and per task that ended in the window (what a generated row costs the account).
 """
 
 from __future__ import annotations
@@ -51,7 +56,7 @@ def submit_tasks(count: int, media_url: str, boxes: dict[str, Any], conn_ids: li
     ]
 
 
-async def wait_all(tasks: list[tuple[str, str]], window: float, poll_interval: float) -> int:
+async def wait_all(tasks: list[tuple[str, str]], window: float, poll_interval: float, watch: bool) -> int:
     """Run one trigger per task for ``window`` seconds; returns how many fired an event meanwhile."""
     from dashscope_provider.triggers.dashscope import DashScopeTaskTrigger
 
@@ -59,7 +64,8 @@ async def wait_all(tasks: list[tuple[str, str]], window: float, poll_interval: f
 
     async def wait(task_id: str, conn_id: str) -> None:
         nonlocal fired
-        async for _ in DashScopeTaskTrigger(task_id, dashscope_conn_id=conn_id, poll_interval=poll_interval).run():
+        trigger = DashScopeTaskTrigger(task_id, conn_id, poll_interval=poll_interval, watch_account=watch)
+        async for _ in trigger.run():
             fired += 1
 
     jobs = [asyncio.create_task(wait(t, c)) for t, c in tasks]
@@ -87,6 +93,7 @@ def main() -> None:
     parser.add_argument("--window", type=float, default=90.0)
     parser.add_argument("--poll-interval", type=float, default=15.0)
     parser.add_argument("--connections", type=int, default=1, help="connections (keys) of one account")
+    parser.add_argument("--no-watch", action="store_true", help="each trigger polls its own task (no watcher)")
     args = parser.parse_args()
     keys = [KEY] + [f"{KEY}-{i}" for i in range(1, args.connections)]
     conn_ids = ["dashscope_default"] + [f"dashscope_bench_{i}" for i in range(1, args.connections)]
@@ -113,14 +120,15 @@ def main() -> None:
             setup = time.monotonic() - started
             mark = len(emulator.request_log())
             began = time.time()
-            fired = asyncio.run(wait_all(task_ids, args.window, args.poll_interval))
+            fired = asyncio.run(wait_all(task_ids, args.window, args.poll_interval, not args.no_watch))
             queries = [
                 r
                 for r in emulator.request_log()[mark:]
                 if r["method"] == "GET" and r["path"].startswith("/api/v1/tasks/")
             ]
             statuses = Counter(r["status"] for r in queries)
-            polls_per_task = Counter(r["task_id"] for r in queries)
+            polls_per_task = Counter(r["task_id"] for r in queries if r["task_id"])
+            pages = sum(r["path"] == "/api/v1/tasks/" for r in queries)
             pending = sum(t["status"] == "PENDING" for t in emulator.tasks())
 
     spent = max(r["time"] for r in queries) - began if queries else 0.0
@@ -142,7 +150,10 @@ def main() -> None:
         f"max={max(polls_per_task.values(), default=0)} "
         f"effective_poll_interval={args.window * args.waits / max(len(queries), 1):.1f}s "
         f"events_fired={fired} peak_rss={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f}MB "
-        f"connections={args.connections} accounts=1"
+        f"connections={args.connections} accounts=1 "
+        f"watch_account={int(not args.no_watch)} list_pages={pages} reads={len(queries) - pages} "
+        f"queries_per_wait={len(queries) / max(args.waits, 1):.2f} finished={fired} "
+        f"queries_per_finished_task={len(queries) / max(fired, 1):.1f}"
     )
 
 

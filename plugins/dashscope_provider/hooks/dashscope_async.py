@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 import aiohttp
@@ -11,9 +13,20 @@ from airflow.sdk import BaseHook
 from dashscope_provider.connection import account_from_connection, api_key_from_connection, base_url_from_connection
 from dashscope_provider.exceptions import DashScopeConnectionError
 from dashscope_provider.hooks.pacing import ThrottleCounter, refused
-from dashscope_provider.models import CANCEL_ENDPOINT, TASK_ENDPOINT, DashScopeTask, api_error, parse_task
+from dashscope_provider.models import (
+    CANCEL_ENDPOINT,
+    TASK_ENDPOINT,
+    TASK_LIST_ENDPOINT,
+    DashScopeTask,
+    TaskPage,
+    api_error,
+    parse_task,
+    parse_task_page,
+)
 from dashscope_provider.rate_limit import DEFAULT_QUERY_QPS, AsyncRateLimiter, get_rate_limiter
 from dashscope_provider.retry import DEFAULT_THROTTLE_TIMEOUT, RetryPolicy, describe, transport_error
+
+T = TypeVar("T")
 
 
 class DashScopeAsyncHook(BaseHook):
@@ -66,6 +79,7 @@ class DashScopeAsyncHook(BaseHook):
         self._base_url: str | None = None
         self._headers: dict[str, str] | None = None
         self._limiter: AsyncRateLimiter | None = None
+        self._account: str | None = None
         self._throttles = ThrottleCounter()
 
     @property
@@ -81,8 +95,18 @@ class DashScopeAsyncHook(BaseHook):
             key = api_key_from_connection(conn)
             self._base_url = base_url_from_connection(conn)
             self._headers = {"Authorization": f"Bearer {key}"}
-            self._limiter = get_rate_limiter(self._base_url, account_from_connection(conn), self.max_qps)
+            self._account = account_from_connection(conn)
+            self._limiter = get_rate_limiter(self._base_url, self._account, self.max_qps)
         return self._base_url, self._headers, self._limiter
+
+    async def account_key(self) -> tuple[str, str]:
+        """(base URL, account) of the connection: what the service counts limits and lists tasks by.
+
+        :raises AirflowNotFoundException: the connection does not exist.
+        :raises DashScopeConfigError: it has no API key.
+        """
+        base_url, _, _ = await self._configure()
+        return base_url, str(self._account)
 
     async def get_task(self, task_id: str) -> DashScopeTask:
         """The task's current status (see :meth:`DashScopeHook.get_task`); retries 429, 5xx, transport errors.
@@ -90,16 +114,31 @@ class DashScopeAsyncHook(BaseHook):
         :raises DashScopeAPIError: on a non-retryable error (401...) or after the retries.
         :raises DashScopeConnectionError: if the service stayed unreachable.
         """
+        return await self._get(TASK_ENDPOINT.format(task_id=quote(task_id, safe="")), "query", parse_task)
+
+    async def list_task_page(self, query: dict[str, str]) -> TaskPage:
+        """One page of the account's task list (``query``: :func:`~dashscope_provider.hooks.task_list.list_query`
+        plus ``page_no``, ``page_size``); paced and retried like a query, parsed as the sync hook does.
+
+        :raises DashScopeAPIError: on a non-retryable error (401...) or after the retries.
+        :raises DashScopeConnectionError: if the service stayed unreachable, or the answer is unreadable.
+        """
+        return await self._get(TASK_LIST_ENDPOINT, "list", parse_task_page, query)
+
+    async def _get(
+        self, endpoint: str, operation: str, parse: Callable[[Any], T], query: dict[str, str] | None = None
+    ) -> T:
+        """GET ``endpoint`` and parse its JSON answer: after a slot of the account's limiter, retried."""
         base_url, headers, limiter = await self._configure()
-        url = f"{base_url}/{TASK_ENDPOINT.format(task_id=quote(task_id, safe=''))}"
+        url = f"{base_url}/{endpoint}"
         timeout = aiohttp.ClientTimeout(total=self.timeout)
 
-        async def attempt() -> DashScopeTask:
+        async def attempt() -> T:
             await limiter.acquire()
             try:
                 async with (
                     aiohttp.ClientSession(timeout=timeout) as session,
-                    session.get(url, headers=headers) as response,
+                    session.get(url, headers=headers, params=query) as response,
                 ):
                     status = response.status
                     content_type = response.headers.get("Content-Type")
@@ -108,14 +147,14 @@ class DashScopeAsyncHook(BaseHook):
                 raise transport_error(exc, idempotent=True) from exc
             if status == 200:
                 try:
-                    return parse_task(json.loads(text))
+                    return parse(json.loads(text))
                 except ValueError as exc:
-                    raise DashScopeConnectionError(f"unreadable query answer ({exc})") from None
+                    raise DashScopeConnectionError(f"unreadable {operation} answer ({exc})") from None
             # Throttled: every poller of this account is held back, not just this one.
-            raise refused(api_error(status, text, content_type, "query"), limiter)
+            raise refused(api_error(status, text, content_type, operation), limiter)
 
         count = self._throttles.on_retry
-        retrying = self.retry_policy.async_retrying("query", self.log, idempotent=True, on_retry=count)
+        retrying = self.retry_policy.async_retrying(operation, self.log, idempotent=True, on_retry=count)
         return await retrying(attempt)
 
     async def cancel_task(self, task_id: str) -> bool:

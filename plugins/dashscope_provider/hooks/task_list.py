@@ -19,6 +19,24 @@ TASK_LIST_PAGE_SIZE = 100
 TASK_LIST_MAX_PAGES = 200
 
 
+def list_query(start: datetime, end: datetime, model: str | None = None, status: str | None = None) -> dict[str, str]:
+    """The query string of one task-list window, without its page: ``start_time``/``end_time`` in UTC+8,
+    widened by :data:`~dashscope_provider.models.TASK_LIST_MARGIN` on each side (never past 24 h: the
+    service names no time zone, so the boundary is not trusted), then ``model_name`` and ``status`` when given.
+
+    :raises ValueError: a naive datetime, a reversed window or one longer than 24 h.
+    """
+    if end < start or end - start > TASK_LIST_MAX_WINDOW:
+        raise ValueError(f"a task-list window runs forward and spans at most 24 h: {start} .. {end}")
+    margin = min(TASK_LIST_MARGIN, (TASK_LIST_MAX_WINDOW - (end - start)) / 2)
+    params = {"start_time": list_time(start - margin), "end_time": list_time(end + margin)}
+    if model:
+        params["model_name"] = model
+    if status:
+        params["status"] = str(status)
+    return params
+
+
 class TaskList:
     """The task list of one connection's Alibaba Cloud account (``GET /api/v1/tasks/``).
 
@@ -49,13 +67,7 @@ class TaskList:
         :raises ValueError: a naive datetime, a reversed window or one longer than 24 h (nothing is sent).
         :raises DashScopeAPIError: on a non-retryable error, or after the retries.
         """
-        if end < start or end - start > TASK_LIST_MAX_WINDOW:
-            raise ValueError(f"a task-list window runs forward and spans at most 24 h: {start} .. {end}")
-        spare = (TASK_LIST_MAX_WINDOW - (end - start)) / 2
-        margin = min(TASK_LIST_MARGIN, spare)
-        params = {"start_time": list_time(start - margin), "end_time": list_time(end + margin), "model_name": model}
-        if status:
-            params["status"] = str(status)
+        params = list_query(start, end, model, status)
         found: dict[str, ListedTask] = {}
         for task in self._every_entry(params):  # a task created while paging may shift a page: keep each id once
             found.setdefault(task.task_id, task)

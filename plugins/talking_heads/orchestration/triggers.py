@@ -1,7 +1,7 @@
 """The row wait's trigger: polls a row's DashScope task and ends the wait task from the triggerer.
 
 :class:`RowTaskTrigger` is the provider's :class:`~dashscope_provider.triggers.dashscope.DashScopeTaskTrigger`
-(polling only) plus one small write when the task ends: the row's ledger record
+(waiting through its account's watcher) plus one small write when the task ends: the row's ledger record
 (:func:`talking_heads.row.wait.record_task_end`), in a thread so the triggerer's event loop never blocks
 on storage. Then, instead of resuming the wait in a task process:
 
@@ -56,12 +56,15 @@ class RowTaskTrigger(DashScopeTaskTrigger):
         poll_interval: float = 15.0,
         timeout: float | None = None,
         unknown_confirmations: int = 3,
+        watch_account: bool = True,
         *,
         row_id: str,
         output_root: str,
         storage_conn_id: str | None = None,
     ) -> None:
-        super().__init__(dashscope_task_id, dashscope_conn_id, poll_interval, timeout, unknown_confirmations)
+        super().__init__(
+            dashscope_task_id, dashscope_conn_id, poll_interval, timeout, unknown_confirmations, watch_account
+        )
         self.row_id = row_id
         self.output_root = output_root
         self.storage_conn_id = storage_conn_id or None
@@ -77,7 +80,8 @@ class RowTaskTrigger(DashScopeTaskTrigger):
         }
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        """Poll as the provider's trigger does; on its one event, record the task's end and end the task."""
+        """Wait as the provider's trigger does (through the account's watcher); on its one event, record the
+        task's end and end the task."""
         async for event in super().run():
             yield await self._finish(event)
             return

@@ -97,7 +97,7 @@ def test_trigger_keeps_waiting_through_transient_errors(
     [event] = run_trigger(DashScopeTaskTrigger(task_id, dashscope_conn, poll_interval=0.05))
     assert event.payload["status"] == "success"
     statuses = [r["status"] for r in logged_requests(emulator, is_query, 10)]
-    assert statuses[:9] == [500, None, 503] * 3
+    assert [s for s in statuses if s != 200] == [500, None, 503] * 3  # lists and reads alike outlast them
 
 
 @pytest.mark.usefixtures("quick_retries")
@@ -107,8 +107,9 @@ def test_trigger_timeout(
     monkeypatch.setenv(f"AIRFLOW_CONN_{CONN_ID.upper()}", conn_json(slow_emulator.base_url))
     task_id = make_hook().submit_task("emo-v1", emo_input).task_id
     started = time.monotonic()
-    [event] = run_trigger(DashScopeTaskTrigger(task_id, CONN_ID, poll_interval=0.1, timeout=0.5))
-    assert 0.4 < time.monotonic() - started < 5
+    # 1.5 s: the account's watcher reads the PENDING and the RUNNING list 0.625 s apart (WATCH_QPS).
+    [event] = run_trigger(DashScopeTaskTrigger(task_id, CONN_ID, poll_interval=0.1, timeout=1.5))
+    assert 1.4 < time.monotonic() - started < 5
     assert event.payload["status"] == "timeout"
     assert event.payload["task"]["status"] in ("PENDING", "RUNNING")
 
