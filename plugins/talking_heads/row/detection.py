@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
     import logging
 
     from dashscope_provider.hooks.dashscope import DashScopeHook
+    from dashscope_provider.models import FaceDetection
 
     from talking_heads.row.ledger import RowLedger
     from talking_heads.row.states import RowRecord
@@ -29,10 +31,75 @@ if TYPE_CHECKING:
 CLAIM_WAIT_SECONDS = 300.0
 
 
-def _await_detection(ledger: RowLedger, key: str, timeout: float = CLAIM_WAIT_SECONDS) -> dict[str, Any] | None:
+#: What a row's record keeps of the detection that gave it its boxes (who paid for it, and whether it passed).
+SUMMARY_FIELDS = ("key", "model", "ratio", "passed", "run_id", "row_id")
+
+
+@dataclass(frozen=True)
+class DetectionRecord:
+    """One answered face detection, as kept under ``state/detections/{key}.json`` (paid once, reused).
+
+    :param key: model, ratio and image, hashed: the record's name.
+    :param image: the image as given (signatures redacted), or a local file's content hash.
+    :param row_id: the row that paid for it, in run ``run_id``.
+    """
+
+    key: str
+    model: str
+    ratio: str
+    image: str
+    passed: bool
+    face_bbox: list[int] | None
+    ext_bbox: list[int] | None
+    code: str | None
+    message: str | None
+    request_id: str | None
+    row_id: str
+    run_id: str
+    detected_at: str
+
+    @classmethod
+    def answered(
+        cls, key: str, image: str, request: RowRequest, run_id: str, model: str, ratio: str, found: FaceDetection
+    ) -> DetectionRecord:
+        """The record of the service's answer ``found`` for ``request``'s image."""
+        return cls(
+            key=key,
+            model=model,
+            ratio=ratio,
+            image=redact(image),
+            passed=found.passed,
+            face_bbox=None if found.face_bbox is None else list(found.face_bbox),
+            ext_bbox=None if found.ext_bbox is None else list(found.ext_bbox),
+            code=found.code,
+            message=redact(found.message or "") or None,
+            request_id=found.request_id,
+            row_id=request.row_id,
+            run_id=run_id,
+            detected_at=datetime.now(UTC).isoformat(timespec="milliseconds"),
+        )
+
+    def summary(self) -> dict[str, Any]:
+        """What the row's ledger record keeps of it (:data:`SUMMARY_FIELDS`)."""
+        return {name: getattr(self, name) for name in SUMMARY_FIELDS}
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DetectionRecord:
+        return cls(**{name: data.get(name) for name in cls.__dataclass_fields__})  # type: ignore[arg-type]
+
+
+def _recorded(ledger: RowLedger, key: str) -> DetectionRecord | None:
+    data = ledger.get_detection(key)
+    return None if data is None else DetectionRecord.from_dict(data)
+
+
+def _await_detection(ledger: RowLedger, key: str, timeout: float = CLAIM_WAIT_SECONDS) -> DetectionRecord | None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if (recorded := ledger.get_detection(key)) is not None:
+        if (recorded := _recorded(ledger, key)) is not None:
             return recorded
         time.sleep(1.0)
     return None
@@ -46,7 +113,7 @@ def detect_image(
     signer: MediaSigner,
     run_id: str,
     log: logging.Logger,
-) -> dict[str, Any]:
+) -> DetectionRecord:
     """The face detection of the row's image at its ratio: recorded, or called once and recorded at once.
 
     An answered detection is billed whether or not it passes, so its record is keyed by model, ratio and
@@ -56,13 +123,13 @@ def detect_image(
     model, ratio = DETECT_MODELS[request.model], request.detect_ratio
     image = signer.identity(request.image_url)
     key = hashlib.sha256(f"{model}|{ratio}|{image}".encode()).hexdigest()[:32]
-    if (recorded := ledger.get_detection(key)) is not None:
-        log.info("Row %s: %s at %s already detected (paid by row %s)", request.row_id, model, ratio, recorded["row_id"])
+    if (recorded := _recorded(ledger, key)) is not None:
+        log.info("Row %s: %s at %s already detected (paid by row %s)", request.row_id, model, ratio, recorded.row_id)
         return recorded
     if not ledger.claim_detection(key, f"{run_id}/{request.row_id}"):
         # Another row with this image and ratio is detecting it now: its answer serves this row too.
         if (recorded := _await_detection(ledger, key)) is not None:
-            log.info("Row %s: %s at %s detected by row %s", request.row_id, model, ratio, recorded["row_id"])
+            log.info("Row %s: %s at %s detected by row %s", request.row_id, model, ratio, recorded.row_id)
             return recorded
         log.warning(
             "Row %s: the claim on %s at %s was not followed by an answer; detecting", request.row_id, model, ratio
@@ -72,23 +139,10 @@ def detect_image(
     except BaseException:
         ledger.release_detection(key)  # no answer, no bill: another row may detect it
         raise
-    record = {
-        "key": key,
-        "model": model,
-        "ratio": ratio,
-        "image": redact(image),
-        "passed": detected.passed,
-        "face_bbox": None if detected.face_bbox is None else list(detected.face_bbox),
-        "ext_bbox": None if detected.ext_bbox is None else list(detected.ext_bbox),
-        "code": detected.code,
-        "message": redact(detected.message or "") or None,
-        "request_id": detected.request_id,
-        "row_id": request.row_id,
-        "run_id": run_id,
-        "detected_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
-    }
+    record = DetectionRecord.answered(key, image, request, run_id, model, ratio, detected)
     log.info("Row %s: %s at %s %s", request.row_id, model, ratio, "passed" if detected.passed else detected.code)
-    return ledger.put_detection(key, record)
+    ledger.put_detection(key, record.to_dict())
+    return record
 
 
 def detection_usage(state: RowRecord, run_id: str) -> dict[str, Any]:

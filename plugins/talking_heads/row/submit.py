@@ -213,14 +213,11 @@ def detect(
         stopped = stop_submitting(context.ledger, context.run_id, hook, context.row_id, redact(str(error)))
         fail_unsent(context, record, code=QUOTA_EXHAUSTED_CODE, message=stopped)
         raise AirflowSkipException(f"row {context.row_id}: {stopped}") from None
-    summary = {key: found[key] for key in ("key", "model", "ratio", "passed", "run_id", "row_id")}
-    if not found["passed"]:
-        refused = dict(code=found["code"], message=found["message"])
-        fail_unsent(context, record, fingerprint=request.fingerprint(), detection=summary, **refused)
-        raise AirflowFailException(
-            f"row {context.row_id}: face detection did not pass: {found['code']}: {found['message']}"
-        )
-    return (found["face_bbox"], found["ext_bbox"]), summary
+    if not found.passed:
+        refused = dict(code=found.code, message=found.message)
+        fail_unsent(context, record, fingerprint=request.fingerprint(), detection=found.summary(), **refused)
+        raise AirflowFailException(f"row {context.row_id}: face detection did not pass: {found.code}: {found.message}")
+    return (found.face_bbox or [], found.ext_bbox or []), found.summary()
 
 
 def claim(

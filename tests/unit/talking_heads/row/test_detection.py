@@ -39,7 +39,7 @@ def test_rows_racing_for_one_image_pay_one_detection(
         conn = None
         ledger = RowLedger(str(tmp_path))
     signer = MediaSigner(ledger.layout, conn)
-    answers: list[dict[str, Any]] = []
+    answers: list[Any] = []
     errors: list[BaseException] = []
 
     def detect(row: RowRequest) -> None:
@@ -55,8 +55,8 @@ def test_rows_racing_for_one_image_pay_one_detection(
     for thread in threads:
         thread.join()  # bounded by the suite's per-test timeout; waiters poll for the answer every second
     assert errors == []
-    assert len(answers) == 4 and all(a["passed"] for a in answers)
-    assert len({a["key"] for a in answers}) == 1 and len({a["row_id"] for a in answers}) == 1  # one payer
+    assert len(answers) == 4 and all(a.passed for a in answers)
+    assert len({a.key for a in answers}) == 1 and len({a.row_id for a in answers}) == 1  # one payer
     assert len(emulator.detections()) == 1  # billed once, from the service's own log
 
     # A rerun (or a retry, a clear, a backfill) reads the record: nothing is called again.
