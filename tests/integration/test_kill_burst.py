@@ -1,8 +1,9 @@
 """A machine going down while several submits of one account are in flight (issue 23's "Done when").
 
-Real api-server, scheduler (LocalExecutor), dag-processor and triggerer. A 20-row table of ONE account (one
-connection, one model) at ``[core] max_map_length`` 8 runs as 3 parts (``{run_id}__part2``, ``__part3``);
-the ``dashscope`` pool has 8 slots, so all of a part's submits are started together. The emulator holds
+Real api-server, scheduler (LocalExecutor), dag-processor and triggerer. A 20-row table of ONE account
+(one connection, one model; each scenario its own account) at ``[core] max_map_length`` 8 runs as 3 parts
+(``{run_id}__part2``, ``__part3``); the ``dashscope`` pool has 8 slots, so all of a part's submits are
+started together. The emulator holds
 each submit's answer :data:`ANSWER_DELAY` s after making its task, and once part 2's second task exists
 (its answer on the way), the scheduler is SIGKILLed with every process under it (its executor's workers
 and the tasks they run) and so is the triggerer; both are restarted :data:`RESTART_AFTER` s later.
@@ -45,7 +46,6 @@ from tests.harness.services import dashscope_connections, emulators
 
 pytestmark = pytest.mark.integration
 KEY = "sk-kill-burst-test-0077"
-CONN_ID = "dashscope_burst"
 DAG_ID = "talking_heads"
 ROWS = 20
 MAP_LIMIT = 8
@@ -94,19 +94,34 @@ class Burst:
         )
 
 
+#: Each scenario's label: its rows (``{label}-NN``), output root, API key and connection.
+LABELS = [f"on{rep}" for rep in range(1, repetitions(5) + 1)] + ["off"]
+
+
+def conn_id(label: str) -> str:
+    """The scenario's connection: its own key, so its own account on the emulator. Scenarios must not share
+    an account: a lost task's window (+-60 s of clock skew) would also hold the previous scenario's last
+    tasks, which no ledger of this output root claims (reconciliation sees one output root's ledger)."""
+    return f"dashscope_burst_{label}"
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    """One cluster for the module (the scenarios run one after another, each with its own rows and output
-    root): ``dashscope_burst`` on an emulator that holds submit answers, ``dashscope_default`` (the run
-    that unpausing starts) on an emulator of its own."""
+    """One cluster for the module (the scenarios run one after another, each with its own rows, output
+    root and account): the ``dashscope_burst_*`` connections on one emulator that holds submit answers,
+    one key (account) each; ``dashscope_default`` (the run that unpausing starts) on an emulator of its own."""
     root = tmp_path_factory.mktemp("kill-burst")
+    keys = {label: f"{KEY}-{label}" for label in LABELS}
     with (
         served_samples(root / "media") as (media, boxes),
-        emulators(KEY, **{CONN_ID: 20, "dashscope_default": 500}) as services,
+        EmulatorServer(api_keys=list(keys.values()), port=0, speed=20) as emulator,
+        emulators(KEY, dashscope_default=500) as services,
     ):
-        emulator: EmulatorServer = services[CONN_ID]
         emulator.set_submit_answer_delay(ANSWER_DELAY)
         env = dashscope_connections(services, KEY)
+        for label, key in keys.items():
+            connection = {"conn_type": "dashscope", "host": emulator.base_url, "password": key}
+            env[f"AIRFLOW_CONN_{conn_id(label).upper()}"] = json.dumps(connection)
         env.update(
             {
                 "AIRFLOW__CORE__MAX_MAP_LENGTH": str(MAP_LIMIT),
@@ -183,7 +198,7 @@ def kill_burst(world: dict[str, Any], label: str) -> Burst:
     conf = {
         "input_table": str(table),
         "output_root": str(output_root),
-        "dashscope_conn_id": CONN_ID,
+        "dashscope_conn_id": conn_id(label),
         "poll_interval_seconds": 0.5,
     }
 
