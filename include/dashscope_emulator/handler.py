@@ -12,8 +12,9 @@ The DashScope API: ``POST`` submit, ``GET`` query, ``GET`` the account's task li
 Emulator-only admin endpoints (no key needed): ``GET /_emulator/health``, ``/billing``,
 ``/detections``, ``/accounts``, ``/requests``, ``/tasks``, ``/free_quota``; ``POST /_emulator/advance
 {"seconds": N}``, ``/faults {"submit_5xx": p, ...}``, ``/force {"fault": "drop_submit"}``,
-``/free_quota {"account": NAME, "submits": N}`` (``null``: unlimited). The emulator's own 404/405
-answers are not from the reference.
+``/free_quota {"account": NAME, "submits": N}`` (``null``: unlimited), ``/submit_delay {"seconds": S}``
+(hold each submit's answer S wall seconds after its task is created, for tests that kill a client
+mid-submit). The emulator's own 404/405 answers are not from the reference.
 """
 
 from __future__ import annotations
@@ -92,6 +93,8 @@ def admin(service: EmulatorService, method: str, name: str, body: dict[str, Any]
             if unknown:
                 raise ValueError(f"unknown fault settings {sorted(unknown)}; allowed: {sorted(_FAULT_SETTINGS)}")
             return service.set_faults(**body)
+        if method == "POST" and name == "submit_delay":
+            return service.set_submit_answer_delay(float(body.get("seconds", 0)))
         if method == "POST" and name == "force":
             return service.force_next(str(body.get("fault")))
         if method == "POST" and name == "free_quota":
@@ -285,6 +288,8 @@ class EmulatorHandler(TrackedQuietHandler):
         fault = self._draw_fault("submit")
         task_id = service.submit(caller, model, task_input, parameters, self._request_id)
         self._record["task_id"] = task_id
+        if service.submit_answer_delay:  # the task exists, its answer not yet sent (set_submit_answer_delay)
+            time.sleep(service.submit_answer_delay)
         if fault == "drop_submit":
             self._drop(fault)
         elif fault == "submit_502_no_body":

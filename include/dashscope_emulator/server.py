@@ -273,6 +273,12 @@ class EmulatorServer:
         ``account``: an account's name, or the :func:`key_fingerprint` of a key of its own account."""
         self.service.set_free_quota(account, submits)
 
+    def set_submit_answer_delay(self, seconds: float) -> None:
+        """Hold each submit's answer ``seconds`` (wall clock) after its task is created (0: at once): a test
+        can then kill its client while a task exists and its id is on the way (``POST
+        /_emulator/submit_delay {"seconds": S}`` over HTTP). Not a behaviour of the real service."""
+        self.service.set_submit_answer_delay(seconds)
+
     def force_next(self, fault: str) -> None:
         """A one-shot fault on the next matching request (see :mod:`.faults` for the names)."""
         self.service.force_next(fault)

@@ -138,6 +138,8 @@ class EmulatorService:
         self._detections: list[dict[str, Any]] = []
         self._requests: deque[dict[str, Any]] = deque(maxlen=200_000)  # bounded: long demos poll a lot
         self._stopping = False
+        #: Wall seconds a submit's answer is held after its task was created (:meth:`set_submit_answer_delay`).
+        self.submit_answer_delay = 0.0
         self._work: queue.Queue[str | None] = queue.Queue()
         self._n_workers = workers
         self._threads: list[threading.Thread] = []
@@ -395,6 +397,17 @@ class EmulatorService:
         (None: unlimited); returns every account's quota and use (:class:`~.accounts.FreeQuota`)."""
         self.free_quota.set(account, submits)
         return self.free_quota.settings()
+
+    def set_submit_answer_delay(self, seconds: float) -> dict[str, float]:
+        """Hold every submit's answer ``seconds`` (wall clock) after its task was created (0: answer at once).
+
+        Not a behaviour of the real service: it widens the moment when a task exists and its id is still on
+        the way, so a test can kill the client in it and lose the answer for sure. Returns the setting.
+        """
+        if not 0.0 <= float(seconds) <= 60.0:
+            raise ValueError(f"submit answer delay must be in [0, 60] seconds, got {seconds}")
+        self.submit_answer_delay = float(seconds)
+        return {"seconds": self.submit_answer_delay}
 
     def force_next(self, fault: str) -> dict[str, Any]:
         """A one-shot fault on the next matching request (see :mod:`.faults`). Returns the settings."""

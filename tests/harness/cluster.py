@@ -12,7 +12,9 @@ Tests drive either through the REST API.
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -21,7 +23,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
+import psutil
 import requests
 
 from tests.harness.services import (
@@ -35,7 +39,28 @@ from tests.harness.services import (
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
-__all__ = ["COMPONENTS", "AirflowCluster", "CeleryAirflowCluster", "free_port"]
+#: What Airflow 3 titles a process that runs a task: ``airflow worker -- <task instance id>`` (not
+#: ``airflow worker -- LocalExecutor: ...``, the executor's pool process).
+TASK_PROCESS_TITLE = re.compile(r"airflow worker -- [0-9a-f]{8}-[0-9a-f]{4}-")
+__all__ = ["COMPONENTS", "AirflowCluster", "CeleryAirflowCluster", "free_port", "kill_tree"]
+
+
+def kill_tree(pid: int) -> list[str]:
+    """SIGKILL a process and everything under it (a machine going down); returns what was killed."""
+    try:
+        root = psutil.Process(pid)
+    except psutil.NoSuchProcess:
+        return []
+    victims = [*root.children(recursive=True), root]
+    names = []
+    for proc in victims:
+        try:
+            names.append(" ".join(proc.cmdline())[:60] or proc.name())
+            proc.send_signal(signal.SIGKILL)
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(victims, timeout=10)
+    return names
 
 
 class AirflowCluster:
@@ -108,19 +133,41 @@ class AirflowCluster:
         self.airflow(
             "pools", "set", "dashscope", str(self.pool_slots), "DashScope tasks in flight", "--include-deferred"
         )
-        for name, args in self.components().items():
-            env = self.component_env(name)
-            Path(env["AIRFLOW_HOME"]).mkdir(parents=True, exist_ok=True)
-            with self.log_path(name).open("wb") as log:
-                self.processes[name] = subprocess.Popen(
-                    dies_with_parent([sys.executable, "-m", "airflow", *args]),
-                    env=env,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                )
+        for name in self.components():
+            self.log_path(name).unlink(missing_ok=True)
+            self.launch(name)
         self._wait(lambda: requests.get(f"{self.api}/version", timeout=2).ok, 120, "api-server")
         return self
+
+    def launch(self, name: str) -> subprocess.Popen[bytes]:
+        """Start one component's process (its log appended to); also how a killed component is restarted."""
+        env = self.component_env(name)
+        Path(env["AIRFLOW_HOME"]).mkdir(parents=True, exist_ok=True)
+        with self.log_path(name).open("ab") as log:
+            self.processes[name] = subprocess.Popen(
+                dies_with_parent([sys.executable, "-m", "airflow", *self.components()[name]]),
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        return self.processes[name]
+
+    def kill(self, name: str) -> list[str]:
+        """SIGKILL a component with every process under it (for the scheduler: its executor's workers and
+        the tasks they run); returns what was killed. :meth:`launch` starts it again."""
+        return kill_tree(self.processes[name].pid)
+
+    def running_task_process(self) -> psutil.Process | None:
+        """A process under the scheduler running a task (:data:`TASK_PROCESS_TITLE`), if any."""
+        try:
+            scheduler = psutil.Process(self.processes["scheduler"].pid)
+            for proc in scheduler.children(recursive=True):
+                if TASK_PROCESS_TITLE.match(" ".join(proc.cmdline())):
+                    return proc
+        except psutil.NoSuchProcess:
+            pass
+        return None
 
     def check_alive(self) -> None:
         """Raises, with the tail of its log, if a component process has exited."""
@@ -195,6 +242,23 @@ class AirflowCluster:
                 return state
             time.sleep(0.5)
         raise TimeoutError(f"run {run_id} of {dag_id} not finished after {seconds}s\n{self.all_logs()}")
+
+    def wait_for_runs(self, dag_id: str, run_ids: list[str], seconds: float) -> dict[str, dict[str, Any]]:
+        """Each run, once it exists and has finished (``success`` or ``failed``): run id -> the API's run."""
+        deadline = time.monotonic() + seconds
+        finished: dict[str, dict[str, Any]] = {}
+        while time.monotonic() < deadline and len(finished) < len(run_ids):
+            self.check_alive()
+            for run_id in run_ids:
+                if run_id in finished:
+                    continue
+                response = requests.get(f"{self.api}/dags/{dag_id}/dagRuns/{quote(run_id, safe='')}", timeout=30)
+                if response.ok and response.json()["state"] in ("success", "failed"):
+                    finished[run_id] = response.json()
+            time.sleep(1)
+        missing = [r for r in run_ids if r not in finished]
+        assert not missing, f"runs not finished after {seconds:.0f}s: {missing}\n{self.all_logs()}"
+        return finished
 
     def task_instances(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
         """Every task instance of the run (the API answers at most ``[api] maximum_page_limit``, 100, a page)."""

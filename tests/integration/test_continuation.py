@@ -76,24 +76,6 @@ def _rows(media: str, boxes: dict, count: int = ROWS) -> list[dict]:
     return rows
 
 
-def _wait_for_parts(cluster: AirflowCluster, run_ids: list[str], seconds: float) -> dict[str, dict]:
-    """Each run, once it exists and has finished."""
-    deadline = time.monotonic() + seconds
-    finished: dict[str, dict] = {}
-    while time.monotonic() < deadline and len(finished) < len(run_ids):
-        cluster.check_alive()
-        for run_id in run_ids:
-            if run_id in finished:
-                continue
-            response = requests.get(f"{cluster.api}/dags/talking_heads/dagRuns/{quote(run_id, safe='')}", timeout=30)
-            if response.ok and response.json()["state"] in ("success", "failed"):
-                finished[run_id] = response.json()
-        time.sleep(1)
-    missing = [r for r in run_ids if r not in finished]
-    assert not missing, f"runs not finished: {missing}\n{cluster.all_logs()}"
-    return finished
-
-
 def test_a_table_over_max_map_length_completes_from_one_trigger(world: dict) -> None:
     cluster, emulator, root = world["cluster"], world["emu"], world["root"]
     table = root / "big.csv"
@@ -107,7 +89,7 @@ def test_a_table_over_max_map_length_completes_from_one_trigger(world: dict) -> 
     started = time.monotonic()
     first = cluster.post("/dags/talking_heads/dagRuns", {"logical_date": None, "conf": conf})["dag_run_id"]
     parts = [first, f"{first}__part2", f"{first}__part3"]
-    runs = _wait_for_parts(cluster, parts, seconds=400)
+    runs = cluster.wait_for_runs("talking_heads", parts, seconds=400)
     print(f"3 parts of {ROWS} rows in {time.monotonic() - started:.1f}s")
     assert [runs[r]["state"] for r in parts] == ["success"] * 3, cluster.logs("scheduler")
 

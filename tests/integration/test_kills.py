@@ -15,10 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
-import signal
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -27,55 +23,15 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pandas as pd
-import psutil
 import pytest
 import requests
 from dashscope_emulator import EmulatorServer, make_samples, serve_directory
 
-from tests.harness.cluster import AirflowCluster
+from tests.harness.cluster import AirflowCluster, kill_tree
 
 pytestmark = pytest.mark.integration
 KEY = "sk-kills-test-secret-0042"
 ROWS = 8
-TASK_PROCESS_TITLE = re.compile(r"airflow worker -- [0-9a-f]{8}-[0-9a-f]{4}-")
-
-
-def _kill_tree(pid: int) -> list[str]:
-    """SIGKILL a process and everything under it, children first; returns what was killed."""
-    try:
-        root = psutil.Process(pid)
-    except psutil.NoSuchProcess:
-        return []
-    victims = [*root.children(recursive=True), root]
-    names = []
-    for proc in victims:
-        try:
-            names.append(" ".join(proc.cmdline())[:60] or proc.name())
-            proc.send_signal(signal.SIGKILL)
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(victims, timeout=10)
-    return names
-
-
-def _restart(cluster: AirflowCluster, name: str) -> None:
-    log = (cluster.home / f"{name}.log").open("ab")
-    cluster.processes[name] = subprocess.Popen(
-        [sys.executable, "-m", "airflow", name], env=cluster.env, stdout=log, stderr=subprocess.STDOUT
-    )
-
-
-def _running_task_process(cluster: AirflowCluster) -> psutil.Process | None:
-    """A process running a task: what Airflow 3 titles ``airflow worker -- <task instance id>``."""
-    try:
-        scheduler = psutil.Process(cluster.processes["scheduler"].pid)
-        for proc in scheduler.children(recursive=True):
-            # Not "airflow worker -- LocalExecutor: ...": that is the executor's pool process.
-            if TASK_PROCESS_TITLE.match(" ".join(proc.cmdline())):
-                return proc
-    except psutil.NoSuchProcess:
-        pass
-    return None
 
 
 @pytest.fixture(scope="module")
@@ -154,23 +110,23 @@ def test_killed_scheduler_triggerer_and_worker_lose_nothing_and_pay_nothing_twic
 
     # 1. The triggerer dies while waits are deferred on it.
     until("a deferred wait", lambda: states()[("generate.wait", "deferred")] > 0)
-    kills.append(f"triggerer: {len(_kill_tree(cluster.processes['triggerer'].pid))} processes")
+    kills.append(f"triggerer: {len(cluster.kill('triggerer'))} processes")
     time.sleep(3)
-    _restart(cluster, "triggerer")
+    cluster.launch("triggerer")
 
     # 2. A task's worker process dies mid-task (OOM killer, kill -9); its supervisor and the scheduler live.
     # (Killing a LocalExecutor pool process instead can leave the executor's shared queue locked: that
     # is the scheduler machine going down, step 3. On Celery, a worker is its own machine.)
-    until("a worker running a task", lambda: _running_task_process(cluster) is not None)
-    worker = _running_task_process(cluster)
+    until("a worker running a task", lambda: cluster.running_task_process() is not None)
+    worker = cluster.running_task_process()
     assert worker is not None
-    kills.append(f"worker ({' '.join(worker.cmdline())[:60]}): {len(_kill_tree(worker.pid))} processes")
+    kills.append(f"worker ({' '.join(worker.cmdline())[:60]}): {len(kill_tree(worker.pid))} processes")
 
     # 3. The scheduler dies with everything under it (executor workers and their running tasks).
-    until("a running task", lambda: _running_task_process(cluster) is not None)
-    kills.append(f"scheduler+workers: {len(_kill_tree(cluster.processes['scheduler'].pid))} processes")
+    until("a running task", lambda: cluster.running_task_process() is not None)
+    kills.append(f"scheduler+workers: {len(cluster.kill('scheduler'))} processes")
     time.sleep(3)
-    _restart(cluster, "scheduler")
+    cluster.launch("scheduler")
 
     state = cluster.wait_for_run("talking_heads", run_id, seconds=600)
     wall = time.monotonic() - started

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -58,6 +59,11 @@ if TYPE_CHECKING:  # the hook's import (HttpHook, aiohttp) is paid where a call 
 
 #: How often a submit decides again after another writer moved the row first (each time from what it did).
 MAX_RACES = 20
+#: ``TALKING_HEADS_SUBMIT_LEASE=off`` turns the account's submit lease off: a benchmark and diagnosis switch
+#: only (how much throughput the lease costs, how many rows a crash leaves uncertain without it). Off,
+#: several submits of one account may be in flight together, and one crash may lose all their answers,
+#: which reconciliation then cannot tell apart. Read at each submit; on unless exactly ``off``.
+SUBMIT_LEASE_ENV = "TALKING_HEADS_SUBMIT_LEASE"
 #: The face boxes a submit sends: ``(face_bbox, ext_bbox)``.
 Boxes = tuple[list[int], list[int]]
 
@@ -143,7 +149,12 @@ def _submit_once(context: SubmitContext) -> Submission:
 
 def account_lease(context: SubmitContext, hook: DashScopeHook) -> contextlib.AbstractContextManager[Any]:
     """Step 4's guard: the account's submit lease (:mod:`talking_heads.row.lease`), held from just before
-    the claim until the answer, or its loss, is recorded. Rows waiting for it have sent nothing."""
+    the claim until the answer, or its loss, is recorded. Rows waiting for it have sent nothing.
+
+    None (no lease) when ``TALKING_HEADS_SUBMIT_LEASE=off`` (:data:`SUBMIT_LEASE_ENV`: benchmarks, diagnosis)."""
+    if os.environ.get(SUBMIT_LEASE_ENV, "on").strip().lower() == "off":
+        context.log.warning("Row %s: the account's submit lease is off (%s=off)", context.row_id, SUBMIT_LEASE_ENV)
+        return contextlib.nullcontext()
     try:
         account = hook.account
     except Exception:  # no usable connection: nothing can be sent, and the POST says so, recorded as failed

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -132,3 +134,25 @@ def test_detect_fault_probabilities_over_the_admin_api(cache_dir: Path, media: d
         admin.post(server.base_url + "/_emulator/faults", json={})
         assert client.detect_raw(body).status_code == 200
         assert len(server.detections()) == 1
+
+
+def test_a_held_submit_answer_comes_after_its_task_exists(emu: EmulatorServer, media: dict, key: str) -> None:
+    """``set_submit_answer_delay``: the task is created at once, its answer held; a client cut off meanwhile
+    has a task it never hears of (what tests/integration/test_kill_burst.py kills into)."""
+    client = Client(emu.base_url, key)
+    assert requests.post(f"{emu.base_url}/_emulator/submit_delay", json={"seconds": 1.0}, timeout=5).ok
+    try:
+        answers: list[requests.Response] = []
+        started = time.monotonic()
+        sender = threading.Thread(target=lambda: answers.append(client.submit_raw(emo_body(media))))
+        sender.start()
+        deadline = time.monotonic() + 5
+        while _count_tasks(emu, key) == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert _count_tasks(emu, key) == 1 and not answers  # the task exists; its answer is still held
+        sender.join(timeout=10)
+        assert answers[0].status_code == 200 and time.monotonic() - started >= 1.0
+        with pytest.raises(requests.HTTPError):  # out of range: a 400
+            requests.post(f"{emu.base_url}/_emulator/submit_delay", json={"seconds": 99}, timeout=5).raise_for_status()
+    finally:
+        emu.set_submit_answer_delay(0)

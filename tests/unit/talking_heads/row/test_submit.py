@@ -13,6 +13,7 @@ from talking_heads.row.claims import deployment_id
 from talking_heads.row.ledger import RowLedger
 from talking_heads.row.outcome import outcome_of
 from talking_heads.row.payloads import Submission
+from talking_heads.row.submit import SUBMIT_LEASE_ENV
 
 from tests.unit.conftest import CONN_ID
 from tests.unit.talking_heads.row.helpers import submit, submits
@@ -87,3 +88,26 @@ def test_content_moderation_fails_the_row_once_and_is_never_retried(
     assert len(submits(emulator)) == 1  # the hook did not send it again
     line = outcome_of(ledger.get("flagged"), "run-1")
     assert (line["status"], line["code"]) == ("failed", "DataInspectionFailed")
+
+
+@pytest.mark.parametrize(("setting", "leases"), [(None, 1), ("on", 1), ("off", 0), (" OFF ", 0)])
+def test_the_submit_lease_is_on_unless_switched_off_for_a_benchmark(
+    dashscope_conn: str,
+    emulator: Any,
+    emoji_input: dict[str, Any],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    setting: str | None,
+    leases: int,
+) -> None:
+    """``TALKING_HEADS_SUBMIT_LEASE=off`` (benchmarks, diagnosis) sends without the account's lease; any other
+    value, or none, takes it: one lease generation per submit under ``state/leases/``."""
+    if setting is None:
+        monkeypatch.delenv(SUBMIT_LEASE_ENV, raising=False)
+    else:
+        monkeypatch.setenv(SUBMIT_LEASE_ENV, setting)
+    ledger = RowLedger(str(tmp_path))
+    submit(ledger, "r", emoji_input)
+    assert len(submits(emulator)) == 1
+    generations = list((tmp_path / "state" / "leases").glob("*/0*.json"))
+    assert len(generations) == leases
