@@ -232,8 +232,16 @@ def decide(
     if not candidates:
         return Verdict(None, (), f"no unclaimed task {where} is in the account's task list", again=True)
     if len(candidates) > 1:
+        # A row still sending (no task id recorded yet) may own some of them: looking again could tell.
+        in_flight = any(
+            status == RowStatus.SUBMITTING and (w is None or any(w.holds(t.created) for t in candidates))
+            for status, w in rivals.values()
+        )
         return Verdict(
-            None, ids, f"{len(ids)} unclaimed tasks {where}: {', '.join(ids)}; any of them may be this row's"
+            None,
+            ids,
+            f"{len(ids)} unclaimed tasks {where}: {', '.join(ids)}; any of them may be this row's",
+            again=in_flight,
         )
     (task,) = candidates
     others = sorted(row for row, (_, w) in rivals.items() if w is None or w.holds(task.created))

@@ -190,9 +190,13 @@ def follow_or_settle(
 def settle_lost(context: SubmitContext, record: RowRecord) -> tuple[Submission | None, RowRecord, bool]:
     """A claim whose owner is gone, or a row recorded ``uncertain``: adopt its task from the task list,
     else refuse to send it again unless asked (then it is sent again, marked ``resubmitted``)."""
-    if pause := record.status == RowStatus.SUBMITTING:  # its owner died before the answer: the loss is seen now
-        context.ledger.put(record.lose(record.message or stale_claim_message(record, context.run_id)))
-    if adopted := reconcile_row(context.ledger, context.row_id, context.connections, context.log, pause=pause):
+    # Under the account's lease: no other submit of the account has its answer outstanding while this row
+    # looks, so every other task of its window already has its id recorded (or is another program's).
+    with account_lease(context, context.connections.hook(record.conn_id or context.conn_id)):
+        if pause := record.status == RowStatus.SUBMITTING:  # its owner died before the answer: seen now
+            context.ledger.put(record.lose(record.message or stale_claim_message(record, context.run_id)))
+        adopted = reconcile_row(context.ledger, context.row_id, context.connections, context.log, pause=pause)
+    if adopted:
         return adopted, record, False
     record = context.ledger.get(context.row_id) or record
     if not context.resubmit_uncertain:

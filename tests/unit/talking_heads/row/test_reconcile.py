@@ -278,3 +278,30 @@ def test_several_uncertain_rows_are_told_apart_by_what_their_tasks_billed() -> N
     # A row that recorded nothing of what it should bill (an older version's) can't be told apart.
     bare = RowRecord("a", "uncertain", model="emo-v1")
     assert reconcile.tell_apart(bare, [], ambiguous, tasks, created, now).task_id is None
+
+
+def test_a_lost_row_looks_for_its_task_only_once_no_other_submit_of_its_account_is_outstanding(
+    account_emulator: Any, emo_input: dict[str, Any], tmp_path: Path
+) -> None:
+    """The retry of a lost row takes the account's lease before it looks: another row's submit whose task
+    exists but whose id is not recorded yet is not taken for a rival candidate; the lost row adopts its own."""
+    ledger = RowLedger(str(tmp_path))
+    intent = datetime.now(UTC).isoformat()
+    own = submit_as(account_emulator, KEY, {"model": "emo-v1", "input": emo_input})  # the lost row's task
+    record = dict(model="emo-v1", conn_id=CONN_ID, intent_at=intent, lost_at=datetime.now(UTC).isoformat())
+    ledger.put(RowRecord("lost", "uncertain", code="SubmissionUncertain", **record))  # type: ignore[arg-type]
+    account_emulator.set_submit_answer_delay(3.0)  # the busy row's task exists 3 s before its id comes back
+    busy: dict[str, Any] = {}
+    sender = threading.Thread(target=lambda: busy.update(s=_submit(ledger, "busy", emo_input, model="emo-v1")))
+    sender.start()
+    deadline = time.monotonic() + 30
+    while len(account_emulator.tasks()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(account_emulator.tasks()) == 2  # the busy row's task exists, its answer is on the way
+    account_emulator.set_submit_answer_delay(0)
+    found = _submit(ledger, "lost", emo_input, model="emo-v1")
+    sender.join(30)
+    assert found == Submission("lost", own, CONN_ID)
+    assert busy["s"].task_id != own and len(account_emulator.tasks()) == 2  # nothing sent twice
+    lost = ledger.get("lost")
+    assert lost is not None and lost.status == "submitted" and lost.reconciled
