@@ -76,6 +76,7 @@ def _rows(media: str, boxes: dict, count: int = ROWS) -> list[dict]:
     return rows
 
 
+@pytest.mark.timeout(600)  # the parts are awaited up to 400 s on a loaded machine
 def test_a_table_over_max_map_length_completes_from_one_trigger(world: dict) -> None:
     cluster, emulator, root = world["cluster"], world["emu"], world["root"]
     table = root / "big.csv"

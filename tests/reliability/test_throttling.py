@@ -74,8 +74,9 @@ async def _wait_all(task_ids: dict[str, list[str]]) -> list[dict[str, Any]]:
     from dashscope_provider.triggers.dashscope import DashScopeTaskTrigger
 
     async def wait(conn_id: str, task_id: str) -> dict[str, Any]:
+        # Each wait polls its own task (no account watcher): the point is to push queries past 20 QPS.
         async for event in DashScopeTaskTrigger(
-            task_id, dashscope_conn_id=conn_id, poll_interval=0.05, timeout=240
+            task_id, dashscope_conn_id=conn_id, poll_interval=0.05, timeout=240, watch_account=False
         ).run():
             return event.payload
         raise AssertionError("the trigger ended without an event")

@@ -66,6 +66,10 @@ PACE_SAMPLES = 16
 #: every ``pages / 2`` finishes instead: at most 2 pages per finished task, and a queue that long has
 #: more tasks left in it than the round waits for.
 PACE_FACTOR = 1.5
+#: With this few tasks watched, a round reads each instead of listing: a listing costs at least two pages
+#: (PENDING, RUNNING), so reading costs no more, and an ended task is seen at once (a lone wait, as in
+#: ``dag.test()`` or a run's last rows).
+FEW_TASKS = 2
 #: The statuses a round lists, in this order: a task moves PENDING -> RUNNING -> ended, never back.
 IN_FLIGHT = (TaskStatus.PENDING, TaskStatus.RUNNING)
 #: A runaway guard: pages read for one status in one round.
@@ -251,6 +255,9 @@ class AccountWatcher:
     async def _round(self) -> None:
         """List the in-flight tasks; each watched task the lists do not show becomes due for a direct read."""
         self.rounds += 1
+        if len(self._watched) <= FEW_TASKS:
+            self._read_instead()
+            return
         judged = list(self._watched.values())  # registered before the lists were read
         hook = self._list_hook(judged)
         pages_before = self.pages
@@ -273,6 +280,13 @@ class AccountWatcher:
                 # It left the in-flight lists (it ended), or the list has never shown it: read it now.
                 entry.listed, entry.next_read = False, now
         self._next_round = now + self.round_gap()
+
+    def _read_instead(self) -> None:
+        """A round of :data:`FEW_TASKS` or fewer: each watched task read directly, every ``poll_interval``."""
+        now = self.loop.time()
+        for entry in self._watched.values():
+            entry.next_read = now
+        self._next_round = now + self._base_gap()
 
     def _list_hook(self, entries: list[_Watched]) -> DashScopeAsyncHook:
         """Any watched task's hook can list the account's tasks; after a failed list, try the next one's."""
