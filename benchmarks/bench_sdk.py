@@ -59,17 +59,6 @@ class Side:
     returns: list[dict[str, Any]]  # the waiting task's return values (the SDK side: call_seconds)
 
 
-def _settle(cluster: AirflowCluster, dag_id: str, seconds: float = 600) -> None:
-    """Waits until no run of the DAG is queued or running (unpausing talking_heads starts one)."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        runs = cluster.get(f"/dags/{dag_id}/dagRuns", limit=100)["dag_runs"]
-        if all(r["state"] in ("success", "failed") for r in runs):
-            return
-        time.sleep(1)
-    raise TimeoutError(f"runs of {dag_id} still active after {seconds}s")
-
-
 def _ti_path(dag_id: str, run_id: str, ti: dict[str, Any]) -> str:
     return f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{ti['task_id']}"
 
@@ -207,7 +196,7 @@ def main() -> None:
                 cluster.wait_for_dag("talking_heads")
                 cluster.wait_for_dag("sdk_blocking_baseline")
                 time.sleep(5)  # the run that unpausing talking_heads starts (default params): let it end
-                _settle(cluster, "talking_heads")
+                cluster.wait_until_idle("talking_heads", 600)
                 table = root / "batch.csv"
                 pd.DataFrame(_rows(media, boxes, args.rows)).to_csv(table, index=False)
                 ours = _run(

@@ -243,6 +243,16 @@ class AirflowCluster:
             time.sleep(0.5)
         raise TimeoutError(f"run {run_id} of {dag_id} not finished after {seconds}s\n{self.all_logs()}")
 
+    def wait_until_idle(self, dag_id: str, seconds: float = 300) -> None:
+        """Until no run of ``dag_id`` is queued or running (e.g. the scheduled run that unpausing starts)."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            runs = self.get(f"/dags/{dag_id}/dagRuns", limit=100)["dag_runs"]
+            if all(run["state"] in ("success", "failed") for run in runs):
+                return
+            time.sleep(1)
+        raise TimeoutError(f"runs of {dag_id} still active after {seconds:.0f}s\n{self.all_logs()}")
+
     def wait_for_runs(self, dag_id: str, run_ids: list[str], seconds: float) -> dict[str, dict[str, Any]]:
         """Each run, once it exists and has finished (``success`` or ``failed``): run id -> the API's run."""
         deadline = time.monotonic() + seconds

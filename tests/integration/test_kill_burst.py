@@ -143,7 +143,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         cluster = AirflowCluster(root / "airflow", env, pool_slots=POOL_SLOTS)
         _imports_this_checkout(cluster)
         with cluster.running(DAG_ID):
-            _wait_for_idle(cluster)  # the scheduled run that unpausing starts (max_active_runs=1)
+            cluster.wait_until_idle(DAG_ID)  # the scheduled run that unpausing starts (max_active_runs=1)
             yield {"root": root, "media": Media(media, boxes), "emu": emulator, "cluster": cluster}
 
 
@@ -158,17 +158,6 @@ def _imports_this_checkout(cluster: AirflowCluster) -> None:
         check=True,
     ).stdout.strip()
     assert Path(found).is_relative_to(REPO_ROOT / "plugins"), f"talking_heads from {found}, not {REPO_ROOT}"
-
-
-def _wait_for_idle(cluster: AirflowCluster, seconds: float = 300) -> None:
-    """Until no run of the DAG is queued or running."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        runs = cluster.get(f"/dags/{DAG_ID}/dagRuns", limit=100)["dag_runs"]
-        if all(run["state"] in ("success", "failed") for run in runs):
-            return
-        time.sleep(1)
-    raise TimeoutError(f"runs of {DAG_ID} still active after {seconds:.0f}s\n{cluster.all_logs()}")
 
 
 def _ledger_records(output_root: Path, row_ids: list[str]) -> dict[str, dict[str, Any]]:
@@ -298,7 +287,7 @@ def test_the_same_kill_without_the_lease_for_the_record(world: dict[str, Any]) -
 
 def _restart_scheduler_with(cluster: AirflowCluster, **env: str | None) -> None:
     """Restart the idle scheduler (its task processes inherit its environment) with ``env`` changed."""
-    _wait_for_idle(cluster)
+    cluster.wait_until_idle(DAG_ID)
     cluster.kill("scheduler")
     for name, value in env.items():
         if value is None:
