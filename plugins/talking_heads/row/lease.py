@@ -36,7 +36,7 @@ from datetime import datetime
 
 from airflow.sdk import ObjectStoragePath
 
-from talking_heads.row.ledger import RowLedger, create_exclusively, read_whole
+from talking_heads.row.ledger import RowLedger, create_exclusively, read_whole, write_atomically
 from talking_heads.row.states import now_iso
 
 #: A held lease's holder rewrites it this often (from a thread: the POST itself blocks).
@@ -152,12 +152,15 @@ class AccountLease:
             self.log.info("Row %s: took the submit lease of account %s after waiting", mine.row_id, self.account)
 
     def _write(self, record: LeaseRecord) -> None:
-        self._path(record.generation).write_bytes(record.to_json())
+        # Atomic, as every ledger write: a reader never sees a half-rewritten lease.
+        write_atomically(self._path(record.generation), record.to_json().decode())
 
     def _read(self, generation: int) -> LeaseRecord | None:
         try:
             return LeaseRecord.from_json(read_whole(self._path(generation)))
         except FileNotFoundError:
+            return None
+        except ValueError:  # being written (a store without atomic writes): as unreadable, look again
             return None
 
     def _read_hint(self) -> int:

@@ -86,7 +86,7 @@ class RowLedger:
         body = json.dumps(record.to_dict(), sort_keys=True)
         if not create_exclusively(self.layout.revision(record.row_id, record.revision), body.encode()):
             raise LedgerConflict(record.row_id, self._newest(record.row_id, record.revision))
-        _write_atomically(self.layout.state(record.row_id), body)
+        write_atomically(self.layout.state(record.row_id), body)
         return record
 
     def update(
@@ -120,7 +120,7 @@ class RowLedger:
         record = RowRecord.from_dict(json.loads(newest))
         copy = self.get(row_id)
         if copy is None or copy.revision < record.revision:
-            _write_atomically(self.layout.state(row_id), newest)
+            write_atomically(self.layout.state(row_id), newest)
         return record
 
     def get_detection(self, key: str) -> dict[str, Any] | None:
@@ -130,7 +130,7 @@ class RowLedger:
             return None
 
     def put_detection(self, key: str, record: dict[str, Any]) -> dict[str, Any]:
-        _write_atomically(self._detection_path(key), json.dumps(record, sort_keys=True))
+        write_atomically(self._detection_path(key), json.dumps(record, sort_keys=True))
         return record
 
     def claim_detection(self, key: str, claimant: str) -> bool:
@@ -191,7 +191,7 @@ def create_exclusively(path: ObjectStoragePath, body: bytes) -> bool:
     return True
 
 
-def _write_atomically(path: ObjectStoragePath, text: str) -> None:
+def write_atomically(path: ObjectStoragePath, text: str) -> None:
     """Object stores commit a PUT whole; on a local disk, write aside and rename into place."""
     if path.protocol in ("file", "local", ""):
         local = path.path

@@ -79,4 +79,5 @@ def test_an_s3_root_writes_into_its_bucket_and_its_urls_carry_no_conn_id(
     body = s3_client.get_object(Bucket=BUCKET, Key=f"{tmp_path.name}/state/r-1.json")["Body"].read()
     assert body == b'{"state": "submitted"}'
     # A rendered empty conn id param means "none", not a connection named "".
-    assert as_storage_path(root, "").conn_id is None
+    empty = as_storage_path(root, "")  # Airflow 3.1's ObjectStoragePath keeps it in storage_options only
+    assert getattr(empty, "conn_id", None) is None and empty.storage_options.get("conn_id") is None

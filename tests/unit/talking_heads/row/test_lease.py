@@ -107,7 +107,8 @@ class _Lines(logging.Handler):
 
 def test_a_holder_killed_mid_hold_is_taken_over_once_its_heartbeat_stops(ledger: RowLedger) -> None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "plugins"), str(REPO)])}
-    storage = getattr(ledger.layout.root, "conn_id", None) or ""
+    root = ledger.layout.root  # Airflow 3.1's ObjectStoragePath has no .conn_id: storage_options has it
+    storage = getattr(root, "conn_id", None) or root.storage_options.get("conn_id") or ""
     holder = subprocess.Popen(
         [sys.executable, "-c", _HOLD_FOREVER, str(ledger.layout.root), storage],
         stdout=subprocess.PIPE,
