@@ -1,6 +1,7 @@
 """Prints a batch's wall time against the service's own busy time, on real Airflow processes.
 
-    .venv/bin/python benchmarks/bench_batch.py [--rows 50] [--keys 1] [--accounts K] [--speed 4] [--pool 8]
+    .venv/bin/python benchmarks/bench_batch.py [--rows 50] [--keys 1] [--accounts K] [--speed 4] [--pool 4]
+    .venv/bin/python benchmarks/bench_batch.py --side-by-side --rows 100 [--slow-rows 30]  # speeds 16, 4 and 1
     .venv/bin/python benchmarks/bench_batch.py --scaling [--speed 16]  # rows 200/1000/3000 x accounts 1/2/4
     .venv/bin/python benchmarks/bench_batch.py --scaling --scaling-rows 200 --scaling-accounts 1  # one line
 
@@ -22,6 +23,12 @@ seconds per row by process. ``--scaling`` runs rows 200 / 1,000 / 3,000 x accoun
 each), each on a fresh cluster, and prints a table (hours at speed 16 on 2 cores; ``--scaling-rows`` and
 ``--scaling-accounts`` pick lines).
 
+Settings: ``--settings compose`` (the default) runs with what docker-compose.yaml ships (its ``AIRFLOW__*``
+settings, Airflow's default heartbeats, the DAG's default 15-second poll, a 4-slot pool); ``--settings
+harness`` with the test harness's 1-second heartbeats and a 1-second poll. The components' (scheduler,
+api-server, dag-processor, triggerer) CPU-s per wall-second are measured idle before the trigger and over
+the run.
+
 The ``BATCH`` lines' fields keep their names and units (other tools read them); new fields are added at
 the end of a line.
 """
@@ -36,17 +43,57 @@ import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import psutil
 import requests
+import yaml
 from dashscope_emulator import EmulatorServer, make_samples, serve_directory
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.harness.cluster import AirflowCluster
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
 KEY = "sk-bench-batch-0123456789"  # key i > 0 is f"{KEY}-{i}"
 WORKLOAD = re.compile(r"Workload finished\s.*?duration=(?P<duration>[\d.]+).*?workload_id=(?P<id>[0-9a-f-]{36})")
+
+
+#: The harness's fast-forward settings (1-second heartbeats, a 5-second DAG refresh), which a deployment
+#: does not run: ``--settings compose`` drops them, so Airflow's defaults apply as in docker-compose.yaml.
+HARNESS_ONLY = (
+    "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC",
+    "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL",
+    "AIRFLOW__TRIGGERER__JOB_HEARTBEAT_SEC",
+)
+#: Compose settings that name its machines (executor, DB, broker, config file, URLs, the health check's
+#: fixed port): this harness has its own.
+COMPOSE_INFRASTRUCTURE = re.compile(
+    r"EXECUTOR|SQL_ALCHEMY|CELERY|EXECUTION_API|AIRFLOW_CONFIG|SIMPLE_AUTH|HEALTH_CHECK|^AIRFLOW_CONN_"
+)
+
+
+def compose_settings() -> dict[str, str]:
+    """The Airflow and pipeline settings ``docker-compose.yaml`` ships, without its machines' addresses."""
+    compose = yaml.safe_load((REPO_ROOT / "docker-compose.yaml").read_text())
+    environment = compose["x-airflow-common"]["environment"]
+    return {
+        name: str(value)
+        for name, value in environment.items()
+        if (name.startswith("AIRFLOW") or name == "TALKING_HEADS_POOL") and not COMPOSE_INFRASTRUCTURE.search(name)
+    }
+
+
+def _component_rates(cluster: AirflowCluster, seconds: float) -> dict[str, float]:
+    """CPU-s per wall-second of each long-running component over ``seconds`` of the cluster as it is."""
+    before = _cpu_by_role(cluster)
+    time.sleep(seconds)
+    after = _cpu_by_role(cluster)
+    return {role: (after[role] - before.get(role, 0.0)) / seconds for role in after if role in COMPONENT_ROLES}
+
+
+#: The long-running components whose cost grows with how long a run is alive (task processes do not).
+COMPONENT_ROLES = ("scheduler", "api-server", "dag-processor", "triggerer")
 
 
 def _cpu_seconds(pid: int) -> tuple[float, float]:
@@ -143,10 +190,21 @@ def _wait_for_parts(cluster: AirflowCluster, first: str, plans: Path, seconds: f
         run_ids.append(following)
 
 
-def run_batch(rows: int, keys: int, speed: float, pool: int, accounts: int | None = None) -> dict[str, float]:
+def run_batch(
+    rows: int,
+    keys: int,
+    speed: float,
+    pool: int,
+    accounts: int | None = None,
+    settings: str = "compose",
+    idle_seconds: float = 60,
+) -> dict[str, Any]:
     """One run on a fresh cluster and emulator; prints its ``BATCH`` lines and returns its figures.
 
     ``keys`` API keys (one connection each) grouped into ``accounts`` accounts (default: one per key).
+    ``settings``: ``compose`` (what docker-compose.yaml ships: Airflow's default heartbeats and the DAG's
+    default poll interval) or ``harness`` (the test harness's 1-second heartbeats and a 1-second poll).
+    The components' CPU rate is measured idle for ``idle_seconds`` before the trigger, then over the run.
     """
     accounts = accounts or keys
     api_keys = [KEY] + [f"{KEY}-{i}" for i in range(1, keys)]
@@ -172,18 +230,27 @@ def run_batch(rows: int, keys: int, speed: float, pool: int, accounts: int | Non
                 )
                 for conn_id, key in zip(conn_ids, api_keys, strict=True)
             }
-            cluster = AirflowCluster(root / "airflow", env).start()
+            if settings == "compose":
+                env.update(compose_settings())
+            cluster = AirflowCluster(root / "airflow", env)
+            if settings == "compose":
+                for name in HARNESS_ONLY:
+                    cluster.env.pop(name, None)
+            cluster.start()
             try:
                 cluster.airflow("pools", "set", "dashscope", str(pool), "bench", "--include-deferred")
                 cluster.wait_for_dag("talking_heads")
-                time.sleep(5)  # let the run that unpausing starts (default params) get out of the way
+                # the run that unpausing starts (default params) out of the way, then the components idle
+                cluster.wait_until_idle("talking_heads", seconds=600)
+                idle_rates = _component_rates(cluster, idle_seconds)
                 table = root / "batch.csv"
                 pd.DataFrame(_rows(media, boxes, rows)).to_csv(table, index=False)
                 conf = {
                     "input_table": str(table),
                     "output_root": str(root / "out"),
-                    "poll_interval_seconds": 1,
                     "extra_dashscope_conn_ids": conn_ids[1:],
+                    # compose: the DAG's default poll interval (the reference's 15 s)
+                    **({"poll_interval_seconds": 1} if settings == "harness" else {}),
                 }
                 cpu_before = _cpu_by_role(cluster)
                 started = time.monotonic()
@@ -254,9 +321,15 @@ def run_batch(rows: int, keys: int, speed: float, pool: int, accounts: int | Non
         f"total={sum(cpu.values()):.1f} of {cores} cores x wall = {cores * wall:.1f} "
         f"({sum(cpu.values()) / (cores * wall):.0%} busy) airflow={airflow_cpu:.1f}"
     )
+    idle_rate = sum(idle_rates.values())
+    alive_rates = {role: cpu.get(role, 0.0) / wall for role in COMPONENT_ROLES}
+    alive_rate = sum(alive_rates.values())
     print(
         f"BATCH cpu_seconds_per_row {' '.join(f'{role}={seconds / rows:.2f}' for role, seconds in cpu.items())} "
-        f"airflow={airflow_cpu / rows:.2f}",
+        f"airflow={airflow_cpu / rows:.2f} settings={settings} "
+        f"components_cpu_s_per_s_idle={idle_rate:.3f} components_cpu_s_per_s_alive={alive_rate:.3f} "
+        f"{' '.join(f'{role}_idle={rate:.3f}' for role, rate in idle_rates.items())} "
+        f"{' '.join(f'{role}_alive={rate:.3f}' for role, rate in alive_rates.items())}",
         flush=True,
     )
     return {
@@ -276,7 +349,36 @@ def run_batch(rows: int, keys: int, speed: float, pool: int, accounts: int | Non
         "worker_s_per_wait": per_wait,
         "processes_per_row": len(workloads) / rows,
         "runs": len(run_ids),
+        "speed": speed,
+        "ratio": wall / floor,
+        "idle_rate": idle_rate,
+        "alive_rate": alive_rate,
+        "idle_rates": idle_rates,
+        "alive_rates": alive_rates,
+        "cpu_per_row": {role: seconds / rows for role, seconds in cpu.items()},
     }
+
+
+def print_paces(results: list[dict[str, Any]]) -> None:
+    """The side-by-side table: Airflow CPU per row by process, and the components' rate idle and alive."""
+    header = (
+        "| pace | rows | wall / floor | Airflow CPU-s per row | scheduler | api-server | dag-processor | triggerer "
+        "| task processes | components CPU-s per wall-second, idle | ... while the run is alive |"
+    )
+    print("PACES " + header)
+    print("PACES " + "|---" * 11 + "|")
+    for r in results:
+        per_row = r["cpu_per_row"]
+        cells = [
+            f"`--speed {r['speed']:g}`",
+            str(r["rows"]),
+            f"{r['ratio']:.2f}",
+            f"{r['airflow_cpu_per_row']:.2f}",
+            *(f"{per_row.get(role, 0.0):.2f}" for role in (*COMPONENT_ROLES, "task_processes")),
+            f"{r['idle_rate']:.3f}",
+            f"{r['alive_rate']:.3f}",
+        ]
+        print("PACES | " + " | ".join(cells) + " |", flush=True)
 
 
 SCALING_ROWS = (200, 1000, 3000)
@@ -289,13 +391,29 @@ def main() -> None:
     parser.add_argument("--keys", type=int, default=1, help="API keys the rows are spread over")
     parser.add_argument("--accounts", type=int, default=None, help="accounts the keys belong to (default: one each)")
     parser.add_argument("--speed", type=float, default=4.0)
-    parser.add_argument("--pool", type=int, default=8, help="slots of the dashscope pool (tasks in flight)")
+    parser.add_argument("--pool", type=int, default=4, help="slots of the dashscope pool (compose ships 4)")
+    parser.add_argument("--settings", choices=("compose", "harness"), default="compose")
+    parser.add_argument("--idle-seconds", type=float, default=60, help="components' idle CPU measured this long")
+    parser.add_argument(
+        "--side-by-side",
+        action="store_true",
+        help="--rows at speeds 16 and 4, and --slow-rows at speed 1: the pace table of docs/benchmarks.md",
+    )
+    parser.add_argument("--slow-rows", type=int, default=30)
     parser.add_argument("--scaling", action="store_true", help="rows 200/1000/3000 x accounts 1/2/4")
     parser.add_argument("--scaling-rows", type=int, nargs="+", default=list(SCALING_ROWS))
     parser.add_argument("--scaling-accounts", type=int, nargs="+", default=list(SCALING_ACCOUNTS))
     args = parser.parse_args()
+    if args.side_by_side:
+        lines = [(args.rows, 16.0), (args.rows, 4.0), (args.slow_rows, 1.0)]
+        results = [
+            run_batch(rows, args.keys, speed, args.pool, args.accounts, args.settings, args.idle_seconds)
+            for rows, speed in lines
+        ]
+        print_paces(results)
+        return
     if not args.scaling:
-        run_batch(args.rows, args.keys, args.speed, args.pool, args.accounts)
+        run_batch(args.rows, args.keys, args.speed, args.pool, args.accounts, args.settings, args.idle_seconds)
         return
     results = []
     for rows in args.scaling_rows:
