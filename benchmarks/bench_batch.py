@@ -80,7 +80,8 @@ def compose_settings() -> dict[str, str]:
     return {
         name: str(value)
         for name, value in environment.items()
-        if (name.startswith("AIRFLOW") or name == "TALKING_HEADS_POOL") and not COMPOSE_INFRASTRUCTURE.search(name)
+        if (name.startswith(("AIRFLOW", "TALKING_HEADS_")) and name != "TALKING_HEADS_OUTPUT_ROOT")
+        and not COMPOSE_INFRASTRUCTURE.search(name)
     }
 
 

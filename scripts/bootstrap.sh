@@ -10,8 +10,11 @@ PYTHON_BIN="${PYTHON:-python3.11}"
 command -v "$PYTHON_BIN" >/dev/null 2>&1 || PYTHON_BIN=python3
 
 stamp="$VENV/.requirements.sha256"
-want="$(cat "$REPO_ROOT/requirements.txt" "$REPO_ROOT/pyproject.toml" "$REPO_ROOT/include/pyproject.toml" \
-  | sha256sum | cut -d' ' -f1)"
+# BOOTSTRAP_VERSION: bumped when how the venv is built changes (2: bytecode compiled at install), so an
+# older .venv/ is brought up to date.
+BOOTSTRAP_VERSION=2
+want="$( (echo "$BOOTSTRAP_VERSION"; cat "$REPO_ROOT/requirements.txt" "$REPO_ROOT/pyproject.toml" \
+  "$REPO_ROOT/include/pyproject.toml") | sha256sum | cut -d' ' -f1)"
 if [[ ! -x "$VENV/bin/python" || ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
   echo "==> Setting up $VENV (first run takes a minute or two)" >&2
   [[ -x "$VENV/bin/python" ]] || "$PYTHON_BIN" -m venv "$VENV"
@@ -19,8 +22,19 @@ if [[ ! -x "$VENV/bin/python" || ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]
   "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "uv==0.13.9"
   "$VENV/bin/uv" pip install --quiet --python "$VENV/bin/python" -r "$REPO_ROOT/requirements.txt"
   "$VENV/bin/uv" pip install --quiet --python "$VENV/bin/python" --no-deps -e "$REPO_ROOT" -e "$REPO_ROOT/include"
+  # Bytecode, compiled once: uv (unlike pip) writes no .pyc, and where PYTHONDONTWRITEBYTECODE is set no
+  # import writes one either, so every process (each Airflow task's too) would compile Airflow from source,
+  # about 0.4 CPU-s a task process (docs/benchmarks.md). Airflow's images ship compiled bytecode. A file
+  # that does not compile (some packages ship Python 2 samples) is left as it is.
+  site_packages="$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+  "$VENV/bin/python" -m compileall -q -j 0 "$site_packages" >/dev/null || true
   echo "$want" > "$stamp"
 fi
+
+# This checkout's own code, compiled the same way (up-to-date files are skipped; one edited since is
+# compiled in memory until the next run).
+"$VENV/bin/python" -m compileall -q -j 0 "$REPO_ROOT/dags" "$REPO_ROOT/plugins" "$REPO_ROOT/include" \
+  "$REPO_ROOT/tests" "$REPO_ROOT/benchmarks" >/dev/null || true
 
 # One Airflow home per checkout, with this repo's dags/ and plugins/.
 export AIRFLOW_HOME="${AIRFLOW_HOME:-$REPO_ROOT/.airflow}"

@@ -52,6 +52,16 @@ def test_airflow_environment_and_mounts() -> None:
     assert mounts == {"/opt/airflow/dags", "/opt/airflow/plugins", "/opt/airflow/include/sample"}
 
 
+def test_a_run_holds_what_the_accounts_can_work_through_not_the_table() -> None:
+    """The scheduler's CPU per second grows with what a running run holds (issue 24): the deployment bounds
+    runs per account and leaves Airflow's max_map_length alone (it shipped 10,000: 30,000 task instances)."""
+    from talking_heads.table.continuation import ROWS_PER_ACCOUNT_ENV, rows_per_run
+
+    env = _compose()["services"]["airflow-scheduler"]["environment"]
+    assert "AIRFLOW__CORE__MAX_MAP_LENGTH" not in env
+    assert rows_per_run(1024, 1, environ={k: str(v) for k, v in env.items()}) == int(env[ROWS_PER_ACCOUNT_ENV]) <= 100
+
+
 def test_no_secret_is_written_into_the_deployment() -> None:
     text = (REPO_ROOT / "docker-compose.yaml").read_text()
     assert "sk-" not in text.replace("sk-emulator", "")

@@ -24,7 +24,14 @@ from talking_heads.row.ledger import RowLedger
 from talking_heads.row.media import resolve_relative, service_is_public
 from talking_heads.row.payloads import PlanEntry
 from talking_heads.storage import plain_url
-from talking_heads.table.continuation import CONF_KEY, Part, own_entries, split_first, split_next
+from talking_heads.table.continuation import (
+    CONF_KEY,
+    Part,
+    own_entries,
+    rows_per_run,
+    split_first,
+    split_next,
+)
 from talking_heads.table.plan import InputTableError, assign_connections, plan_run, read_input_table
 
 log = logging.getLogger(__name__)
@@ -52,7 +59,8 @@ def plan_rows(context: Context, settings: PlanSettings) -> list[dict[str, Any]]:
     """Read and validate the table, decide per row, keep the plan under ``runs/{run}/plan.json``.
 
     Returns the work items (one per row to generate, spread over the run's connections) for the
-    mapped generate steps: at most Airflow's ``max_map_length`` of them. The rest of a larger table is
+    mapped generate steps: at most Airflow's ``max_map_length`` of them, and at most
+    :func:`~talking_heads.table.continuation.rows_per_run` (a deployment's bound). The rest of a larger table is
     deferred to follow-up runs of this trigger (see :mod:`talking_heads.table.continuation`); a follow-up run
     (``dag_run.conf`` carries :data:`~talking_heads.table.continuation.CONF_KEY`) takes its rows from the
     previous part's plan instead of reading the table again.
@@ -60,7 +68,7 @@ def plan_rows(context: Context, settings: PlanSettings) -> list[dict[str, Any]]:
     run_id, storage, conn_ids = context["run_id"], settings.storage_conn_id, settings.conn_ids
     ledger = RowLedger(settings.output_root, storage)
     log_shared_accounts(conn_ids)
-    limit = conf.getint("core", "max_map_length")
+    limit = rows_per_run(conf.getint("core", "max_map_length"), max(1, len(accounts_of(conn_ids))))
     continues = ((context.get("dag_run") and context["dag_run"].conf) or {}).get(CONF_KEY)
     if continues:
         previous = json.loads(ledger.layout.plan(str(continues["run_id"])).read_text())
@@ -103,6 +111,18 @@ def plan_rows(context: Context, settings: PlanSettings) -> list[dict[str, Any]]:
     return [item.to_dict() for item in work]
 
 
+def accounts_of(conn_ids: list[str]) -> dict[str, list[str]]:
+    """Alibaba Cloud account -> the run's connection ids of it (a connection that does not resolve is left out)."""
+    by_account: dict[str, list[str]] = {}
+    for conn_id in dict.fromkeys(c.strip() for c in conn_ids if c and c.strip()):
+        try:
+            account = account_from_connection(BaseHook.get_connection(conn_id))
+        except Exception:
+            continue
+        by_account.setdefault(account, []).append(conn_id)
+    return by_account
+
+
 def log_shared_accounts(conn_ids: list[str], say: Callable[[str], None] = log.info) -> dict[str, list[str]]:
     """Say which of the run's connections share an Alibaba Cloud account (they add no parallelism).
 
@@ -111,13 +131,7 @@ def log_shared_accounts(conn_ids: list[str], say: Callable[[str], None] = log.in
     so rows spread over two connections of one account run no faster than on one. Returns account ->
     connection ids, for the accounts with more than one.
     """
-    by_account: dict[str, list[str]] = {}
-    for conn_id in dict.fromkeys(c.strip() for c in conn_ids if c and c.strip()):
-        try:
-            account = account_from_connection(BaseHook.get_connection(conn_id))
-        except Exception:
-            continue
-        by_account.setdefault(account, []).append(conn_id)
+    by_account = accounts_of(conn_ids)
     shared = {account: ids for account, ids in by_account.items() if len(ids) > 1}
     for account, ids in shared.items():
         say(

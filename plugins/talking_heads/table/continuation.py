@@ -1,6 +1,7 @@
 """A table larger than one run can map, processed from one trigger: the run continues in follow-up runs.
 
-Airflow maps at most ``[core] max_map_length`` task groups per run. The first run (part 1) plans the
+Airflow maps at most ``[core] max_map_length`` task groups per run, and a deployment may bound a run lower
+(:func:`rows_per_run`: rows per account of the run). The first run (part 1) plans the
 whole table once (validation, pre-flight, budget, the ledger) and hands the first ``limit`` rows to
 generate; the other rows to generate are *deferred*: its outcome line for them says ``skipped`` "part 1
 of n: continues in run R2", and its ``continue_run`` task triggers R2, the same DAG with the same params
@@ -20,6 +21,8 @@ The part's bookkeeping is kept in the plan file (``runs/{run}/plan.json``, key `
 from __future__ import annotations
 
 import math
+import os
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -27,6 +30,24 @@ from talking_heads.row.payloads import PlanEntry
 
 #: The ``dag_run.conf`` key a follow-up run carries: ``{"run_id": <the previous part's run id>}``.
 CONF_KEY = "talking_heads_continues"
+#: Environment: rows a run generates at most per Alibaba Cloud account of the run (unset or 0: only
+#: ``[core] max_map_length`` bounds a run). See :func:`rows_per_run`.
+ROWS_PER_ACCOUNT_ENV = "TALKING_HEADS_ROWS_PER_RUN_PER_ACCOUNT"
+
+
+def rows_per_run(max_map_length: int, accounts: int, environ: Mapping[str, str] = os.environ) -> int:
+    """How many rows one run (part) generates: what the run's accounts can work through, not the table's size.
+
+    Every loop, the scheduler re-checks the dependencies of each waiting task instance of a running run (a
+    row's wait and download until their upstream ends): its CPU per second grows with the rows a run holds,
+    for as long as the run is alive, while the service works through one task at a time per account. So a
+    deployment bounds a run at :data:`ROWS_PER_ACCOUNT_ENV` rows per account (docker-compose.yaml ships 50:
+    at the real pace a part lives about 50 minutes per account); the rest of the table continues in parts.
+    """
+    per_account = int(environ.get(ROWS_PER_ACCOUNT_ENV) or 0)
+    if per_account < 0:
+        raise ValueError(f"{ROWS_PER_ACCOUNT_ENV} must be 0 (no bound) or a positive number of rows, not {per_account}")
+    return min(max_map_length, per_account * max(1, accounts)) if per_account else max_map_length
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from talking_heads.orchestration.assets import OUTCOMES
 from talking_heads.orchestration.task_bodies import PlanSettings, log_shared_accounts, plan_rows, record_outcomes
 from talking_heads.row.ledger import RowLedger
 from talking_heads.row.states import RowRecord
-from talking_heads.table.continuation import CONF_KEY
+from talking_heads.table.continuation import CONF_KEY, ROWS_PER_ACCOUNT_ENV
 
 from tests.unit.conftest import CONN_ID
 from tests.unit.talking_heads.helpers import ROW, table_frame
@@ -54,12 +54,9 @@ def _table(folder: Path, *ids: str) -> None:
 
 
 def _settings(tmp_path: Path, **changes: Any) -> PlanSettings:
+    settings = {"conn_ids": [CONN_ID, "dashscope_two"], **changes}
     return PlanSettings(
-        input_table=str(tmp_path / "{{ ds }}.csv"),
-        output_root=str(tmp_path / "out"),
-        conn_ids=[CONN_ID, "dashscope_two"],
-        preflight=False,
-        **changes,
+        input_table=str(tmp_path / "{{ ds }}.csv"), output_root=str(tmp_path / "out"), preflight=False, **settings
     )
 
 
@@ -150,3 +147,24 @@ def test_the_plan_log_names_connections_of_one_account(monkeypatch: pytest.Monke
     lines.clear()
     assert log_shared_accounts(["ds_a1", "ds_other"], lines.append) == {}
     assert lines == ["Rows are spread over 2 connections of 2 account(s)"]
+
+
+def test_a_run_holds_at_most_the_deployments_rows_per_account(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """TALKING_HEADS_ROWS_PER_RUN_PER_ACCOUNT bounds a part below max_map_length, per account of the run."""
+
+    def conn(key: str, account: str) -> str:
+        extra = {"account": account}
+        return json.dumps({"conn_type": "dashscope", "host": "http://127.0.0.1:1", "password": key, "extra": extra})
+
+    monkeypatch.setenv("AIRFLOW_CONN_DS_ONE", conn("sk-one", "acct-1"))
+    monkeypatch.setenv("AIRFLOW_CONN_DS_ONE_BIS", conn("sk-one-bis", "acct-1"))
+    monkeypatch.setenv("AIRFLOW_CONN_DS_TWO", conn("sk-two", "acct-2"))
+    monkeypatch.setenv(ROWS_PER_ACCOUNT_ENV, "2")
+    _table(tmp_path, "a", "b", "c", "d", "e", "f")
+    one_account = plan_rows(_context(), _settings(tmp_path, conn_ids=["ds_one", "ds_one_bis"]))  # type: ignore[arg-type]
+    assert [w["request"]["row_id"] for w in one_account] == ["a", "b"]  # two keys of one account: 2 rows
+    two_accounts = plan_rows(_context("r2"), _settings(tmp_path, conn_ids=["ds_one", "ds_two"]))  # type: ignore[arg-type]
+    assert [w["request"]["row_id"] for w in two_accounts] == ["a", "b", "c", "d"]
+    plan = json.loads((tmp_path / "out" / "runs" / "r2" / "plan.json").read_text())
+    assert (plan["continuation"]["parts"], plan["continuation"]["later"]) == (2, ["e", "f"])
+

@@ -9,10 +9,19 @@ import math
 from pathlib import Path
 from typing import Any
 
+import pytest
 from talking_heads.row.ledger import RowLedger
 from talking_heads.row.payloads import PlanEntry
 from talking_heads.row.states import RowRecord
-from talking_heads.table.continuation import Part, own_entries, part_run_id, split_first, split_next
+from talking_heads.table.continuation import (
+    ROWS_PER_ACCOUNT_ENV,
+    Part,
+    own_entries,
+    part_run_id,
+    rows_per_run,
+    split_first,
+    split_next,
+)
 from talking_heads.table.plan import plan_run
 
 from tests.unit.talking_heads.helpers import table_frame
@@ -103,3 +112,12 @@ def test_a_part_survives_the_plan_file_and_a_table_with_nothing_to_generate_is_o
     settled = [PlanEntry("x", "emo-v1", "done", outcome={"status": "skipped"})]
     entries, one = split_first(settled, 20, "R9")
     assert entries == settled and (one.parts, one.own, one.later) == (1, [], [])
+
+
+def test_rows_per_run_is_the_map_limit_unless_a_deployment_bounds_it_lower() -> None:
+    assert rows_per_run(1024, 3, environ={}) == 1024
+    assert rows_per_run(1024, 3, environ={ROWS_PER_ACCOUNT_ENV: "0"}) == 1024
+    assert rows_per_run(1024, 3, environ={ROWS_PER_ACCOUNT_ENV: "50"}) == 150
+    assert rows_per_run(100, 3, environ={ROWS_PER_ACCOUNT_ENV: "50"}) == 100  # never past max_map_length
+    with pytest.raises(ValueError, match=ROWS_PER_ACCOUNT_ENV):
+        rows_per_run(1024, 1, environ={ROWS_PER_ACCOUNT_ENV: "-1"})
