@@ -93,6 +93,10 @@ def _component_rates(cluster: AirflowCluster, seconds: float) -> dict[str, float
     return {role: (after[role] - before.get(role, 0.0)) / seconds for role in after if role in COMPONENT_ROLES}
 
 
+#: How often the benchmark asks the REST API whether the run ended: each ask costs the api-server CPU that
+#: would count as the run's (asked every 0.5 s, as the tests do, those asks were most of what py-spy saw the
+#: api-server do while a run waited).
+POLL_RUN_SECONDS = 5.0
 #: The long-running components whose cost grows with how long a run is alive (task processes do not).
 COMPONENT_ROLES = ("scheduler", "api-server", "dag-processor", "triggerer")
 
@@ -179,11 +183,13 @@ def _wait_for_parts(cluster: AirflowCluster, first: str, plans: Path, seconds: f
         while True:
             try:
                 states.append(
-                    cluster.wait_for_run("talking_heads", run_id, seconds=max(1, deadline - time.monotonic()))
+                    cluster.wait_for_run(
+                        "talking_heads", run_id, seconds=max(1, deadline - time.monotonic()), interval=POLL_RUN_SECONDS
+                    )
                 )
                 break
             except requests.HTTPError:  # a follow-up run not created yet: its part is triggered by the previous
-                time.sleep(1)
+                time.sleep(POLL_RUN_SECONDS)
         plan = plans / re.sub(r"[^A-Za-z0-9._-]+", "_", run_id).strip("_") / "plan.json"
         following = json.loads(plan.read_text()).get("continuation", {}).get("next_run_id") if plan.exists() else None
         if not following:

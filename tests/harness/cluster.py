@@ -230,8 +230,15 @@ class AirflowCluster:
         self.post(f"/dags/{dag_id}", {"is_paused": False}, method="PATCH")
 
     def wait_for_run(
-        self, dag_id: str, run_id: str, seconds: float = 300, on_poll: Callable[[], None] | None = None
+        self,
+        dag_id: str,
+        run_id: str,
+        seconds: float = 300,
+        on_poll: Callable[[], None] | None = None,
+        interval: float = 0.5,
     ) -> str:
+        """The run's end state, asked every ``interval`` seconds (each ask costs the api-server CPU: a benchmark
+        measuring the api-server asks seldom)."""
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
             self.check_alive()
@@ -240,7 +247,7 @@ class AirflowCluster:
                 on_poll()
             if state in ("success", "failed"):
                 return state
-            time.sleep(0.5)
+            time.sleep(interval)
         raise TimeoutError(f"run {run_id} of {dag_id} not finished after {seconds}s\n{self.all_logs()}")
 
     def wait_until_idle(self, dag_id: str, seconds: float = 300) -> None:
