@@ -20,10 +20,17 @@ cd "$REPO_ROOT"
 echo "==> ruff"
 ruff check .
 ruff format --check .
-echo "==> pytest ($tier tier)"
+# The everyday tier runs on TEST_WORKERS pytest-xdist workers (default 2, one per core of the machine it was
+# sized on), a test module at a time per worker (--dist loadfile), so a module's cluster stays in one
+# worker. The full tier runs on one: its soaks time real processes against each other (the kill mid-burst).
+workers=()
+if [[ "$tier" == "everyday" && "${TEST_WORKERS:-2}" -gt 1 ]]; then
+  workers=(-n "${TEST_WORKERS:-2}" --dist loadfile)
+fi
+echo "==> pytest ($tier tier${workers[*]:+, ${workers[1]} workers})"
 started=$SECONDS
 status=0
-python -m pytest ${pytest_args[@]+"${pytest_args[@]}"} || status=$?
+python -m pytest ${workers[@]+"${workers[@]}"} ${pytest_args[@]+"${pytest_args[@]}"} || status=$?
 echo "==> pytest took $((SECONDS - started)) s"
 if [[ "$tier" == "all" && ${#pytest_args[@]} -eq 0 ]]; then
   echo "==> Airflow matrix (3.1, 3.2)"
