@@ -167,4 +167,3 @@ def test_a_run_holds_at_most_the_deployments_rows_per_account(tmp_path: Path, mo
     assert [w["request"]["row_id"] for w in two_accounts] == ["a", "b", "c", "d"]
     plan = json.loads((tmp_path / "out" / "runs" / "r2" / "plan.json").read_text())
     assert (plan["continuation"]["parts"], plan["continuation"]["later"]) == (2, ["e", "f"])
-
