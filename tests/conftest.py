@@ -35,6 +35,12 @@ def repetitions(full: int) -> int:
     return full if TIER == "all" else 1
 
 
+def tier_size(full: int, everyday: int) -> int:
+    """A scenario's size (rows, a map limit): ``full`` in the full tier, the smaller ``everyday`` every day,
+    which still takes every path the full size takes (e.g. three parts, some dropped answers)."""
+    return full if TIER == "all" else everyday
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Tests marked ``full_tier`` run only in the full tier (``./test.sh --all``)."""
     if TIER == "all":

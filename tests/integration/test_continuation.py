@@ -1,7 +1,8 @@
 """A table larger than ``max_map_length`` from one trigger, on real Airflow processes against the emulator.
 
 ``[core] max_map_length`` is lowered to 20 for the cluster and a 50-row table is triggered once through
-the REST API: the run maps 20 rows and continues in two follow-up runs (20 and 10 rows). Checked: every
+the REST API: the run maps 20 rows and continues in two follow-up runs (20 and 10 rows; every day 14 rows at a
+limit of 6: 6, 6 and 2). Checked: every
 row ends with one outcome (``succeeded`` in the part that generated it), each row's task was created once
 (the emulator's own log), the run notes say which part each run is, and each wait ran one task process
 at most. A second test, on a slow emulator (waits that must defer), checks that the trigger ends the wait
@@ -21,14 +22,17 @@ import pandas as pd
 import pytest
 import requests
 
+from tests.conftest import tier_size
 from tests.harness.cluster import AirflowCluster
 from tests.harness.samples import served_samples
 from tests.harness.services import dashscope_connections, emulators
 
 pytestmark = pytest.mark.integration
 KEY = "sk-continuation-test-0123"
-ROWS = 50
-MAP_LIMIT = 20
+ROWS = tier_size(50, 14)
+MAP_LIMIT = tier_size(20, 6)
+#: The rows each of the three parts generates, in order.
+PART_ROWS = (MAP_LIMIT, MAP_LIMIT, ROWS - 2 * MAP_LIMIT)
 WORKLOAD = re.compile(r"Workload finished\s.*?workload_id=(?P<id>[0-9a-f-]{36})")
 
 
@@ -109,7 +113,7 @@ def test_a_table_over_max_map_length_completes_from_one_trigger(world: dict) -> 
         assert (continuing["status"] == "skipped").all()
     assert final == Counter({f"c{i:02d}": 1 for i in range(ROWS)})
     per_part = sorted(int((t["status"] == "succeeded").sum()) for t in tables.values())
-    assert per_part == [10, 20, 20]
+    assert per_part == sorted(PART_ROWS)
 
     # The notes say which part each run is and where it continues.
     assert "part 1 of 3" in runs[first]["note"] and f"continues in run {parts[1]}" in runs[first]["note"]
@@ -117,7 +121,7 @@ def test_a_table_over_max_map_length_completes_from_one_trigger(world: dict) -> 
 
     # One mapped entry per row, named by row_id, in each part; each wait ran one task process at most.
     workloads = Counter(m["id"] for m in WORKLOAD.finditer((cluster.home / "scheduler.log").read_text()))
-    for run_id, rows in zip(parts, (20, 20, 10), strict=True):
+    for run_id, rows in zip(parts, PART_ROWS, strict=True):
         tis = cluster.task_instances("talking_heads", run_id)
         waits = [ti for ti in tis if ti["task_id"] == "generate.wait"]
         assert len(waits) == rows and all(ti["state"] == "success" for ti in waits)
