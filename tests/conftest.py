@@ -41,8 +41,22 @@ def tier_size(full: int, everyday: int) -> int:
     return full if TIER == "all" else everyday
 
 
+#: Folders whose modules each start real processes (clusters, soaks) and take minutes: on several workers
+#: they are handed out first, so the short unit modules fill the gaps instead of one long module running
+#: alone at the end.
+LONG_FIRST = ("tests/reliability/", "tests/integration/", "tests/browser/")
+
+
+def _long_first(item: pytest.Item) -> int:
+    path = Path(str(item.fspath)).relative_to(REPO_ROOT).as_posix()
+    return next((rank for rank, folder in enumerate(LONG_FIRST) if path.startswith(folder)), len(LONG_FIRST))
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tests marked ``full_tier`` run only in the full tier (``./test.sh --all``)."""
+    """Tests marked ``full_tier`` run only in the full tier (``./test.sh --all``); on pytest-xdist workers the
+    long modules come first (:data:`LONG_FIRST`; every worker sorts the same way)."""
+    if getattr(config.option, "numprocesses", None):
+        items.sort(key=_long_first)  # stable: a module's tests keep their order
     if TIER == "all":
         return
     skip = pytest.mark.skip(reason="full tier only: ./test.sh --all")
