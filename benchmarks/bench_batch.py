@@ -426,7 +426,8 @@ def main() -> None:
     for rows in args.scaling_rows:
         for accounts in args.scaling_accounts:
             # One key per account: the accounts' parallelism is what the line measures.
-            results.append(run_batch(rows, accounts, args.speed, max(args.pool, 4 * accounts), accounts))
+            pool = max(args.pool, 4 * accounts)
+            results.append(run_batch(rows, accounts, args.speed, pool, accounts, args.settings, args.idle_seconds))
             print(
                 "SCALING rows keys wall_s floor_s ratio s_per_row worst_key_idle_s lead+tail_s succeeded "
                 "scheduler_cpu_s_per_row task_processes_cpu_s_per_row accounts worst_account_idle_s "
