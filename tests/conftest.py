@@ -55,7 +55,7 @@ def _long_first(item: pytest.Item) -> int:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Tests marked ``full_tier`` run only in the full tier (``./test.sh --all``); on pytest-xdist workers the
     long modules come first (:data:`LONG_FIRST`; every worker sorts the same way)."""
-    if getattr(config.option, "numprocesses", None):
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # a worker (xdist clears its numprocesses option there)
         items.sort(key=_long_first)  # stable: a module's tests keep their order
     if TIER == "all":
         return
