@@ -22,10 +22,12 @@ ruff check .
 ruff format --check .
 # The everyday tier runs on TEST_WORKERS pytest-xdist workers (default 2, one per core of the machine it was
 # sized on), a test module at a time per worker (--dist loadfile), so a module's cluster stays in one
-# worker. The full tier runs on one: its soaks time real processes against each other (the kill mid-burst).
+# worker; in the order tests/conftest.py gives them, long modules first (xdist would order them by their
+# number of tests). The full tier runs on one: its soaks time real processes against each other (the kill
+# mid-burst).
 workers=()
 if [[ "$tier" == "everyday" && "${TEST_WORKERS:-2}" -gt 1 ]]; then
-  workers=(-n "${TEST_WORKERS:-2}" --dist loadfile)
+  workers=(-n "${TEST_WORKERS:-2}" --dist loadfile --no-loadscope-reorder)
 fi
 echo "==> pytest ($tier tier${workers[*]:+, ${workers[1]} workers})"
 started=$SECONDS
