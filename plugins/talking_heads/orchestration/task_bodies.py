@@ -67,8 +67,9 @@ def plan_rows(context: Context, settings: PlanSettings) -> list[dict[str, Any]]:
     """
     run_id, storage, conn_ids = context["run_id"], settings.storage_conn_id, settings.conn_ids
     ledger = RowLedger(settings.output_root, storage)
-    log_shared_accounts(conn_ids)
-    limit = rows_per_run(conf.getint("core", "max_map_length"), max(1, len(accounts_of(conn_ids))))
+    by_account = accounts_of(conn_ids)  # each connection looked up once, for the log and the bound
+    log_shared_accounts(conn_ids, by_account=by_account)
+    limit = rows_per_run(conf.getint("core", "max_map_length"), len(by_account))
     continues = ((context.get("dag_run") and context["dag_run"].conf) or {}).get(CONF_KEY)
     if continues:
         previous = json.loads(ledger.layout.plan(str(continues["run_id"])).read_text())
@@ -123,15 +124,20 @@ def accounts_of(conn_ids: list[str]) -> dict[str, list[str]]:
     return by_account
 
 
-def log_shared_accounts(conn_ids: list[str], say: Callable[[str], None] = log.info) -> dict[str, list[str]]:
+def log_shared_accounts(
+    conn_ids: list[str],
+    say: Callable[[str], None] = log.info,
+    by_account: dict[str, list[str]] | None = None,
+) -> dict[str, list[str]]:
     """Say which of the run's connections share an Alibaba Cloud account (they add no parallelism).
 
     The service's limits and its one-task-at-a-time rule count per account (connection extra
     ``account``, else the key's fingerprint: see :func:`dashscope_provider.connection.account_from_connection`),
     so rows spread over two connections of one account run no faster than on one. Returns account ->
-    connection ids, for the accounts with more than one.
+    connection ids, for the accounts with more than one. ``by_account``: :func:`accounts_of` already
+    computed by the caller.
     """
-    by_account = accounts_of(conn_ids)
+    by_account = accounts_of(conn_ids) if by_account is None else by_account
     shared = {account: ids for account, ids in by_account.items() if len(ids) > 1}
     for account, ids in shared.items():
         say(
