@@ -47,11 +47,13 @@ class SimClock:
 
         A client matches a task to its request by creation time on its own (wall) clock, so the task
         list's ``gmt_create`` and window use this, not the sped-up simulated time (which at ``speed``
-        100 runs hours ahead within minutes).
+        100 runs hours ahead within minutes). It reads the wall clock itself: ``t0`` plus monotonic time lags
+        it by however long the thread was preempted between the two reads at start (tens of ms on a loaded
+        machine), enough to date a task made just after a client's window opened before it.
         """
         with self._lock:
             offset = self._offset
-        return self._t0 + (time.monotonic() - self._m0) + offset
+        return time.time() + offset
 
     def wall_seconds(self, sim_seconds: float) -> float:
         """How long the wall clock takes to cover ``sim_seconds`` of simulated time."""
