@@ -137,6 +137,17 @@ def _cpu_by_role(cluster: AirflowCluster) -> dict[str, float]:
     return cpu
 
 
+def status_queries(requests: list[dict[str, Any]]) -> dict[str, int]:
+    """The run's status queries in the emulator's request log: task-list pages and single-task reads.
+
+    What a generated row costs the account's 20 QPS while it waits (``GET /api/v1/tasks/...``; submits and
+    face detections are one each per row, and not counted here).
+    """
+    queries = [r for r in requests if r["method"] == "GET" and r["path"].startswith("/api/v1/tasks/")]
+    pages = sum(r["path"] == "/api/v1/tasks/" for r in queries)
+    return {"all": len(queries), "pages": pages, "reads": len(queries) - pages}
+
+
 def _rows(media: str, boxes: dict, count: int) -> list[dict]:
     rows = []
     for i in range(count):
@@ -260,6 +271,7 @@ def run_batch(
                     **({"poll_interval_seconds": 1} if settings == "harness" else {}),
                 }
                 cpu_before = _cpu_by_role(cluster)
+                log_mark = len(emulator.request_log())
                 started = time.monotonic()
                 run = cluster.post("/dags/talking_heads/dagRuns", {"logical_date": None, "conf": conf})
                 run_ids, state = _wait_for_parts(cluster, run["dag_run_id"], root / "out" / "runs", 12 * 3600)
@@ -270,6 +282,7 @@ def run_batch(
             finally:
                 cluster.stop()
             tasks = [t for t in emulator.tasks() if t["status"] == "SUCCEEDED"]
+            queries = status_queries(emulator.request_log()[log_mark:])
         outcomes = pd.concat(pd.read_csv(p) for p in (root / "out" / "outcomes").glob("*.csv"))
 
     def spans_by(field: str) -> dict[str, list[tuple[float, float]]]:
@@ -336,7 +349,9 @@ def run_batch(
         f"airflow={airflow_cpu / rows:.2f} settings={settings} "
         f"components_cpu_s_per_s_idle={idle_rate:.3f} components_cpu_s_per_s_alive={alive_rate:.3f} "
         f"{' '.join(f'{role}_idle={rate:.3f}' for role, rate in idle_rates.items())} "
-        f"{' '.join(f'{role}_alive={rate:.3f}' for role, rate in alive_rates.items())}",
+        f"{' '.join(f'{role}_alive={rate:.3f}' for role, rate in alive_rates.items())} "
+        f"status_queries={queries['all']} list_pages={queries['pages']} task_reads={queries['reads']} "
+        f"queries_per_row={queries['all'] / max(len(tasks), 1):.2f}",
         flush=True,
     )
     return {
@@ -363,6 +378,7 @@ def run_batch(
         "idle_rates": idle_rates,
         "alive_rates": alive_rates,
         "cpu_per_row": {role: seconds / rows for role, seconds in cpu.items()},
+        "queries_per_row": queries["all"] / max(len(tasks), 1),
     }
 
 
@@ -370,10 +386,11 @@ def print_paces(results: list[dict[str, Any]]) -> None:
     """The side-by-side table: Airflow CPU per row by process, and the components' rate idle and alive."""
     header = (
         "| pace | rows | wall / floor | Airflow CPU-s per row | scheduler | api-server | dag-processor | triggerer "
-        "| task processes | components CPU-s per wall-second, idle | ... while the run is alive |"
+        "| task processes | components CPU-s per wall-second, idle | ... while the run is alive "
+        "| status queries per generated row |"
     )
     print("PACES " + header)
-    print("PACES " + "|---" * 11 + "|")
+    print("PACES " + "|---" * 12 + "|")
     for r in results:
         per_row = r["cpu_per_row"]
         cells = [
@@ -384,6 +401,7 @@ def print_paces(results: list[dict[str, Any]]) -> None:
             *(f"{per_row.get(role, 0.0):.2f}" for role in (*COMPONENT_ROLES, "task_processes")),
             f"{r['idle_rate']:.3f}",
             f"{r['alive_rate']:.3f}",
+            f"{r['queries_per_row']:.2f}",
         ]
         print("PACES | " + " | ".join(cells) + " |", flush=True)
 
