@@ -20,14 +20,18 @@ cd "$REPO_ROOT"
 echo "==> ruff"
 ruff check .
 ruff format --check .
-# The everyday tier runs on TEST_WORKERS pytest-xdist workers (default 2, one per core of the machine it was
-# sized on), a test module at a time per worker (--dist loadfile), so a module's cluster stays in one
-# worker; in the order tests/conftest.py gives them, long modules first (xdist would order them by their
-# number of tests). The full tier runs on one: its soaks time real processes against each other (the kill
-# mid-burst).
+# Both tiers run on TEST_WORKERS pytest-xdist workers, a test module at a time per worker (--dist loadfile),
+# so a module's cluster stays in one worker; in the order tests/conftest.py gives them, long modules first
+# (xdist would order them by their number of tests). By default the everyday tier runs one worker more than
+# the machine has cores (much of it waits on emulated service time and on Airflow's loops, not on a core),
+# the full tier one per core (its soaks are the long poles; CI must not be the run that is starved).
+# TEST_WORKERS=1 runs them in one process.
+cores="$(nproc 2>/dev/null || echo 2)"
+if [[ "$tier" == "everyday" ]]; then default_workers=$((cores + 1)); else default_workers="$cores"; fi
+test_workers="${TEST_WORKERS:-$default_workers}"
 workers=()
-if [[ "$tier" == "everyday" && "${TEST_WORKERS:-2}" -gt 1 ]]; then
-  workers=(-n "${TEST_WORKERS:-2}" --dist loadfile --no-loadscope-reorder)
+if [[ "$test_workers" -gt 1 ]]; then
+  workers=(-n "$test_workers" --dist loadfile --no-loadscope-reorder)
 fi
 echo "==> pytest ($tier tier${workers[*]:+, ${workers[1]} workers})"
 started=$SECONDS

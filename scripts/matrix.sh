@@ -80,7 +80,11 @@ for line in "${LINES[@]}"; do
   fi
   version="$("$REPO_ROOT/.venv-airflow-$line/bin/python" -c 'import airflow; print(airflow.__version__)')"
   setup_s=$((SECONDS - start))
-  t=$SECONDS; unit="$(run_step "$line" unit tests/unit "${UNIT_DESELECT[@]}")"; unit_s=$((SECONDS - t))
+  # The unit tests on TEST_WORKERS pytest-xdist workers (default: one per core), as ./test.sh --all runs its
+  # tests: a module per worker.
+  t=$SECONDS
+  unit="$(run_step "$line" unit -n "${TEST_WORKERS:-$(nproc)}" --dist loadfile tests/unit "${UNIT_DESELECT[@]}")"
+  unit_s=$((SECONDS - t))
   t=$SECONDS; dag="$(run_step "$line" dag_test "$DAG_TEST")"; dag_s=$((SECONDS - t))
   t=$SECONDS; pkg="$(run_step "$line" packaging tests/packaging)"; pkg_s=$((SECONDS - t))
   [[ "$unit/$dag/$pkg" == passed/passed/passed ]] || status=1
