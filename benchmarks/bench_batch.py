@@ -52,6 +52,8 @@ import yaml
 from dashscope_emulator import EmulatorServer, make_samples, serve_directory
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from talking_heads.table.continuation import ROWS_PER_ACCOUNT_ENV
+
 from tests.harness.cluster import AirflowCluster
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -216,6 +218,7 @@ def run_batch(
     accounts: int | None = None,
     settings: str = "compose",
     idle_seconds: float = 60,
+    rows_per_account: int | None = None,
 ) -> dict[str, Any]:
     """One run on a fresh cluster and emulator; prints its ``BATCH`` lines and returns its figures.
 
@@ -223,6 +226,8 @@ def run_batch(
     ``settings``: ``compose`` (what docker-compose.yaml ships: Airflow's default heartbeats and the DAG's
     default poll interval) or ``harness`` (the test harness's 1-second heartbeats and a 1-second poll).
     The components' CPU rate is measured idle for ``idle_seconds`` before the trigger, then over the run.
+    ``rows_per_account``: the run's bound (``TALKING_HEADS_ROWS_PER_RUN_PER_ACCOUNT``) instead of the
+    settings' (compose ships one; 0: no bound).
     """
     accounts = accounts or keys
     api_keys = [KEY] + [f"{KEY}-{i}" for i in range(1, keys)]
@@ -250,6 +255,9 @@ def run_batch(
             }
             if settings == "compose":
                 env.update(compose_settings())
+            if rows_per_account is not None:
+                env[ROWS_PER_ACCOUNT_ENV] = str(rows_per_account)
+            bound = env.get(ROWS_PER_ACCOUNT_ENV, "0")
             cluster = AirflowCluster(root / "airflow", env)
             if settings == "compose":
                 for name in HARNESS_ONLY:
@@ -351,7 +359,7 @@ def run_batch(
         f"{' '.join(f'{role}_idle={rate:.3f}' for role, rate in idle_rates.items())} "
         f"{' '.join(f'{role}_alive={rate:.3f}' for role, rate in alive_rates.items())} "
         f"status_queries={queries['all']} list_pages={queries['pages']} task_reads={queries['reads']} "
-        f"queries_per_row={queries['all'] / max(len(tasks), 1):.2f}",
+        f"queries_per_row={queries['all'] / max(len(tasks), 1):.2f} rows_per_run_per_account={bound}",
         flush=True,
     )
     return {
@@ -420,6 +428,12 @@ def main() -> None:
     parser.add_argument("--settings", choices=("compose", "harness"), default="compose")
     parser.add_argument("--idle-seconds", type=float, default=60, help="components' idle CPU measured this long")
     parser.add_argument(
+        "--rows-per-account",
+        type=int,
+        default=None,
+        help=f"a run's bound ({ROWS_PER_ACCOUNT_ENV}) instead of what --settings ship (0: none)",
+    )
+    parser.add_argument(
         "--side-by-side",
         action="store_true",
         help="--rows at speeds 16 and 4, and --slow-rows at speed 1: the pace table of docs/benchmarks.md",
@@ -432,20 +446,42 @@ def main() -> None:
     if args.side_by_side:
         lines = [(args.rows, 16.0), (args.rows, 4.0), (args.slow_rows, 1.0)]
         results = [
-            run_batch(rows, args.keys, speed, args.pool, args.accounts, args.settings, args.idle_seconds)
+            run_batch(
+                rows,
+                args.keys,
+                speed,
+                args.pool,
+                args.accounts,
+                args.settings,
+                args.idle_seconds,
+                args.rows_per_account,
+            )
             for rows, speed in lines
         ]
         print_paces(results)
         return
     if not args.scaling:
-        run_batch(args.rows, args.keys, args.speed, args.pool, args.accounts, args.settings, args.idle_seconds)
+        run_batch(
+            args.rows,
+            args.keys,
+            args.speed,
+            args.pool,
+            args.accounts,
+            args.settings,
+            args.idle_seconds,
+            args.rows_per_account,
+        )
         return
     results = []
     for rows in args.scaling_rows:
         for accounts in args.scaling_accounts:
             # One key per account: the accounts' parallelism is what the line measures.
             pool = max(args.pool, 4 * accounts)
-            results.append(run_batch(rows, accounts, args.speed, pool, accounts, args.settings, args.idle_seconds))
+            results.append(
+                run_batch(
+                    rows, accounts, args.speed, pool, accounts, args.settings, args.idle_seconds, args.rows_per_account
+                )
+            )
             print(
                 "SCALING rows keys wall_s floor_s ratio s_per_row worst_key_idle_s lead+tail_s succeeded "
                 "scheduler_cpu_s_per_row task_processes_cpu_s_per_row accounts worst_account_idle_s "
