@@ -35,6 +35,7 @@ import pytest
 import requests
 from dashscope_emulator import EmulatorServer, make_samples, serve_directory
 
+from tests.conftest import tier_size
 from tests.harness.cluster import CeleryAirflowCluster
 from tests.harness.samples import sample_row
 from tests.harness.services import PostgresServer, RedisServer, S3Server, Service, wait_until
@@ -46,6 +47,9 @@ DAG_ID = "talking_heads"
 WAIT_TASK = "generate.wait"
 #: Seconds a run may take on a loaded 2-core machine (it takes ~1 min of service time).
 RUN_TIMEOUT = 420
+#: The emulator's pace: real time in the full tier; every day twice as fast (a task of 13 s takes 6.5), still
+#: seconds of deferral per wait against the worker time a held slot would add.
+SPEED = tier_size(1, 2)
 
 
 @dataclass
@@ -68,11 +72,11 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
     root = tmp_path_factory.mktemp("distributed")
     make_samples(root / "media")
     boxes = json.loads((root / "media" / "samples.json").read_text())
-    # speed=1: the service takes real seconds (8 + 2.5 x video seconds per task, one at a time per key), so
+    # SPEED: the service takes real seconds (8 + 2.5 x video seconds per task, one at a time per key), so
     # every wait spends long enough deferred to tell a held worker slot from a free one.
     with (
         serve_directory(root / "media", port=0) as media_url,
-        EmulatorServer(api_keys=[KEY], speed=1) as emulator,
+        EmulatorServer(api_keys=[KEY], speed=SPEED) as emulator,
         PostgresServer(root / "postgres") as postgres,
         RedisServer(root / "redis") as redis,
         S3Server(root / "s3", BUCKET) as s3,
@@ -349,7 +353,7 @@ def test_celery_run_on_s3_defers_waits_without_holding_workers(deployment: Deplo
     )
     # Four submits are queued at once and a worker reserves only as many tasks as it has processes (2).
     assert all(per_worker.values()), f"a Celery worker ran nothing: {per_worker}"
-    # Four tasks of >= 13 s each, one at a time per key: well over 30 s deferred in all.
+    # Four tasks of >= 13 s each (6.5 every day), one at a time per key: over 30 s deferred in all.
     assert figures.deferred_seconds > 30, "the waits should have spent the service's run time deferred"
     # A wait that held its worker slot would add its whole deferred time (ratio ~1). What remains is the
     # tail of the Celery task that deferred: its task process ends after the state is already `deferred`

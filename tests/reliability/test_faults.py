@@ -21,8 +21,8 @@ from talking_heads.row import reconcile
 from tests.conftest import tier_size
 from tests.harness.reliability import Media, bills_by_row, count_leaks, run_dag, submits, tasks_by_row, write_table
 
-#: 200 rows in the full tier; every day 60, which the seeded faults still hit with dropped answers.
-ROWS = tier_size(200, 60)
+#: 200 rows in the full tier; every day 30, which the seeded faults still hit with dropped answers.
+ROWS = tier_size(200, 30)
 KINDS = ("emo-square", "emo-halfbody", "emoji")
 FAULTS = {"submit_5xx": 0.1, "query_5xx": 0.1, "drop_submit": 0.1, "drop_query": 0.02, "seed": 7}
 
