@@ -41,8 +41,8 @@ def rows_per_run(max_map_length: int, accounts: int, environ: Mapping[str, str] 
     Every loop, the scheduler re-checks the dependencies of each waiting task instance of a running run (a
     row's wait and download until their upstream ends): its CPU per second grows with the rows a run holds,
     for as long as the run is alive, while the service works through one task at a time per account. So a
-    deployment bounds a run at :data:`ROWS_PER_ACCOUNT_ENV` rows per account (docker-compose.yaml ships 50:
-    at the real pace a part lives about 50 minutes per account); the rest of the table continues in parts.
+    deployment bounds a run at :data:`ROWS_PER_ACCOUNT_ENV` rows per account (docker-compose.yaml ships 20:
+    at the real pace a part lives about 20 minutes per account); the rest of the table continues in parts.
     """
     per_account = int(environ.get(ROWS_PER_ACCOUNT_ENV) or 0)
     if per_account < 0:
