@@ -293,6 +293,8 @@ def run_batch(
             queries = status_queries(emulator.request_log()[log_mark:])
         outcomes = pd.concat(pd.read_csv(p) for p in (root / "out" / "outcomes").glob("*.csv"))
 
+    queries_per_row = queries["all"] / max(len(tasks), 1)
+
     def spans_by(field: str) -> dict[str, list[tuple[float, float]]]:
         spans: dict[str, list[tuple[float, float]]] = {}
         for t in tasks:
@@ -359,7 +361,7 @@ def run_batch(
         f"{' '.join(f'{role}_idle={rate:.3f}' for role, rate in idle_rates.items())} "
         f"{' '.join(f'{role}_alive={rate:.3f}' for role, rate in alive_rates.items())} "
         f"status_queries={queries['all']} list_pages={queries['pages']} task_reads={queries['reads']} "
-        f"queries_per_row={queries['all'] / max(len(tasks), 1):.2f} rows_per_run_per_account={bound}",
+        f"queries_per_row={queries_per_row:.2f} rows_per_run_per_account={bound}",
         flush=True,
     )
     return {
@@ -386,7 +388,7 @@ def run_batch(
         "idle_rates": idle_rates,
         "alive_rates": alive_rates,
         "cpu_per_row": {role: seconds / rows for role, seconds in cpu.items()},
-        "queries_per_row": queries["all"] / max(len(tasks), 1),
+        "queries_per_row": queries_per_row,
     }
 
 
