@@ -68,9 +68,20 @@ class AirflowCluster:
 
     ``pool_slots``: size of the ``dashscope`` pool (created with ``--include-deferred``) that the DAG's
     submit and wait tasks share (``TALKING_HEADS_POOL``).
+    ``scheduled_runs``: whether the scheduler makes runs on its own (``[scheduler] use_job_schedule``), as a
+    deployment does: unpausing ``talking_heads`` (@daily) starts its latest interval's run over the sample
+    table, and the runs the tests trigger queue behind it (``max_active_runs=1``). A cluster whose tests
+    only trigger runs turns it off and spares that run's work.
     """
 
-    def __init__(self, home: Path, extra_env: dict[str, str] | None = None, pool_slots: int = 2) -> None:
+    def __init__(
+        self,
+        home: Path,
+        extra_env: dict[str, str] | None = None,
+        pool_slots: int = 2,
+        *,
+        scheduled_runs: bool = True,
+    ) -> None:
         self.home = home
         self.port = free_port()
         self.pool_slots = pool_slots
@@ -96,6 +107,7 @@ class AirflowCluster:
             # Unpausing starts the latest @daily run with default params: keep its output in the test's home.
             "TALKING_HEADS_OUTPUT_ROOT": str(home / "default-output"),
             "TALKING_HEADS_POOL": "dashscope",
+            "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": str(scheduled_runs),
             **(extra_env or {}),
         }
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
@@ -319,6 +331,8 @@ class CeleryAirflowCluster(AirflowCluster):
         workers: int = 2,
         worker_concurrency: int = 2,
         pool_slots: int = 4,
+        *,
+        scheduled_runs: bool = True,
     ) -> None:
         self.config_path = home / "config" / "airflow.cfg"
         super().__init__(
@@ -333,6 +347,7 @@ class CeleryAirflowCluster(AirflowCluster):
                 **(extra_env or {}),
             },
             pool_slots=pool_slots,
+            scheduled_runs=scheduled_runs,
         )
         self.hostname = socket.gethostname()
         self.workers = {f"worker-{i}": f"worker-{i}@{self.hostname}" for i in range(1, workers + 1)}

@@ -1,7 +1,9 @@
-"""``talking_heads`` on real Airflow processes: REST-triggered run with conf, and a backfill.
+"""``talking_heads`` on real Airflow processes: the scheduled run, a REST-triggered run with conf, and a backfill.
 
-The waits must be deferred to the triggerer (no worker slot held), and rows shared between backfilled
-dates must be paid for once (checked against the emulator's billing log).
+Unpausing the @daily DAG starts its latest interval's run with the default params (the only cluster of the
+suite that leaves the scheduler's own runs on). The waits must be deferred to the triggerer (no worker slot
+held), and rows shared between backfilled dates must be paid for once (checked against the emulator's
+billing log).
 
 The metadata DB is Postgres, as in docker-compose.yaml: Airflow refuses to create a backfill on SQLite
 while the scheduler and dag-processor write to it (``POST /backfills`` answers 503 "Database is locked").
@@ -16,12 +18,14 @@ from collections.abc import Iterator
 import pandas as pd
 import pytest
 
-from tests.harness.cluster import AirflowCluster
+from tests.conftest import tier_size
+from tests.harness.cluster import REPO_ROOT, AirflowCluster
 from tests.harness.samples import served_samples
 from tests.harness.services import PostgresServer, dashscope_connections, emulators
 
 pytestmark = pytest.mark.integration
 KEY = "sk-cluster-test-secret-42"
+SAMPLE_TABLE = REPO_ROOT / "include" / "sample" / "talking_heads_sample.csv"
 
 
 def _row(media: str, boxes: dict, row_id: str, model: str = "emo-v1") -> dict:
@@ -46,8 +50,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     root = tmp_path_factory.mktemp("cluster")
     with (
         served_samples(root / "media") as (media, boxes),
-        # Two services: a real-time one (tasks take ~20 s, so the waits must defer) and a fast one.
-        emulators(KEY, dashscope_slow=1, dashscope_default=200) as services,
+        # Two services: a slow one (tasks take ~20 s in the full tier, ~5 s every day: the waits must defer)
+        # and a fast one.
+        emulators(KEY, dashscope_slow=tier_size(1, 4), dashscope_default=200) as services,
         PostgresServer(root / "postgres") as postgres,
     ):
         slow, fast = services["dashscope_slow"], services["dashscope_default"]
@@ -55,6 +60,25 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
         cluster = AirflowCluster(root / "airflow", {**env, "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": postgres.url})
         with cluster.running("talking_heads"):
             yield {"root": root, "media": media, "boxes": boxes, "emu": fast, "slow": slow, "cluster": cluster}
+
+
+def test_unpausing_starts_the_latest_scheduled_run_and_it_accounts_for_every_sample_row(world: dict) -> None:
+    cluster = world["cluster"]
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        runs = [
+            r for r in cluster.get("/dags/talking_heads/dagRuns", limit=100)["dag_runs"] if r["run_type"] == "scheduled"
+        ]
+        if runs and all(r["state"] in ("success", "failed") for r in runs):
+            break
+        time.sleep(1)
+    assert [r["state"] for r in runs] == ["success"], (runs, cluster.logs("scheduler"))
+    # Default params: the sample table, written under the deployment's output root (TALKING_HEADS_OUTPUT_ROOT).
+    sample = pd.read_csv(SAMPLE_TABLE)
+    [table] = (cluster.home / "default-output" / "outcomes").glob("*.csv")
+    outcomes = pd.read_csv(table)
+    assert sorted(outcomes["row_id"]) == sorted(sample["row_id"])
+    assert set(outcomes["status"]) <= {"succeeded", "failed", "skipped"}
 
 
 def test_rest_triggered_run_defers_waits_and_records_outcomes(world: dict) -> None:

@@ -45,17 +45,16 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
             KEY,
             # A task runs ~0.4 s: most waits find their task queued behind others on the one key, and defer.
             dashscope_cont=50,
-            # Tasks of ~10 s, queued behind each other: every wait defers to the triggerer.
-            dashscope_slow=2,
-            # The run that unpausing starts (default params) goes to its own emulator.
-            dashscope_default=500,
+            # Tasks of several seconds (~10 s in the full tier), queued behind each other: every wait defers
+            # to the triggerer.
+            dashscope_slow=tier_size(2, 4),
         ) as services,
     ):
         emulator, slow = services["dashscope_cont"], services["dashscope_slow"]
         env = dashscope_connections(services, KEY)
         env["AIRFLOW__CORE__MAX_MAP_LENGTH"] = str(MAP_LIMIT)
         env["TALKING_HEADS_RETRY_DELAY_SECONDS"] = "1"
-        cluster = AirflowCluster(root / "airflow", env, pool_slots=8)
+        cluster = AirflowCluster(root / "airflow", env, pool_slots=8, scheduled_runs=False)
         cluster.env["AIRFLOW__API__BASE_URL"] = f"http://127.0.0.1:{cluster.port}"  # for the run notes
         with cluster.running("talking_heads"):
             yield {"root": root, "media": media, "boxes": boxes, "emu": emulator, "slow": slow, "cluster": cluster}

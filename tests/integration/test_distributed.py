@@ -87,12 +87,12 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
                 {"conn_type": "dashscope", "host": emulator.base_url, "password": KEY}
             ),
             "AIRFLOW_CONN_AWS_DEFAULT": json.dumps(s3.connection()),
-            # Only the run the test triggers: no automatic @daily run when the DAG is unpaused.
-            "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
             # Workers log JSON lines: when each Celery task started and ended, parsed below.
             "AIRFLOW__CELERY__JSON_LOGS": "True",
         }
-        cluster = CeleryAirflowCluster(root / "airflow", postgres, redis, env, workers=2, worker_concurrency=2)
+        cluster = CeleryAirflowCluster(
+            root / "airflow", postgres, redis, env, workers=2, worker_concurrency=2, scheduled_runs=False
+        )
         try:
             cluster.start()
             cluster.wait_for_dag(DAG_ID, seconds=180)

@@ -2,8 +2,8 @@
 
 Real api-server, scheduler (LocalExecutor), dag-processor and triggerer. A 20-row table of ONE account
 (one connection, one model; each scenario its own account) at ``[core] max_map_length`` 8 runs as 3 parts
-(``{run_id}__part2``, ``__part3``); the ``dashscope`` pool has 8 slots, so all of a part's submits are
-started together. The emulator holds
+(``{run_id}__part2``, ``__part3``; every day 12 rows at 5: 5, 5 and 2); the ``dashscope`` pool has 8 slots,
+so all of a part's submits are started together. The emulator holds
 each submit's answer :data:`ANSWER_DELAY` s after making its task, and once part 2's second task exists
 (its answer on the way), the scheduler is SIGKILLed with every process under it (its executor's workers
 and the tasks they run) and so is the triggerer; both are restarted :data:`RESTART_AFTER` s later.
@@ -38,17 +38,16 @@ import pandas as pd
 import pytest
 from dashscope_emulator import EmulatorServer
 
-from tests.conftest import repetitions
+from tests.conftest import repetitions, tier_size
 from tests.harness.cluster import REPO_ROOT, AirflowCluster
 from tests.harness.reliability import Media, bills_by_row, read_outcomes, row_of, write_table
 from tests.harness.samples import served_samples
-from tests.harness.services import dashscope_connections, emulators
 
 pytestmark = pytest.mark.integration
 KEY = "sk-kill-burst-test-0077"
 DAG_ID = "talking_heads"
-ROWS = 20
-MAP_LIMIT = 8
+ROWS = tier_size(20, 12)
+MAP_LIMIT = tier_size(8, 5)
 POOL_SLOTS = 8
 PARTS = 3
 #: Wall seconds the emulator holds each submit's answer after making its task: the kill lands in it.
@@ -109,16 +108,15 @@ def conn_id(label: str) -> str:
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """One cluster for the module (the scenarios run one after another, each with its own rows, output
     root and account): the ``dashscope_burst_*`` connections on one emulator that holds submit answers,
-    one key (account) each; ``dashscope_default`` (the run that unpausing starts) on an emulator of its own."""
+    one key (account) each. Only the triggered runs: no scheduled run."""
     root = tmp_path_factory.mktemp("kill-burst")
     keys = {label: f"{KEY}-{label}" for label in LABELS}
     with (
         served_samples(root / "media") as (media, boxes),
         EmulatorServer(api_keys=list(keys.values()), port=0, speed=20) as emulator,
-        emulators(KEY, dashscope_default=500) as services,
     ):
         emulator.set_submit_answer_delay(ANSWER_DELAY)
-        env = dashscope_connections(services, KEY)
+        env: dict[str, str] = {}
         for label, key in keys.items():
             connection = {"conn_type": "dashscope", "host": emulator.base_url, "password": key}
             env[f"AIRFLOW_CONN_{conn_id(label).upper()}"] = json.dumps(connection)
@@ -140,10 +138,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
                 "TALKING_HEADS_CLAIM_TIMEOUT_SECONDS": "60",
             }
         )
-        cluster = AirflowCluster(root / "airflow", env, pool_slots=POOL_SLOTS)
+        cluster = AirflowCluster(root / "airflow", env, pool_slots=POOL_SLOTS, scheduled_runs=False)
         _imports_this_checkout(cluster)
         with cluster.running(DAG_ID):
-            cluster.wait_until_idle(DAG_ID)  # the scheduled run that unpausing starts (max_active_runs=1)
             yield {"root": root, "media": Media(media, boxes), "emu": emulator, "cluster": cluster}
 
 
@@ -175,7 +172,7 @@ def _status(record: dict[str, Any]) -> str:
 
 
 def kill_burst(world: dict[str, Any], label: str) -> Burst:
-    """One scenario: trigger the 20-row table, kill mid-burst of part 2, restart, wait for the 3 parts."""
+    """One scenario: trigger the table, kill mid-burst of part 2, restart, wait for the 3 parts."""
     cluster: AirflowCluster = world["cluster"]
     emu: EmulatorServer = world["emu"]
     media: Media = world["media"]

@@ -54,7 +54,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             "AIRFLOW__TRIGGERER__TRIGGERER_HEALTH_CHECK_THRESHOLD": "10",
             "TALKING_HEADS_RETRY_DELAY_SECONDS": "2",
         }
-        cluster = AirflowCluster(root / "airflow", env).start()
+        cluster = AirflowCluster(root / "airflow", env, scheduled_runs=False).start()
         try:
             cluster.wait_for_dag("talking_heads")
             yield {"root": root, "media": media, "boxes": boxes, "emu": emu, "cluster": cluster}
