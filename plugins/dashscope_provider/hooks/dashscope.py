@@ -2,7 +2,8 @@
 
 :class:`DashScopeHook` does HTTP to DashScope and nothing else: submit, query, list (``list_tasks``, by
 its :class:`~dashscope_provider.hooks.task_list.TaskList`) and cancel tasks, and detect faces (the
-synchronous, billed call that finds the boxes a task needs); it paces its calls with its
+synchronous, billed call that finds the boxes a task needs; its request and answer are in
+:mod:`dashscope_provider.hooks.face_detection`); it paces its calls with its
 :class:`~dashscope_provider.hooks.pacing.Pacing`. The async
 hook (triggers) is :mod:`dashscope_provider.hooks.dashscope_async`; the answers it parses are in
 :mod:`dashscope_provider.models`; what it retries is :class:`dashscope_provider.retry.RetryPolicy`; the
@@ -16,7 +17,6 @@ failure.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from datetime import datetime
 from functools import cached_property
@@ -38,12 +38,12 @@ from dashscope_provider.exceptions import (
     DashScopeConfigError,
     DashScopeSubmissionUncertain,
 )
+from dashscope_provider.hooks.face_detection import describe_detection, detection_reader, detection_request
 from dashscope_provider.hooks.pacing import Pacing, ThrottleCounter, refused
 from dashscope_provider.hooks.task_list import TaskList
 from dashscope_provider.models import (
     CANCEL_ENDPOINT,
     DEFAULT_BASE_URL,
-    DETECT_RATIOS,
     FACE_DETECT_ENDPOINT,
     PROBE_TASK_ID,
     SUBMIT_ENDPOINT,
@@ -56,7 +56,6 @@ from dashscope_provider.models import (
     TaskPage,
     TaskStatus,
     api_error,
-    parse_detection,
     parse_submission,
     parse_task,
     parse_task_page,
@@ -450,30 +449,20 @@ class DashScopeHook(HttpHook):
             answer that can't be read (billed; not retried).
         :raises DashScopeConnectionError: if the service stayed unreachable.
         """
-        allowed = DETECT_RATIOS.get(model)
-        ratio = ratio or (allowed[0] if allowed else "1:1")
-        if allowed is not None and ratio not in allowed:
-            raise ValueError(f"{model} takes ratio {' or '.join(allowed)}, not {ratio!r}")
-        body = {"model": model, "input": {"image_url": image_url}, "parameters": {"ratio": ratio}}
-
-        def handle(response: requests.Response, text: str) -> FaceDetection:
-            content_type = response.headers.get("Content-Type")
-            if response.status_code != 200:
-                raise api_error(response.status_code, text, content_type, "detect")
-            try:
-                return parse_detection(json.loads(text), model, ratio)
-            except ValueError as exc:
-                # Answered, so maybe billed: not retried (unlike an unreadable query answer).
-                raise DashScopeAPIError(200, None, f"unreadable detection answer ({exc})", None, "detect") from None
-
+        body, ratio = detection_request(model, image_url, ratio)
         detection = self._idempotent_call(
-            "POST", FACE_DETECT_ENDPOINT, "detect", handle, limiter=self.pacing.detect_limiter(model), json=body
+            "POST",
+            FACE_DETECT_ENDPOINT,
+            "detect",
+            detection_reader(model, ratio),
+            limiter=self.pacing.detect_limiter(model),
+            json=body,
         )
         self.log.info(
             "DashScope %s (ratio %s): %s (request_id %s, %s image(s) billed)",
             model,
             ratio,
-            "passed" if detection.passed else f"not passed: {detection.code} {detection.message or ''}",
+            describe_detection(detection),
             detection.request_id,
             detection.image_count,
         )
