@@ -214,6 +214,7 @@ def run_batch(
     rows: int,
     keys: int,
     speed: float,
+    *,
     pool: int,
     accounts: int | None = None,
     settings: str = "compose",
@@ -445,45 +446,24 @@ def main() -> None:
     parser.add_argument("--scaling-rows", type=int, nargs="+", default=list(SCALING_ROWS))
     parser.add_argument("--scaling-accounts", type=int, nargs="+", default=list(SCALING_ACCOUNTS))
     args = parser.parse_args()
+    # What every line of one invocation shares.
+    common = {"settings": args.settings, "idle_seconds": args.idle_seconds, "rows_per_account": args.rows_per_account}
     if args.side_by_side:
         lines = [(args.rows, 16.0), (args.rows, 4.0), (args.slow_rows, 1.0)]
         results = [
-            run_batch(
-                rows,
-                args.keys,
-                speed,
-                args.pool,
-                args.accounts,
-                args.settings,
-                args.idle_seconds,
-                args.rows_per_account,
-            )
-            for rows, speed in lines
+            run_batch(rows, args.keys, speed, pool=args.pool, accounts=args.accounts, **common) for rows, speed in lines
         ]
         print_paces(results)
         return
     if not args.scaling:
-        run_batch(
-            args.rows,
-            args.keys,
-            args.speed,
-            args.pool,
-            args.accounts,
-            args.settings,
-            args.idle_seconds,
-            args.rows_per_account,
-        )
+        run_batch(args.rows, args.keys, args.speed, pool=args.pool, accounts=args.accounts, **common)
         return
     results = []
     for rows in args.scaling_rows:
         for accounts in args.scaling_accounts:
             # One key per account: the accounts' parallelism is what the line measures.
             pool = max(args.pool, 4 * accounts)
-            results.append(
-                run_batch(
-                    rows, accounts, args.speed, pool, accounts, args.settings, args.idle_seconds, args.rows_per_account
-                )
-            )
+            results.append(run_batch(rows, accounts, args.speed, pool=pool, accounts=accounts, **common))
             print(
                 "SCALING rows keys wall_s floor_s ratio s_per_row worst_key_idle_s lead+tail_s succeeded "
                 "scheduler_cpu_s_per_row task_processes_cpu_s_per_row accounts worst_account_idle_s "
