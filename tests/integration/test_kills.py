@@ -1,9 +1,10 @@
 """Airflow's processes killed (SIGKILL) in the middle of a ``talking_heads`` run, then restarted.
 
-Real api-server, scheduler (LocalExecutor), dag-processor and triggerer. While a run of 6 rows is in
-flight: the triggerer is killed while waits are deferred on it; a task's worker process is killed while it
-runs the task; then the scheduler is killed with every process under it (its executor's workers and the tasks
-they run: a machine going down). Each is restarted (the workers by the restarted scheduler's executor).
+Real api-server, scheduler (LocalExecutor), dag-processor and triggerer. While a run of 8 rows (5 every
+day) is in flight: the triggerer is killed while waits are deferred on it; a task's worker process is
+killed while it runs the task; then the scheduler is killed with every process under it (its executor's
+workers and the tasks they run: a machine going down). Each is restarted (the workers by the restarted
+scheduler's executor).
 
 Then, checked against the emulator's own records: the run finishes, every row has exactly one outcome,
 no row was submitted twice (a submission cut off before its answer is reported, never re-sent), and
@@ -27,11 +28,12 @@ import pytest
 import requests
 from dashscope_emulator import EmulatorServer, make_samples, serve_directory
 
+from tests.conftest import tier_size
 from tests.harness.cluster import AirflowCluster, kill_tree
 
 pytestmark = pytest.mark.integration
 KEY = "sk-kills-test-secret-0042"
-ROWS = 8
+ROWS = tier_size(8, 5)
 
 
 @pytest.fixture(scope="module")
