@@ -11,6 +11,7 @@ Tests drive either through the REST API.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -190,7 +191,12 @@ class AirflowCluster:
                 )
 
     def stop(self) -> None:
+        """Terminate every component, then SIGKILL whatever outlived it, its own children included (a
+        scheduler that had to be killed leaves its log server and executor workers behind, still running)."""
+        descendants = []
         for process in self.processes.values():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                descendants += psutil.Process(process.pid).children(recursive=True)
             process.terminate()
         for process in self.processes.values():
             try:
@@ -198,6 +204,10 @@ class AirflowCluster:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(timeout=10)
+        _, alive = psutil.wait_procs(descendants, timeout=10)
+        for leftover in alive:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                leftover.kill()
 
     def logs(self, name: str, tail: int = 4000) -> str:
         return self.log_path(name).read_text(errors="replace")[-tail:]
