@@ -41,23 +41,10 @@ def tier_size(full: int, everyday: int) -> int:
     return full if TIER == "all" else everyday
 
 
-#: What pytest-xdist workers are handed first, longest first (a module or a folder of them; the first
-#: that matches ranks a module): the modules that start real processes (clusters, soaks) take minutes, so
-#: starting the longest first and letting the short unit modules fill the gaps keeps one long module from
-#: running alone at the end. Ordered by the everyday tier's measured module times (docs/testing.md).
-LONG_FIRST = (
-    "tests/reliability/test_overlapping_runs.py",
-    "tests/integration/test_kill_burst.py",
-    "tests/integration/test_cluster.py",
-    "tests/integration/test_continuation.py",
-    "tests/integration/test_distributed.py",
-    "tests/integration/test_kills.py",
-    "tests/browser/test_ui.py",
-    "tests/reliability/test_faults.py",
-    "tests/reliability/",
-    "tests/integration/",
-    "tests/browser/",
-)
+#: Folders whose modules each start real processes (clusters, soaks) and take minutes: on several workers
+#: they are handed out first, so the short unit modules fill the gaps instead of one long module running
+#: alone at the end.
+LONG_FIRST = ("tests/reliability/", "tests/integration/", "tests/browser/")
 
 
 def _long_first(item: pytest.Item) -> int:
