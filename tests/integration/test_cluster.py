@@ -62,16 +62,24 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
             yield {"root": root, "media": media, "boxes": boxes, "emu": fast, "slow": slow, "cluster": cluster}
 
 
+def _finished_runs(cluster: AirflowCluster, run_type: str, count: int, seconds: float = 300) -> list[dict]:
+    """The ``talking_heads`` runs of ``run_type`` once ``count`` of them exist and all have ended (or what
+    there is after ``seconds``: the caller's assertion says what is missing)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        runs = [
+            r for r in cluster.get("/dags/talking_heads/dagRuns", limit=100)["dag_runs"] if r["run_type"] == run_type
+        ]
+        if len(runs) >= count and all(r["state"] in ("success", "failed") for r in runs):
+            return runs
+        if time.monotonic() >= deadline:
+            return runs
+        time.sleep(1)
+
+
 def test_unpausing_starts_the_latest_scheduled_run_and_it_accounts_for_every_sample_row(world: dict) -> None:
     cluster = world["cluster"]
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        runs = [
-            r for r in cluster.get("/dags/talking_heads/dagRuns", limit=100)["dag_runs"] if r["run_type"] == "scheduled"
-        ]
-        if runs and all(r["state"] in ("success", "failed") for r in runs):
-            break
-        time.sleep(1)
+    runs = _finished_runs(cluster, "scheduled", 1)
     assert [r["state"] for r in runs] == ["success"], (runs, cluster.logs("scheduler"))
     # Default params: the sample table, written under the deployment's output root (TALKING_HEADS_OUTPUT_ROOT).
     sample = pd.read_csv(SAMPLE_TABLE)
@@ -135,14 +143,7 @@ def test_backfill_over_three_dates_pays_once_per_row(world: dict) -> None:
             "max_active_runs": 1,
         },
     )
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        runs = [
-            r for r in cluster.get("/dags/talking_heads/dagRuns", limit=100)["dag_runs"] if r["run_type"] == "backfill"
-        ]
-        if len(runs) == 3 and all(r["state"] in ("success", "failed") for r in runs):
-            break
-        time.sleep(1)
+    runs = _finished_runs(cluster, "backfill", 3)
     assert [r["state"] for r in runs] == ["success"] * 3
     assert len(emu.billing()) - billed_before == 4  # a, b, c, d once each
     statuses = pd.concat(pd.read_csv(p) for p in (root / "bf-out" / "outcomes").glob("*.csv"))
