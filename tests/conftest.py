@@ -79,8 +79,10 @@ def moto_s3() -> Iterator[str]:
     """A real S3-compatible server (moto in server mode) on 127.0.0.1 with one bucket; yields its URL."""
     from moto.server import ThreadedMotoServer
 
+    from tests.harness.moto_atomic import make_puts_atomic
     from tests.harness.services import s3_client
 
+    make_puts_atomic()  # S3's one-winner conditional PUTs (moto alone lets racing PUTs both win)
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()

@@ -371,7 +371,9 @@ class S3Server(Service):
         return f"http://127.0.0.1:{self.port}"
 
     def command(self) -> list[str]:
-        return [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)]
+        # moto with atomic conditional PUTs, as S3 (see tests.harness.moto_atomic)
+        script = Path(__file__).with_name("moto_atomic.py")
+        return [sys.executable, str(script), "-H", "127.0.0.1", "-p", str(self.port)]
 
     def client(self) -> Any:
         """A boto3 S3 client of this server."""
