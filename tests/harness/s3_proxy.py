@@ -21,6 +21,7 @@ HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", 
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # no ~40 ms delayed-ACK stall per keep-alive request
     server: FaultyS3Proxy
 
     def log_message(self, format: str, *args: object) -> None:  # the stdlib's signature

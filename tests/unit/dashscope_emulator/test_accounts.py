@@ -73,11 +73,20 @@ def test_submit_limits_are_per_model_emoji_v1_one_per_second(emu: EmulatorServer
 def test_query_rate_limit_and_recovery(emu: EmulatorServer, key: str) -> None:
     client = Client(emu.base_url, key)
     task_id = str(uuid.uuid4())
-    statuses = [client.query_raw(task_id).status_code for _ in range(21)]
+    # 22 queries inside one 1 s window. On a loaded machine (the suite's workers outnumber the cores) a
+    # burst can take longer, and its window slides: such a burst proves nothing, so it is sent again.
+    for _ in range(3):
+        started = time.monotonic()
+        statuses = [client.query_raw(task_id).status_code for _ in range(21)]
+        last = client.query_raw(task_id)
+        inside_one_window = time.monotonic() - started < 0.9
+        time.sleep(1.05)  # every window empty again
+        if inside_one_window:
+            break
+    assert inside_one_window, "22 queries never fitted into one rate-limit window"
     assert statuses[:20] == [200] * 20
     assert statuses[20] == 429
-    assert_error(client.query_raw(task_id), 429, "Throttling.RateQuota")
-    time.sleep(1.05)
+    assert_error(last, 429, "Throttling.RateQuota")
     assert client.query_raw(task_id).status_code == 200
 
 

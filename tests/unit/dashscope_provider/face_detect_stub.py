@@ -68,6 +68,7 @@ class FaceDetectStub:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # no ~40 ms delayed-ACK stall per keep-alive request
 
             def do_POST(self) -> None:
                 stub._handle(self)
