@@ -15,8 +15,10 @@ is retried (see :mod:`~dashscope_provider.retry`).
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 import time
+from collections import deque
 from typing import cast
 
 #: The service allows 20 queries per second; stay below it, leaving room for other clients.
@@ -38,6 +40,10 @@ class RateLimiter:
 
     Each caller reserves the next free slot under a lock and then sleeps until it, outside the lock, so
     callers in many threads are served in order without holding each other up longer than their slots.
+    A caller woken late (a busy event loop, a starved thread) must not catch up in a burst: the slots it and
+    the others missed would all start at once, more in one second than ``qps``, and the service counts
+    arrivals in its own 1 s window. So each start is admitted only while fewer than ``ceil(qps)`` started in
+    the last second (:meth:`_admit`); otherwise the caller waits for the oldest of them to age out.
     After a 429, :meth:`penalize` pushes every later slot back.
 
     :param qps: requests per second.
@@ -46,6 +52,7 @@ class RateLimiter:
     def __init__(self, qps: float) -> None:
         self.qps = qps
         self._next = 0.0
+        self._starts: deque[float] = deque()
         self._lock = threading.Lock()
 
     @property
@@ -67,12 +74,28 @@ class RateLimiter:
             self._next = slot + 1.0 / self._qps
             return slot - now
 
+    def _admit(self) -> float:
+        """Record a start now and return 0, unless ``ceil(qps)`` started in the last second: then the
+        seconds until the oldest of them leaves that second (nothing recorded; ask again after them)."""
+        with self._lock:
+            now = time.monotonic()
+            while self._starts and now - self._starts[0] >= 1.0:
+                self._starts.popleft()
+            if len(self._starts) >= math.ceil(self._qps):
+                return self._starts[0] + 1.0 - now
+            self._starts.append(now)
+            return 0.0
+
     def wait(self) -> float:
-        """Block until this caller's slot; returns the seconds waited."""
-        delay = self.reserve()
-        if delay > 0:
-            time.sleep(delay)
-        return max(delay, 0.0)
+        """Block until this caller's slot, and until its start keeps the last second within ``qps``;
+        returns the seconds waited."""
+        waited = max(self.reserve(), 0.0)
+        if waited > 0:
+            time.sleep(waited)
+        while (extra := self._admit()) > 0:
+            time.sleep(extra)
+            waited += extra
+        return waited
 
     def penalize(self, seconds: float) -> None:
         """Start no request before ``seconds`` from now (the service said 429)."""
@@ -90,10 +113,12 @@ class AsyncRateLimiter(RateLimiter):
     """
 
     async def acquire(self) -> None:
-        """Wait for this caller's slot."""
+        """Wait for this caller's slot, and until its start keeps the last second within ``qps``."""
         delay = self.reserve()
         if delay > 0:
             await asyncio.sleep(delay)
+        while (extra := self._admit()) > 0:
+            await asyncio.sleep(extra)
 
 
 _LIMITERS: dict[tuple[str, ...], RateLimiter] = {}

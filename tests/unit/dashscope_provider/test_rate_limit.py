@@ -115,6 +115,27 @@ def test_sync_limiter_paces_many_threads() -> None:
     assert limiter.wait() >= 0.15
 
 
+def test_callers_woken_late_do_not_catch_up_in_a_burst() -> None:
+    """A stalled event loop wakes every caller whose slot passed at once; their starts still keep any 1 s
+    window within ``qps`` (the service counts its own 1 s window: a catch-up burst would draw 429s)."""
+    limiter = AsyncRateLimiter(qps=10)
+    starts: list[float] = []
+
+    async def call() -> None:
+        await limiter.acquire()
+        starts.append(time.monotonic())
+
+    async def stall_then_run() -> None:
+        calls = [asyncio.create_task(call()) for _ in range(25)]
+        await asyncio.sleep(0.35)  # a few have started on time, the rest sleep towards their slots
+        time.sleep(0.6)  # the loop is busy: six slots pass unserved
+        await asyncio.gather(*calls)
+
+    asyncio.run(stall_then_run())
+    assert len(starts) == 25
+    assert _most_in_one_second(starts) <= 10  # without the window: the 6 missed slots start together, 14-16
+
+
 def test_sync_limiters_are_shared_per_base_url_account_and_model() -> None:
     one = get_sync_rate_limiter("http://a", "acct", "emo-detect-v1")
     assert one is get_sync_rate_limiter("http://a", "acct", "emo-detect-v1")
