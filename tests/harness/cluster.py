@@ -40,6 +40,8 @@ from tests.harness.services import (
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
+#: Seconds a stopped cluster's components get to exit before they (and what they started) are SIGKILLed.
+STOP_GRACE_SECONDS = 5.0
 #: What Airflow 3 titles a process that runs a task: ``airflow worker -- <task instance id>`` (not
 #: ``airflow worker -- LocalExecutor: ...``, the executor's pool process).
 TASK_PROCESS_TITLE = re.compile(r"airflow worker -- [0-9a-f]{8}-[0-9a-f]{4}-")
@@ -198,13 +200,16 @@ class AirflowCluster:
             with contextlib.suppress(psutil.NoSuchProcess):
                 descendants += psutil.Process(process.pid).children(recursive=True)
             process.terminate()
+        # A test's cluster has nothing to finish gracefully: a few seconds to exit, then SIGKILL (a
+        # scheduler's executor otherwise waits out its running tasks, a minute's teardown for nothing).
+        deadline = time.monotonic() + STOP_GRACE_SECONDS
         for process in self.processes.values():
             try:
-                process.wait(timeout=20)
+                process.wait(timeout=max(deadline - time.monotonic(), 0.1))
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(timeout=10)
-        _, alive = psutil.wait_procs(descendants, timeout=10)
+        _, alive = psutil.wait_procs(descendants, timeout=max(deadline - time.monotonic(), 0.1))
         for leftover in alive:
             with contextlib.suppress(psutil.NoSuchProcess):
                 leftover.kill()
