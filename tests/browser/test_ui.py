@@ -128,6 +128,10 @@ def ui(tmp_path_factory: pytest.TempPathFactory, moto_s3: str) -> Iterator[UI]:
 
 def _add_connection(page: Page, ui: UI, conn_id: str, key: str, *, shot: str | None = None) -> None:
     page.goto(f"{ui.base}/connections")
+    # The list's first load done before the form opens: a save while it is still loading (a slow machine)
+    # can leave the UI showing that first, empty answer instead of refetching.
+    listed = page.locator("td[data-testid=table-cell-connection_id]").first
+    expect(page.get_by_text("No connection found!").or_(listed)).to_be_visible()
     page.get_by_role("button", name="Add Connection").click()
     dialog = page.get_by_role("dialog")
     dialog.locator("input[name=connection_id]").fill(conn_id)
