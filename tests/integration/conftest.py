@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import pytest
 from dashscope_emulator import EmulatorServer
 
+from tests.conftest import DAG_TEST_SPEED
 from tests.harness.samples import served_samples
 from tests.harness.services import s3_connection
 
@@ -18,8 +19,8 @@ KEY = "sk-dag-test-0123456789"
 
 @pytest.fixture
 def emulator(monkeypatch: pytest.MonkeyPatch) -> Iterator[EmulatorServer]:
-    """A fast emulator (speed 2000) that ``dashscope_default`` points at, with :data:`KEY`."""
-    with EmulatorServer(api_keys=[KEY], port=0, speed=2000) as emu:
+    """A fast emulator (:data:`DAG_TEST_SPEED`) that ``dashscope_default`` points at, with :data:`KEY`."""
+    with EmulatorServer(api_keys=[KEY], port=0, speed=DAG_TEST_SPEED) as emu:
         monkeypatch.setenv(
             "AIRFLOW_CONN_DASHSCOPE_DEFAULT",
             json.dumps({"conn_type": "dashscope", "host": emu.base_url, "password": KEY}),

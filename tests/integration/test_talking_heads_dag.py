@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 from dashscope_emulator import EmulatorServer
 
+from tests.conftest import DAG_TEST_SPEED
 from tests.harness.samples import sample_row
 from tests.harness.services import s3_client
 from tests.integration.conftest import KEY
@@ -190,7 +191,7 @@ def test_rows_spread_over_two_keys_each_waited_on_with_its_own_key(
     media_url, boxes = media
     table = _table(tmp_path / "table.csv", media_url, boxes)
     second_key = "sk-dag-test-second-key-42"
-    with EmulatorServer(api_keys=[KEY, second_key], port=0, speed=2000) as emulator:
+    with EmulatorServer(api_keys=[KEY, second_key], port=0, speed=DAG_TEST_SPEED) as emulator:
         for conn_id, key in (("DASHSCOPE_DEFAULT", KEY), ("DASHSCOPE_KEY2", second_key)):
             monkeypatch.setenv(
                 f"AIRFLOW_CONN_{conn_id}",
