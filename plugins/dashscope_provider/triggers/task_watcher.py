@@ -166,6 +166,11 @@ class AccountWatcher:
         """How many task ids are watched."""
         return len(self._watched)
 
+    @property
+    def lists(self) -> bool:
+        """Whether a round lists the account's tasks; with :data:`FEW_TASKS` or fewer watched it reads each."""
+        return len(self._watched) > FEW_TASKS
+
     @contextlib.asynccontextmanager
     async def watch(
         self, task_id: str, hook: DashScopeAsyncHook, poll_interval: float, confirmations: int
@@ -255,7 +260,7 @@ class AccountWatcher:
     async def _round(self) -> None:
         """List the in-flight tasks; each watched task the lists do not show becomes due for a direct read."""
         self.rounds += 1
-        if len(self._watched) <= FEW_TASKS:
+        if not self.lists:
             self._read_instead()
             return
         judged = list(self._watched.values())  # registered before the lists were read
@@ -363,7 +368,7 @@ class AccountWatcher:
             if task.status != TaskStatus.UNKNOWN:
                 self._finishes.append(self.loop.time())
             entry.resolve(WatchOutcome(task))
-        elif not task.is_terminal and len(self._watched) > FEW_TASKS:  # else read instead of listing: expected
+        elif not task.is_terminal and self.lists:  # read instead of a listing, a running task is expected
             log.info("DashScope task %s is %s but not in the account's task list", task.task_id, task.status)
 
     def _read_failed(self, entry: _Watched, error: DashScopeError) -> None:
