@@ -201,7 +201,7 @@ class AirflowCluster:
                 descendants += psutil.Process(process.pid).children(recursive=True)
             process.terminate()
         # A test's cluster has nothing to finish gracefully: a few seconds to exit, then SIGKILL (a
-        # scheduler's executor otherwise waits out its running tasks, a minute's teardown for nothing).
+        # scheduler's executor otherwise waits out its running tasks: 33 s of one module's teardown).
         deadline = time.monotonic() + STOP_GRACE_SECONDS
         for process in self.processes.values():
             try:
