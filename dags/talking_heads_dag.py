@@ -1,7 +1,8 @@
 """``talking_heads``: a table of portraits and voice clips -> talking-head videos, every row accounted for.
 
     plan (read table, validate, consult the ledger)
-      -> generate[row] (mapped task group: submit -> wait (deferred, ended by the trigger) -> download)
+      -> generate[row] (mapped task group: submit -> wait (deferred, ended by the trigger) -> download;
+         with TALKING_HEADS_ROWS_PER_TASK=k > 1, mapped over chunks of k rows instead)
       -> record_outcomes (one line per input row, whatever happened)
     plan -> continue_run (a table over [core] max_map_length rows: the rest in follow-up runs)
 
@@ -19,6 +20,14 @@ from typing import Any
 import pendulum
 from airflow.sdk import Param, TriggerRule, dag, get_current_context, task, task_group
 from talking_heads.orchestration.assets import INPUT_TABLE, OUTCOMES, VIDEOS
+from talking_heads.orchestration.chunks import (
+    DownloadChunkOperator,
+    SubmitChunkOperator,
+    WaitChunkOperator,
+    chunk_label,
+    chunk_rows,
+    rows_per_task,
+)
 from talking_heads.orchestration.operators import (
     ContinueRunOperator,
     DownloadRowOperator,
@@ -47,6 +56,10 @@ OUTPUT_ROOT = "{{ params.output_root }}"
 CONN_ID = "{{ params.dashscope_conn_id }}"
 STORAGE_CONN_ID = "{{ params.storage_conn_id or '' }}"
 
+#: Rows per submit/wait/download task instance (``TALKING_HEADS_ROWS_PER_TASK``, see
+#: :mod:`talking_heads.orchestration.chunks`): 1 maps the generate group per row; k > 1 per chunk of k rows.
+ROWS_PER_TASK = rows_per_task()
+
 
 def plan_settings(params: Any) -> Any:
     """The plan step's settings from this DAG's params (the only place that knows their names)."""
@@ -65,12 +78,88 @@ def plan_settings(params: Any) -> Any:
 
 
 @task(inlets=[INPUT_TABLE])
-def plan() -> list[dict[str, Any]]:
-    """Read and validate the table; decide per row: generate, skip, or fail before any spend."""
+def plan() -> list[Any]:
+    """Read and validate the table; decide per row: generate, skip, or fail before any spend.
+
+    Returns the rows to generate, or with ``ROWS_PER_TASK`` > 1 those rows in chunks."""
     from talking_heads.orchestration.task_bodies import plan_rows  # pandas: not at parse time
 
     context = get_current_context()
-    return plan_rows(context, plan_settings(context["params"]))
+    work = plan_rows(context, plan_settings(context["params"]))
+    return work if ROWS_PER_TASK == 1 else chunk_rows(work, ROWS_PER_TASK)
+
+
+@task_group(group_id="generate")
+def generate(row: dict[str, Any]) -> None:
+    """One row: submit -> wait (deferred; the trigger ends it) -> download."""
+    submit = SubmitRowOperator(
+        task_id="submit",
+        row=row,
+        map_index_template="{{ task.row.row_id }}",  # the grid lists each row by its row_id
+        output_root=OUTPUT_ROOT,
+        dashscope_conn_id=CONN_ID,
+        resubmit_uncertain="{{ params.resubmit_uncertain }}",
+        media_url_ttl="{{ params.media_url_ttl_seconds }}",
+        pool=DASHSCOPE_POOL,
+        storage_conn_id=STORAGE_CONN_ID,
+    )
+    wait = WaitRowOperator(
+        task_id="wait",
+        submission=submit.output,
+        map_index_template="{{ task.submission.row_id }}",
+        output_root=OUTPUT_ROOT,
+        dashscope_conn_id=CONN_ID,
+        storage_conn_id=STORAGE_CONN_ID,
+        poll_interval="{{ params.poll_interval_seconds }}",
+        deferrable=True,
+        timeout=timedelta(hours=23).total_seconds(),
+        pool=DASHSCOPE_POOL,
+        priority_weight=WAIT_PRIORITY,
+        weight_rule="absolute",
+    )
+    DownloadRowOperator(
+        task_id="download",
+        result=wait.output,
+        map_index_template="{{ task.result.row_id }}",
+        output_root=OUTPUT_ROOT,
+        storage_conn_id=STORAGE_CONN_ID,
+    )
+
+
+@task_group(group_id="generate")
+def generate_chunk(rows: list[dict[str, Any]]) -> None:
+    """The same three steps, each over a chunk of rows (talking_heads.orchestration.chunks)."""
+    submit = SubmitChunkOperator(
+        task_id="submit",
+        rows=rows,
+        map_index_template=chunk_label("rows", "no rows"),  # the grid lists each chunk by its rows' ids
+        output_root=OUTPUT_ROOT,
+        dashscope_conn_id=CONN_ID,
+        resubmit_uncertain="{{ params.resubmit_uncertain }}",
+        media_url_ttl="{{ params.media_url_ttl_seconds }}",
+        pool=DASHSCOPE_POOL,
+        storage_conn_id=STORAGE_CONN_ID,
+    )
+    wait = WaitChunkOperator(
+        task_id="wait",
+        submissions=submit.output,
+        map_index_template=chunk_label("submissions", "no row sent"),
+        output_root=OUTPUT_ROOT,
+        dashscope_conn_id=CONN_ID,
+        storage_conn_id=STORAGE_CONN_ID,
+        poll_interval="{{ params.poll_interval_seconds }}",
+        timeout=timedelta(hours=23).total_seconds(),
+        pool=DASHSCOPE_POOL,
+        priority_weight=WAIT_PRIORITY,
+        weight_rule="absolute",
+    )
+    DownloadChunkOperator(
+        task_id="download",
+        results=wait.output,
+        map_index_template=chunk_label("results", "no video to store"),
+        output_root=OUTPUT_ROOT,
+        storage_conn_id=STORAGE_CONN_ID,
+    )
 
 
 @dag(
@@ -184,43 +273,8 @@ def plan() -> list[dict[str, Any]]:
     doc_md=__doc__,
 )
 def talking_heads() -> None:
-    @task_group(group_id="generate")
-    def generate(row: dict[str, Any]) -> None:
-        submit = SubmitRowOperator(
-            task_id="submit",
-            row=row,
-            map_index_template="{{ task.row.row_id }}",  # the grid lists each row by its row_id
-            output_root=OUTPUT_ROOT,
-            dashscope_conn_id=CONN_ID,
-            resubmit_uncertain="{{ params.resubmit_uncertain }}",
-            media_url_ttl="{{ params.media_url_ttl_seconds }}",
-            pool=DASHSCOPE_POOL,
-            storage_conn_id=STORAGE_CONN_ID,
-        )
-        wait = WaitRowOperator(
-            task_id="wait",
-            submission=submit.output,
-            map_index_template="{{ task.submission.row_id }}",
-            output_root=OUTPUT_ROOT,
-            dashscope_conn_id=CONN_ID,
-            storage_conn_id=STORAGE_CONN_ID,
-            poll_interval="{{ params.poll_interval_seconds }}",
-            deferrable=True,
-            timeout=timedelta(hours=23).total_seconds(),
-            pool=DASHSCOPE_POOL,
-            priority_weight=WAIT_PRIORITY,
-            weight_rule="absolute",
-        )
-        DownloadRowOperator(
-            task_id="download",
-            result=wait.output,
-            map_index_template="{{ task.result.row_id }}",
-            output_root=OUTPUT_ROOT,
-            storage_conn_id=STORAGE_CONN_ID,
-        )
-
     planned = plan()
-    generated = generate.expand(row=planned)
+    generated = generate.expand(row=planned) if ROWS_PER_TASK == 1 else generate_chunk.expand(rows=planned)
     # One outcome line per input row, whatever happened to its tasks; the run's note; links to the results.
     outcomes = RecordOutcomesOperator(
         task_id="record_outcomes",

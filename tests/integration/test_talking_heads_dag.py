@@ -275,3 +275,57 @@ def test_outputs_on_s3(
     assert by_id.loc["square", "video_uri"] == f"{root}/videos/square.mp4"
     body = s3.get_object(Bucket=S3_BUCKET, Key="e2e/videos/square.mp4")["Body"].read()
     assert len(body) == int(by_id.loc["square", "video_bytes"])
+
+
+def test_chunk_mode_gives_the_same_outcomes_with_a_task_instance_per_chunk(
+    airflow_db: str, emulator: EmulatorServer, media: tuple[str, dict], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``TALKING_HEADS_ROWS_PER_TASK=3``: the four rows to generate go in two chunks (3 + 1); every row
+    ends as in the per-row shape, the grid names each chunk by its rows' ids, and a rerun pays nothing."""
+    from airflow.models.dagrun import DagRun
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+    from talking_heads.orchestration.chunks import ROWS_PER_TASK_ENV
+
+    monkeypatch.setenv(ROWS_PER_TASK_ENV, "3")  # read when the DAG file is parsed (DagBag, in _run)
+    media_url, boxes = media
+    table = _table(tmp_path / "table.csv", media_url, boxes)
+    output_root = tmp_path / "out"
+
+    state, first = _run_with_state(table, output_root, 6)
+    assert state == "success"
+    assert dict(zip(first["row_id"], first["status"], strict=True)) == {
+        "square": "succeeded",
+        "halfbody": "succeeded",
+        "emoji": "succeeded",
+        "too-small": "failed",
+        "face-pose": "failed",
+        "invalid": "failed",
+    }
+    by_id = first.set_index("row_id")
+    assert by_id.loc["face-pose", "code"] == "InvalidFile.FacePose"
+    billing = {b["task_id"]: b for b in emulator.billing()}
+    assert len(billing) == 3
+    for row_id in ("square", "halfbody", "emoji"):
+        assert float(by_id.loc[row_id, "video_duration"]) == pytest.approx(
+            float(billing[by_id.loc[row_id, "task_id"]]["video_duration"])
+        )
+        assert (output_root / "videos" / f"{row_id}.mp4").read_bytes()[4:8] == b"ftyp"
+
+    with create_session() as session:
+        [run_id] = session.query(DagRun.run_id).filter(DagRun.logical_date == datetime(2026, 11, 6, tzinfo=UTC)).one()
+        tis = session.query(TaskInstance).filter(TaskInstance.run_id == run_id, TaskInstance.task_id.like("generate.%"))
+    labels = {(ti.task_id, ti.rendered_map_index) for ti in tis}
+    assert labels == {
+        ("generate.submit", "square halfbody emoji"),
+        ("generate.submit", "face-pose"),
+        ("generate.wait", "square halfbody emoji"),
+        ("generate.wait", "face-pose"),
+        ("generate.download", "square halfbody emoji"),
+        ("generate.download", "no video to store"),  # the chunk's one row failed at the service
+    }
+
+    second = _run(table, output_root, 7)
+    assert dict(zip(second["row_id"], second["status"], strict=True))["square"] == "skipped"
+    assert len(emulator.billing()) == 3  # nothing paid twice
+    _assert_key_never_leaked(output_root)

@@ -29,17 +29,17 @@ if TYPE_CHECKING:
     from dashscope_provider.hooks.dashscope import DashScopeHook
 
 
-def _as_bool(value: Any) -> bool:
+def as_bool(value: Any) -> bool:
     return value if isinstance(value, bool) else str(value).strip().lower() in ("1", "true", "yes")
 
 
-def _claimant(context: Context) -> str:
+def claimant(context: Context) -> str:
     """Who claims a row, as its ledger record and an overlapping run's log name it: run, task and try."""
     ti = context.get("ti")
     return f"{context['run_id']} {ti.task_id}[{ti.map_index}] try {ti.try_number}" if ti else context["run_id"]
 
 
-class _RowStep(BaseOperator):
+class RowStep(BaseOperator):
     """What every row step shares: the ledger under ``output_root``, read through ``storage_conn_id``.
 
     :param output_root: where the ledger (``state/{row_id}.json``) and the videos live (templated).
@@ -73,8 +73,14 @@ class _RowStep(BaseOperator):
 
         return DashScopeHook(dashscope_conn_id=conn_id)
 
+    def _transfer(self, video_url: str, destination: ObjectStoragePath) -> dict[str, Any]:
+        # A pre-signed URL: no DashScope credential is read for a download. Imported here, as the hook is.
+        from dashscope_provider.transfers.dashscope_to_object_storage import download_video
 
-class SubmitRowOperator(_RowStep):
+        return download_video(video_url, destination, logger=self.log).to_dict()
+
+
+class SubmitRowOperator(RowStep):
     """Submit one table row, at most once (see :func:`talking_heads.row.submit.submit_row`).
 
     :param row: the row's :class:`~talking_heads.row.payloads.WorkItem` as a dict (its validated request and
@@ -84,7 +90,7 @@ class SubmitRowOperator(_RowStep):
         enough for the service to fetch them when the task leaves the account's queue.
     """
 
-    template_fields: Sequence[str] = (*_RowStep.template_fields, "row", "resubmit_uncertain", "media_url_ttl")
+    template_fields: Sequence[str] = (*RowStep.template_fields, "row", "resubmit_uncertain", "media_url_ttl")
 
     def __init__(
         self,
@@ -108,14 +114,14 @@ class SubmitRowOperator(_RowStep):
             hook_for=self.hook_for,
             default_conn_id=self.dashscope_conn_id,
             run_id=context["run_id"],
-            owner=_claimant(context),
-            resubmit_uncertain=_as_bool(self.resubmit_uncertain),
+            owner=claimant(context),
+            resubmit_uncertain=as_bool(self.resubmit_uncertain),
             log=self.log,
         )
         return submission.to_dict()
 
 
-class WaitRowOperator(_RowStep):
+class WaitRowOperator(RowStep):
     """Wait for a row's task and record how it ended (see :func:`talking_heads.row.wait.record_task_end`).
 
     Deferred by default: unless the ledger already has the task's end, the wait moves at once to the
@@ -132,7 +138,7 @@ class WaitRowOperator(_RowStep):
     :param timeout: seconds the wait may last in all.
     """
 
-    template_fields: Sequence[str] = (*_RowStep.template_fields, "submission", "poll_interval")
+    template_fields: Sequence[str] = (*RowStep.template_fields, "submission", "poll_interval")
     operator_extra_links = (DashScopeTaskLink(),)
 
     def __init__(
@@ -211,25 +217,19 @@ class WaitRowOperator(_RowStep):
             self.hook_for(self._conn_id(submission)).cancel_task(submission.task_id)
 
 
-class DownloadRowOperator(_RowStep):
+class DownloadRowOperator(RowStep):
     """Copy a row's result video to ``{output_root}/videos/{row_id}.mp4`` and record it
     (see :func:`talking_heads.row.store.store_row`).
 
     :param result: the wait step's :class:`~talking_heads.row.payloads.WaitResult` as a dict.
     """
 
-    template_fields: Sequence[str] = (*_RowStep.template_fields, "result")
+    template_fields: Sequence[str] = (*RowStep.template_fields, "result")
     operator_extra_links = (StoredVideoLink(),)
 
     def __init__(self, *, result: Any, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.result = result
-
-    def _transfer(self, video_url: str, destination: ObjectStoragePath) -> dict[str, Any]:
-        # A pre-signed URL: no DashScope credential is read for a download. Imported here, as the hook is.
-        from dashscope_provider.transfers.dashscope_to_object_storage import download_video
-
-        return download_video(video_url, destination, logger=self.log).to_dict()
 
     def execute(self, context: Context) -> dict[str, Any]:
         if isinstance(self.result, str):
