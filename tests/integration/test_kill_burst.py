@@ -3,7 +3,9 @@
 Real api-server, scheduler (LocalExecutor), dag-processor and triggerer. A 20-row table of ONE account
 (one connection, one model; each scenario its own account) at ``[core] max_map_length`` 8 runs as 3 parts
 (``{run_id}__part2``, ``__part3``; every day 12 rows at 5: 5, 5 and 2); the ``dashscope`` pool has 8 slots,
-so all of a part's submits are started together. The emulator holds
+so all of a part's submits are started together. The DAG runs in chunk mode, as ``docker-compose.yaml`` ships
+it (:data:`ROWS_PER_TASK` rows per submit task instance: the kill lands in a chunk's submit, whose retry
+follows the rows it sent and reconciles the one whose answer was lost). The emulator holds
 each submit's answer :data:`ANSWER_DELAY` s after making its task, and once part 2's second task exists
 (its answer on the way), the scheduler is SIGKILLed with every process under it (its executor's workers
 and the tasks they run) and so is the triggerer; both are restarted :data:`RESTART_AFTER` s later.
@@ -49,6 +51,8 @@ DAG_ID = "talking_heads"
 ROWS = tier_size(20, 12)
 MAP_LIMIT = tier_size(8, 5)
 POOL_SLOTS = 8
+#: Rows per submit/wait/download task instance (``TALKING_HEADS_ROWS_PER_TASK``), as docker-compose.yaml ships.
+ROWS_PER_TASK = 4
 PARTS = 3
 #: Wall seconds the emulator holds each submit's answer after making its task: the kill lands in it.
 ANSWER_DELAY = 1.5
@@ -89,7 +93,8 @@ class Burst:
             f"uncertain_after={self.uncertain_after} billed_twice={self.billed_twice} "
             f"lost_answers={self.lost_answers} adopted={self.adopted} "
             f"succeeded={sum(s == 'succeeded' for s in self.final_status.values())} "
-            f"runs={'/'.join(self.run_states.values())} killed_processes={self.killed} wall={self.wall:.0f}s"
+            f"runs={'/'.join(self.run_states.values())} killed_processes={self.killed} wall={self.wall:.0f}s "
+            f"rows_per_task={ROWS_PER_TASK}"
         )
 
 
@@ -132,6 +137,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
                 "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_THRESHOLD": "10",
                 "AIRFLOW__TRIGGERER__TRIGGERER_HEALTH_CHECK_THRESHOLD": "10",
                 "TALKING_HEADS_RETRY_DELAY_SECONDS": "1",
+                "TALKING_HEADS_ROWS_PER_TASK": str(ROWS_PER_TASK),
                 # A dead holder's lease is taken over after 5 s without a heartbeat (30 s by default).
                 "TALKING_HEADS_LEASE_STALE_SECONDS": "5",
                 "TALKING_HEADS_LEASE_BEAT_SECONDS": "1",
