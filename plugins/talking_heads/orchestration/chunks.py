@@ -19,13 +19,17 @@ What a chunk step does with one row's failure:
 a row ...              the chunk step
 =====================  ==================================================================================
 is settled (failed     recorded in the row's ledger by the per-row function; the step goes on with the
-or skipped for good)   other rows and succeeds. The outcome table says why.
+or skipped)            other rows and succeeds. The outcome table says why.
 hits a transient       the step goes on with the other rows, then raises the first such error (Airflow's
 error                  retries try again; rows done are followed) -- unless, at submit, some rows of the
                        chunk were already sent: the chunk then goes on to wait for them (their videos
                        must be fetched within 24 h), and the row stays recorded as its error left it
                        (``failed`` unbilled, or ``uncertain`` for reconciliation by the next run).
 =====================  ==================================================================================
+
+A retry of a whole submit chunk (only when none of its rows was sent) sends a row refused in the earlier
+try again, as a clear or a rerun of a per-row submit does: a refused request created no task and costs
+nothing. Rows with a task, or an uncertain answer, are never sent again.
 
 The grid names each chunk by its rows' ids (``map_index_template``). The ``dashscope`` pool counts
 chunks: size it in chunks in flight (``k`` tasks each).
@@ -69,7 +73,7 @@ def rows_per_task() -> int:
 def chunk_label(field: str, empty: str) -> str:
     """The grid's name of a chunk step (``map_index_template``): the ids of the rows in its ``field``, or
     ``empty`` when an earlier step left it none (Airflow keeps 250 characters)."""
-    return f"{{{{ (task.{field} | map(attribute='row_id') | join(' ') | truncate(240)) or '{empty}' }}}}"
+    return f"{{{{ (task.{field} | map(attribute='row_id') | join(' ') | truncate(240)) or {json.dumps(empty)} }}}}"
 
 
 def chunk_rows(items: list[dict[str, Any]], size: int) -> list[list[dict[str, Any]]]:
@@ -77,10 +81,11 @@ def chunk_rows(items: list[dict[str, Any]], size: int) -> list[list[dict[str, An
 
     One connection per chunk: a chunk's wait watches one account, and a key's rows stay together.
     """
+    size = max(1, size)
     by_conn: dict[str | None, list[dict[str, Any]]] = {}
     for item in items:
         by_conn.setdefault(item.get("conn_id"), []).append(item)
-    chunks = [rows[i : i + size] for rows in by_conn.values() for i in range(0, len(rows), max(1, size))]
+    chunks = [rows[i : i + size] for rows in by_conn.values() for i in range(0, len(rows), size)]
     first_row = {id(item): position for position, item in enumerate(items)}
     return sorted(chunks, key=lambda chunk: first_row[id(chunk[0])])
 
@@ -196,6 +201,7 @@ class WaitChunkOperator(RowStep):
                 float(self.poll_interval),
                 output_root=self.output_root,
                 storage_conn_id=self.storage_conn_id or None,
+                ended=self._results(ledger),  # seen by an earlier try: the trigger's result lists them too
             ),
             method_name="execute_complete",
             timeout=timedelta(seconds=self.timeout),

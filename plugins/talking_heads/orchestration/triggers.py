@@ -151,6 +151,8 @@ class RowChunkTrigger(BaseTrigger):
     ``{"rows": {row_id: the provider event}}`` for those rows, and the wait resumes to record them and retry.
 
     :param submissions: the rows' :class:`~talking_heads.row.payloads.Submission` dicts still to wait for.
+    :param ended: the :class:`~talking_heads.row.payloads.WaitResult` dicts of the chunk's rows that an earlier
+        try of the wait saw succeed: the event's list carries them too, so the download stores every row.
     :param poll_interval: the shortest pause between the account watcher's rounds.
     :param output_root: where the ledger lives, as the wait operator got it.
     :param storage_conn_id: Airflow connection of the store under ``output_root`` (None: its defaults).
@@ -165,9 +167,11 @@ class RowChunkTrigger(BaseTrigger):
         output_root: str,
         storage_conn_id: str | None = None,
         unknown_confirmations: int = 3,
+        ended: list[dict[str, Any]] | None = None,
     ) -> None:
         super().__init__()
         self.submissions = [Submission.from_dict(s).to_dict() for s in submissions]
+        self.ended = [WaitResult.from_dict(r).to_dict() for r in ended or []]
         self.poll_interval = float(poll_interval)
         self.output_root = output_root
         self.storage_conn_id = storage_conn_id or None
@@ -181,6 +185,7 @@ class RowChunkTrigger(BaseTrigger):
             "output_root": self.output_root,
             "storage_conn_id": self.storage_conn_id,
             "unknown_confirmations": self.unknown_confirmations,
+            "ended": self.ended,
         }
 
     def _row_trigger(self, submission: Submission) -> DashScopeTaskTrigger:
@@ -211,7 +216,7 @@ class RowChunkTrigger(BaseTrigger):
             return
         results = [recorded.result.to_dict() for _, _, recorded in ends if recorded and recorded.result]
         self.log.info("All %d rows' tasks ended (%d generated); the wait ends here", len(ends), len(results))
-        yield TaskSuccessEvent(xcoms={RETURN_VALUE: results})
+        yield TaskSuccessEvent(xcoms={RETURN_VALUE: [*self.ended, *results]})
 
     async def on_kill(self) -> None:
         """The user killed the waiting task: cancel the chunk's tasks still queued (see the provider trigger)."""
