@@ -36,7 +36,8 @@ fi
 echo "==> pytest ($tier tier${workers[*]:+, ${workers[1]} workers})"
 started=$SECONDS
 status=0
-python -m pytest ${workers[@]+"${workers[@]}"} ${pytest_args[@]+"${pytest_args[@]}"} || status=$?
+# --durations: the slowest tests (a cluster module's first test carries its cluster's start), for the tiers' budgets.
+python -m pytest ${workers[@]+"${workers[@]}"} --durations=15 ${pytest_args[@]+"${pytest_args[@]}"} || status=$?
 echo "==> pytest took $((SECONDS - started)) s"
 if [[ "$tier" == "all" && ${#pytest_args[@]} -eq 0 ]]; then
   echo "==> Airflow matrix (3.1, 3.2)"
