@@ -47,11 +47,10 @@ from airflow.sdk import Context
 from dashscope_provider.compat import AirflowFailException, AirflowSkipException
 from dashscope_provider.triggers.dashscope import task_from_event
 
-from talking_heads.orchestration.operators import RowStep, as_bool, claimant
+from talking_heads.orchestration.operators import RowStep, SubmitStep
 from talking_heads.orchestration.triggers import RowChunkTrigger
-from talking_heads.row import store, submit, wait
+from talking_heads.row import store, wait
 from talking_heads.row.ledger import RowLedger
-from talking_heads.row.media import DEFAULT_MEDIA_URL_TTL_SECONDS, MediaSigner
 from talking_heads.row.payloads import Submission, WaitResult, WorkItem
 from talking_heads.row.states import RowStatus
 
@@ -90,51 +89,29 @@ def chunk_rows(items: list[dict[str, Any]], size: int) -> list[list[dict[str, An
     return sorted(chunks, key=lambda chunk: first_row[id(chunk[0])])
 
 
-class SubmitChunkOperator(RowStep):
+class SubmitChunkOperator(SubmitStep):
     """Submit each row of a chunk at most once (:func:`talking_heads.row.submit.submit_row`, row by row).
 
     Returns the :class:`~talking_heads.row.payloads.Submission` dicts of the rows that have a task.
 
     :param rows: the chunk's :class:`~talking_heads.row.payloads.WorkItem` dicts.
-    :param resubmit_uncertain: submit rows whose earlier answer was lost (may pay twice: on purpose).
-    :param media_url_ttl: seconds the presigned URLs of store and local media stay valid (templated).
+    The other parameters are :class:`~talking_heads.orchestration.operators.SubmitStep`'s.
     """
 
-    template_fields: Sequence[str] = (*RowStep.template_fields, "rows", "resubmit_uncertain", "media_url_ttl")
+    template_fields: Sequence[str] = (*SubmitStep.template_fields, "rows")
 
-    def __init__(
-        self,
-        *,
-        rows: Any,
-        resubmit_uncertain: Any = False,
-        media_url_ttl: int | str = DEFAULT_MEDIA_URL_TTL_SECONDS,
-        **kwargs: Any,
-    ) -> None:
+    def __init__(self, *, rows: Any, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.rows = rows
-        self.resubmit_uncertain = resubmit_uncertain
-        self.media_url_ttl = media_url_ttl
 
     def execute(self, context: Context) -> list[dict[str, Any]]:
         ledger = self.ledger()
-        signer = MediaSigner(ledger.layout, self.storage_conn_id or None, int(float(self.media_url_ttl)))
+        signer = self.signer(ledger)
         submissions: list[Submission] = []
         transient: list[Exception] = []
         for item in map(WorkItem.from_dict, self.rows):
             try:
-                submissions.append(
-                    submit.submit_row(
-                        ledger,
-                        item,
-                        signer=signer,
-                        hook_for=self.hook_for,
-                        default_conn_id=self.dashscope_conn_id,
-                        run_id=context["run_id"],
-                        owner=claimant(context),
-                        resubmit_uncertain=as_bool(self.resubmit_uncertain),
-                        log=self.log,
-                    )
-                )
+                submissions.append(self.submit(context, ledger, item, signer))
             except (AirflowFailException, AirflowSkipException) as settled:  # recorded in the row's ledger
                 self.log.warning("Row %s settled without a task: %s", item.row_id, settled)
             except Exception as error:

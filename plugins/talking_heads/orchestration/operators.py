@@ -80,37 +80,36 @@ class RowStep(BaseOperator):
         return download_video(video_url, destination, logger=self.log).to_dict()
 
 
-class SubmitRowOperator(RowStep):
-    """Submit one table row, at most once (see :func:`talking_heads.row.submit.submit_row`).
+class SubmitStep(RowStep):
+    """What the submit steps (per row, per chunk) share: the submit's options and one row's submit.
 
-    :param row: the row's :class:`~talking_heads.row.payloads.WorkItem` as a dict (its validated request and
-        the ``conn_id`` the plan chose for it, which wins over ``dashscope_conn_id``).
     :param resubmit_uncertain: submit rows whose earlier answer was lost (may pay twice: on purpose).
     :param media_url_ttl: seconds the presigned URLs of store and local media stay valid (templated): long
         enough for the service to fetch them when the task leaves the account's queue.
     """
 
-    template_fields: Sequence[str] = (*RowStep.template_fields, "row", "resubmit_uncertain", "media_url_ttl")
+    template_fields: Sequence[str] = (*RowStep.template_fields, "resubmit_uncertain", "media_url_ttl")
 
     def __init__(
         self,
         *,
-        row: Any,
         resubmit_uncertain: Any = False,
         media_url_ttl: int | str = DEFAULT_MEDIA_URL_TTL_SECONDS,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.row = row
         self.resubmit_uncertain = resubmit_uncertain
         self.media_url_ttl = media_url_ttl
 
-    def execute(self, context: Context) -> dict[str, Any]:
-        ledger = self.ledger()
-        submission = submit.submit_row(
+    def signer(self, ledger: RowLedger) -> MediaSigner:
+        return MediaSigner(ledger.layout, self.storage_conn_id or None, int(float(self.media_url_ttl)))
+
+    def submit(self, context: Context, ledger: RowLedger, item: WorkItem, signer: MediaSigner) -> Submission:
+        """One row through :func:`talking_heads.row.submit.submit_row`, at most once."""
+        return submit.submit_row(
             ledger,
-            WorkItem.from_dict(self.row),
-            signer=MediaSigner(ledger.layout, self.storage_conn_id or None, int(float(self.media_url_ttl))),
+            item,
+            signer=signer,
             hook_for=self.hook_for,
             default_conn_id=self.dashscope_conn_id,
             run_id=context["run_id"],
@@ -118,7 +117,25 @@ class SubmitRowOperator(RowStep):
             resubmit_uncertain=as_bool(self.resubmit_uncertain),
             log=self.log,
         )
-        return submission.to_dict()
+
+
+class SubmitRowOperator(SubmitStep):
+    """Submit one table row, at most once (see :func:`talking_heads.row.submit.submit_row`).
+
+    :param row: the row's :class:`~talking_heads.row.payloads.WorkItem` as a dict (its validated request and
+        the ``conn_id`` the plan chose for it, which wins over ``dashscope_conn_id``).
+    The other parameters are :class:`SubmitStep`'s.
+    """
+
+    template_fields: Sequence[str] = (*SubmitStep.template_fields, "row")
+
+    def __init__(self, *, row: Any, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.row = row
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        ledger = self.ledger()
+        return self.submit(context, ledger, WorkItem.from_dict(self.row), self.signer(ledger)).to_dict()
 
 
 class WaitRowOperator(RowStep):
