@@ -18,9 +18,17 @@ os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{_AIRFLOW_HOME}/
 os.environ.pop("AIRFLOW_CONN_DASHSCOPE_DEFAULT", None)
 os.environ.pop("DASHSCOPE_API_KEY", None)
 
+import json  # noqa: E402
 from collections.abc import Iterator  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from typing import TYPE_CHECKING, Any  # noqa: E402
 
 import pytest  # noqa: E402
+
+if TYPE_CHECKING:
+    from dashscope_emulator import EmulatorServer
+
+    from tests.harness.cluster import AirflowCluster
 
 #: The bucket every S3 test writes into, on a moto server in server mode on 127.0.0.1.
 S3_BUCKET = "talking-heads-test"
@@ -71,6 +79,74 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
+#: The test modules that share one Airflow cluster (:func:`shared_cluster`): their clusters differed in nothing
+#: either needs, and sharing spares a start (about 25 CPU-seconds; half a minute of a busy machine). On
+#: pytest-xdist workers they run on one worker, one after the other (:func:`pytest_xdist_make_scheduler`).
+SHARED_CLUSTER_MODULES = ("tests/integration/test_continuation.py", "tests/browser/test_ui.py")
+#: The shared cluster's ``[core] max_map_length``: test_continuation's table runs in parts of it.
+SHARED_MAP_LIMIT = tier_size(20, 6)
+#: The API key of every DashScope connection of the shared cluster.
+SHARED_KEY = "sk-shared-cluster-0123456789"
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """``--dist loadfile`` (a test module at a time per worker), with :data:`SHARED_CLUSTER_MODULES` handed out
+    as one unit: a session fixture lives in one worker, so the modules that share it must run there."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class SharedClusterScheduling(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = super()._split_scope(nodeid)
+            return SHARED_CLUSTER_MODULES[0] if module in SHARED_CLUSTER_MODULES else module
+
+    return SharedClusterScheduling(config, log)
+
+
+@dataclass(frozen=True)
+class SharedCluster:
+    """The shared cluster and what it was started with: ``emulators`` maps each DashScope connection id to its
+    emulator (all on :data:`SHARED_KEY`); ``media`` serves the sample media, whose boxes are ``boxes``."""
+
+    cluster: AirflowCluster
+    emulators: dict[str, EmulatorServer]
+    media: str
+    boxes: dict[str, Any]
+    root: Path
+
+
+@pytest.fixture(scope="session")
+def shared_cluster(
+    tmp_path_factory: pytest.TempPathFactory, migrated_home: Path, moto_s3: str
+) -> Iterator[SharedCluster]:
+    """One real cluster (api-server, scheduler, dag-processor, triggerer; SQLite) for
+    :data:`SHARED_CLUSTER_MODULES`, ``talking_heads`` parsed and unpaused, no scheduled runs. Connections:
+    ``dashscope_cont`` (an emulator whose task runs ~0.4 s: most waits find their task queued behind others on
+    the one key, and defer), ``dashscope_slow`` (tasks of several seconds, ~10 s in the full tier, queued
+    behind each other: every wait defers to the triggerer), ``dashscope_default`` (the fast pace of the
+    ``dag.test()`` tests), ``aws_default`` (the session's moto S3). The UI's connection **Test** button is on,
+    and the outcome step finds the REST API for run notes (``[api] base_url``)."""
+    from tests.harness.cluster import AirflowCluster
+    from tests.harness.samples import served_samples
+    from tests.harness.services import dashscope_connections, emulators, s3_connection
+
+    root = tmp_path_factory.mktemp("shared-cluster")
+    speeds = {"dashscope_cont": 50, "dashscope_slow": tier_size(2, 4), "dashscope_default": DAG_TEST_SPEED}
+    with served_samples(root / "media") as (media, boxes), emulators(SHARED_KEY, **speeds) as services:
+        env = {
+            **dashscope_connections(services, SHARED_KEY),
+            "AIRFLOW_CONN_AWS_DEFAULT": json.dumps(s3_connection(moto_s3)),
+            "AIRFLOW__CORE__MAX_MAP_LENGTH": str(SHARED_MAP_LIMIT),
+            "AIRFLOW__CORE__TEST_CONNECTION": "Enabled",
+            "TALKING_HEADS_RETRY_DELAY_SECONDS": "1",
+        }
+        cluster = AirflowCluster(root / "airflow", env, pool_slots=8, scheduled_runs=False, migrated_home=migrated_home)
+        cluster.env["AIRFLOW__API__BASE_URL"] = f"http://127.0.0.1:{cluster.port}"
+        with cluster.running("talking_heads"):
+            yield SharedCluster(cluster, services, media, boxes, root)
+
+
 @pytest.fixture(scope="session")
 def airflow_db() -> str:
     """A migrated metadata database, created once per session for the tests that run DAGs."""
@@ -78,6 +154,18 @@ def airflow_db() -> str:
 
     initdb()
     return os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
+
+
+@pytest.fixture(scope="session")
+def migrated_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A migrated Airflow home (SQLite) that the test clusters start from (``AirflowCluster(migrated_home=...)``),
+    made once per test run: pytest-xdist's workers share it through their common temporary folder."""
+    from tests.harness.cluster import migrated_home
+
+    run_folder = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # each worker's basetemp is a folder of the run's
+        run_folder = run_folder.parent
+    return migrated_home(run_folder / "migrated-airflow-home")
 
 
 @pytest.fixture(scope="session")

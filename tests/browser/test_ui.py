@@ -1,6 +1,7 @@
 """What a person sees: Airflow's own UI, served by a real ``airflow api-server`` (simple auth manager, all
 admins) with a scheduler, dag-processor and triggerer (``tests/harness/cluster.py``), driven by headless
-Debian Chromium through Playwright. One cluster for the module.
+Debian Chromium through Playwright. The cluster is the session's shared one (``shared_cluster`` in
+``tests/conftest.py``, which ``tests/integration/test_continuation.py`` also uses).
 
 Screens: the ``dashscope`` connection form and its **Test** button; the ``talking_heads`` trigger form;
 the run's grid (one mapped entry per row, with its state), its note, and the tasks' extra links.
@@ -24,10 +25,10 @@ from typing import Any
 import pandas as pd
 import pytest
 import requests
-from dashscope_emulator import EmulatorServer, make_samples, serve_directory
+from dashscope_emulator import EmulatorServer
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-from tests.conftest import DAG_TEST_SPEED, S3_BUCKET
+from tests.conftest import S3_BUCKET, SHARED_KEY, SharedCluster
 from tests.harness.cluster import AirflowCluster
 from tests.harness.samples import sample_row
 
@@ -39,7 +40,7 @@ expect.set_options(timeout=20_000)
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO_ROOT / "test-artifacts" / "browser"
 CHROMIUM = "/usr/bin/chromium"
-KEY = "sk-browser-test-0123456789"
+KEY = SHARED_KEY
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -74,53 +75,21 @@ class UI:
 
 
 @pytest.fixture(scope="module")
-def ui(tmp_path_factory: pytest.TempPathFactory, moto_s3: str) -> Iterator[UI]:
+def ui(shared_cluster: SharedCluster, moto_s3: str) -> Iterator[UI]:
+    """The session's shared cluster (``dashscope_default`` on a fast emulator, ``aws_default`` on moto, the
+    connection **Test** button on) and one headless Chromium for the module."""
     if not Path(CHROMIUM).exists():
         pytest.skip(f"{CHROMIUM} is not installed (scripts/system_deps.sh installs it)")
-    home = tmp_path_factory.mktemp("ui-airflow")
-    media_dir = tmp_path_factory.mktemp("ui-media")
-    make_samples(media_dir)
-    boxes = json.loads((media_dir / "samples.json").read_text())
-    with (
-        EmulatorServer(api_keys=[KEY], port=0, speed=DAG_TEST_SPEED) as emulator,
-        serve_directory(media_dir, port=0) as media_url,
-    ):
-        cluster = AirflowCluster(
-            home,
-            scheduled_runs=False,  # the form's "unpause on trigger" starts no @daily run ahead of the triggered one
-            extra_env={
-                "AIRFLOW__CORE__TEST_CONNECTION": "Enabled",
-                "AIRFLOW_CONN_DASHSCOPE_DEFAULT": json.dumps(
-                    {"conn_type": "dashscope", "host": emulator.base_url, "password": KEY}
-                ),
-                # The run writes to S3 (moto): its links are presigned https URLs, which the UI shows (it
-                # drops file:// links: only http(s), mailto and its own origin become buttons).
-                "AIRFLOW_CONN_AWS_DEFAULT": json.dumps(
-                    {
-                        "conn_type": "aws",
-                        "login": "testing",
-                        "password": "testing",
-                        "extra": {"endpoint_url": moto_s3, "region_name": "us-east-1"},
-                    }
-                ),
-            },
-        )
-        # Where the outcome step finds the REST API to set the run's note (all admins: no credentials).
-        cluster.env["AIRFLOW__API__BASE_URL"] = f"http://127.0.0.1:{cluster.port}"
-        started = time.monotonic()
-        cluster.start()
-        print(f"BROWSER cluster up in {time.monotonic() - started:.1f}s")
-        os.environ["TH_BROWSER_S3"] = json.dumps({"endpoint_url": moto_s3, "region_name": "us-east-1"})
+    # The run writes to S3 (moto): its links are presigned https URLs, which the UI shows (it drops file://
+    # links: only http(s), mailto and its own origin become buttons).
+    os.environ["TH_BROWSER_S3"] = json.dumps({"endpoint_url": moto_s3, "region_name": "us-east-1"})
+    emulator = shared_cluster.emulators["dashscope_default"]
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         try:
-            with sync_playwright() as playwright:
-                browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-                try:
-                    yield UI(cluster, emulator, media_url, boxes, browser)
-                finally:
-                    browser.close()
+            yield UI(shared_cluster.cluster, emulator, shared_cluster.media, shared_cluster.boxes, browser)
         finally:
-            cluster.stop()
-            shutil.rmtree(home, ignore_errors=True)
+            browser.close()
 
 
 # -- the connection form -------------------------------------------------------------------------------------

@@ -12,11 +12,13 @@ Tests drive either through the REST API.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import re
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -45,7 +47,54 @@ STOP_GRACE_SECONDS = 5.0
 #: What Airflow 3 titles a process that runs a task: ``airflow worker -- <task instance id>`` (not
 #: ``airflow worker -- LocalExecutor: ...``, the executor's pool process).
 TASK_PROCESS_TITLE = re.compile(r"airflow worker -- [0-9a-f]{8}-[0-9a-f]{4}-")
-__all__ = ["COMPONENTS", "AirflowCluster", "CeleryAirflowCluster", "free_port", "kill_tree"]
+__all__ = [
+    "COMPONENTS",
+    "AirflowCluster",
+    "CeleryAirflowCluster",
+    "copy_sqlite",
+    "free_port",
+    "kill_tree",
+    "migrated_home",
+]
+
+
+def copy_sqlite(source: Path, target: Path) -> None:
+    """A consistent copy of a SQLite database (SQLite's backup API: a file copy could miss pages still in
+    its write-ahead log)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with sqlite3.connect(source) as original, sqlite3.connect(target) as copy:
+        original.backup(copy)
+
+
+def migrated_home(folder: Path) -> Path:
+    """``folder/home``: an Airflow home as ``airflow db migrate`` leaves it (a migrated SQLite ``airflow.db`` and
+    the ``airflow.cfg`` it wrote), made the first time it is asked for. Processes that share ``folder``
+    (pytest-xdist workers) make it once between them, under a lock; each cluster then starts from a copy
+    (``AirflowCluster(migrated_home=...)``) instead of a migration of its own, which is a Python process
+    importing Airflow: several CPU-seconds on a busy machine."""
+    folder.mkdir(parents=True, exist_ok=True)
+    home = folder / "home"
+    with (folder / "migrate.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not home.exists():
+            partial = folder / "home.partial"
+            shutil.rmtree(partial, ignore_errors=True)
+            partial.mkdir()
+            env = {
+                **{k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")},
+                "AIRFLOW_HOME": str(partial),
+                "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            }
+            result = subprocess.run(
+                [sys.executable, "-m", "airflow", "db", "migrate"], env=env, capture_output=True, text=True
+            )
+            if result.returncode != 0:
+                raise RuntimeError(f"airflow db migrate failed ({result.returncode}):\n{result.stderr[-3000:]}")
+            # The paths it wrote name the home it was made in: a copy names its own (see AirflowCluster).
+            config = (partial / "airflow.cfg").read_text().replace(str(partial), str(home))
+            (partial / "airflow.cfg").write_text(config)
+            partial.rename(home)  # whole or absent: another worker never sees half of it
+    return home
 
 
 def kill_tree(pid: int) -> list[str]:
@@ -75,6 +124,9 @@ class AirflowCluster:
     deployment does: unpausing ``talking_heads`` (@daily) starts its latest interval's run over the sample
     table, and the runs the tests trigger queue behind it (``max_active_runs=1``). A cluster whose tests
     only trigger runs turns it off and spares that run's work.
+    ``migrated_home``: a migrated Airflow home (:func:`migrated_home`) whose SQLite database and ``airflow.cfg``
+    the cluster copies instead of running ``airflow db migrate`` (only for the default SQLite database). The
+    copies share the config's generated secrets (the Fernet key, the JWT secret): throw-away clusters' only.
     """
 
     def __init__(
@@ -84,10 +136,12 @@ class AirflowCluster:
         pool_slots: int = 2,
         *,
         scheduled_runs: bool = True,
+        migrated_home: Path | None = None,
     ) -> None:
         self.home = home
         self.port = free_port()
         self.pool_slots = pool_slots
+        self.migrated_home = migrated_home
         self.api = f"http://127.0.0.1:{self.port}/api/v2"
         self.env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")},
@@ -144,15 +198,29 @@ class AirflowCluster:
 
     def start(self) -> AirflowCluster:
         self.home.mkdir(parents=True, exist_ok=True)
-        self.airflow("db", "migrate")
-        self.airflow(
-            "pools", "set", "dashscope", str(self.pool_slots), "DashScope tasks in flight", "--include-deferred"
-        )
+        self._migrate()
         for name in self.components():
             self.log_path(name).unlink(missing_ok=True)
             self.launch(name)
         self._wait(lambda: requests.get(f"{self.api}/version", timeout=2).ok, 120, "api-server")
+        # Through the REST API the api-server already serves, not a second ``airflow pools set`` process.
+        # Nothing runs before it exists: the DAG stays paused until wait_for_dag (or the UI) unpauses it.
+        pool = {"name": "dashscope", "slots": self.pool_slots, "description": "DashScope tasks in flight"}
+        self.post("/pools", {**pool, "include_deferred": True})
         return self
+
+    def _migrate(self) -> None:
+        if self.migrated_home is None:
+            self.airflow("db", "migrate")  # also writes the airflow.cfg every component then reads
+            return
+        database = self.env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
+        if not database.startswith("sqlite:///"):
+            raise ValueError(f"migrated_home's database is SQLite; this cluster's is {database.split(':')[0]}")
+        copy_sqlite(self.migrated_home / "airflow.db", Path(database.removeprefix("sqlite:///")))
+        # The config first, as ``db migrate`` leaves it: components started without one would each write
+        # their own, with a JWT secret of its own, and the api-server would refuse the scheduler's task tokens.
+        config = (self.migrated_home / "airflow.cfg").read_text()
+        (self.home / "airflow.cfg").write_text(config.replace(str(self.migrated_home), str(self.home)))
 
     def launch(self, name: str) -> subprocess.Popen[bytes]:
         """Start one component's process (its log appended to); also how a killed component is restarted."""

@@ -1,6 +1,7 @@
 """A table larger than ``max_map_length`` from one trigger, on real Airflow processes against the emulator.
 
-``[core] max_map_length`` is lowered to 20 for the cluster and a 50-row table is triggered once through
+The cluster is the session's shared one (``shared_cluster`` in ``tests/conftest.py``; the browser tests use it
+too), its ``[core] max_map_length`` lowered to 20, and a 50-row table is triggered once through
 the REST API: the run maps 20 rows and continues in two follow-up runs (20 and 10 rows; every day 14 rows at a
 limit of 6: 6, 6 and 2). Checked: every
 row ends with one outcome (``succeeded`` in the part that generated it), each row's task was created once
@@ -15,49 +16,33 @@ import json
 import re
 import time
 from collections import Counter
-from collections.abc import Iterator
 from urllib.parse import quote
 
 import pandas as pd
 import pytest
 import requests
 
-from tests.conftest import tier_size
-from tests.harness.cluster import AirflowCluster
-from tests.harness.samples import served_samples
-from tests.harness.services import dashscope_connections, emulators
+from tests.conftest import SHARED_MAP_LIMIT, SharedCluster, tier_size
 
 pytestmark = pytest.mark.integration
-KEY = "sk-continuation-test-0123"
 ROWS = tier_size(50, 14)
-MAP_LIMIT = tier_size(20, 6)
+MAP_LIMIT = SHARED_MAP_LIMIT
 #: The rows each of the three parts generates, in order.
 PART_ROWS = (MAP_LIMIT, MAP_LIMIT, ROWS - 2 * MAP_LIMIT)
 WORKLOAD = re.compile(r"Workload finished\s.*?workload_id=(?P<id>[0-9a-f-]{36})")
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
-    root = tmp_path_factory.mktemp("continuation")
-    with (
-        served_samples(root / "media") as (media, boxes),
-        emulators(
-            KEY,
-            # A task runs ~0.4 s: most waits find their task queued behind others on the one key, and defer.
-            dashscope_cont=50,
-            # Tasks of several seconds (~10 s in the full tier), queued behind each other: every wait defers
-            # to the triggerer.
-            dashscope_slow=tier_size(2, 4),
-        ) as services,
-    ):
-        emulator, slow = services["dashscope_cont"], services["dashscope_slow"]
-        env = dashscope_connections(services, KEY)
-        env["AIRFLOW__CORE__MAX_MAP_LENGTH"] = str(MAP_LIMIT)
-        env["TALKING_HEADS_RETRY_DELAY_SECONDS"] = "1"
-        cluster = AirflowCluster(root / "airflow", env, pool_slots=8, scheduled_runs=False)
-        cluster.env["AIRFLOW__API__BASE_URL"] = f"http://127.0.0.1:{cluster.port}"  # for the run notes
-        with cluster.running("talking_heads"):
-            yield {"root": root, "media": media, "boxes": boxes, "emu": emulator, "slow": slow, "cluster": cluster}
+def world(shared_cluster: SharedCluster, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The session's shared cluster (``[core] max_map_length`` :data:`MAP_LIMIT`), with this module's folder."""
+    return {
+        "root": tmp_path_factory.mktemp("continuation"),
+        "media": shared_cluster.media,
+        "boxes": shared_cluster.boxes,
+        "emu": shared_cluster.emulators["dashscope_cont"],
+        "slow": shared_cluster.emulators["dashscope_slow"],
+        "cluster": shared_cluster.cluster,
+    }
 
 
 def _rows(media: str, boxes: dict, count: int = ROWS) -> list[dict]:

@@ -130,7 +130,7 @@ def conn_id(label: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+def world(tmp_path_factory: pytest.TempPathFactory, migrated_home: Path) -> Iterator[dict[str, Any]]:
     """One cluster for the module (its tests run one after another, each with its own rows, output root
     and account): the ``dashscope_burst_*`` connections on one emulator that holds submit answers, one key
     (account) each; ``dashscope_default`` on a second emulator at speed 4 for the kills across a run (a
@@ -171,7 +171,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
                 "TALKING_HEADS_CLAIM_TIMEOUT_SECONDS": "60",
             }
         )
-        cluster = AirflowCluster(root / "airflow", env, pool_slots=POOL_SLOTS, scheduled_runs=False)
+        cluster = AirflowCluster(
+            root / "airflow", env, pool_slots=POOL_SLOTS, scheduled_runs=False, migrated_home=migrated_home
+        )
         _imports_this_checkout(cluster)
         with cluster.running(DAG_ID):
             yield {
