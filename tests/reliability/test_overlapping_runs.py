@@ -180,8 +180,15 @@ def test_a_run_killed_while_it_holds_a_claim_does_not_hold_up_the_other(
         assert len(claims) == 1, (tmp_path / "run-B.log").read_text()[-3000:]
         claimed = claims[0]["row_id"]
         # Run A finds B's claim fresh, waits for it until it is stale (8 s here), then settles the row as an
-        # uncertain submission: looked for in the task list, not sent again.
-        stale_soon = {**homes[0], "TALKING_HEADS_CLAIM_TIMEOUT_SECONDS": "8"}
+        # uncertain submission: looked for in the task list, not sent again. B also died holding the account's
+        # submit lease, which A takes over once B's beats have stopped for 5 s (30 s by default: A waited it
+        # out); the emulator lists a task as soon as it exists, so reconciliation's pauses are short too.
+        stale_soon = {
+            **homes[0],
+            "TALKING_HEADS_CLAIM_TIMEOUT_SECONDS": "8",
+            "TALKING_HEADS_LEASE_STALE_SECONDS": "5",
+            "TALKING_HEADS_RECONCILE_PAUSE_SECONDS": "0.2",
+        }
         began = time.monotonic()
         run_a = _start(stale_soon, datetime(2027, 6, 2, tzinfo=UTC), conf, tmp_path / "run-A.log")
         assert run_a.wait(timeout=600) == 0, (tmp_path / "run-A.log").read_text()[-3000:]
