@@ -24,6 +24,7 @@ from dataclasses import dataclass  # noqa: E402
 from typing import TYPE_CHECKING, Any  # noqa: E402
 
 import pytest  # noqa: E402
+from xdist.scheduler import LoadFileScheduling  # noqa: E402
 
 if TYPE_CHECKING:
     from dashscope_emulator import EmulatorServer
@@ -89,19 +90,18 @@ SHARED_MAP_LIMIT = tier_size(20, 6)
 SHARED_KEY = "sk-shared-cluster-0123456789"
 
 
-def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+class SharedClusterScheduling(LoadFileScheduling):
     """``--dist loadfile`` (a test module at a time per worker), with :data:`SHARED_CLUSTER_MODULES` handed out
     as one unit: a session fixture lives in one worker, so the modules that share it must run there."""
-    if config.getvalue("dist") != "loadfile":
-        return None
-    from xdist.scheduler import LoadFileScheduling
 
-    class SharedClusterScheduling(LoadFileScheduling):
-        def _split_scope(self, nodeid: str) -> str:
-            module = super()._split_scope(nodeid)
-            return SHARED_CLUSTER_MODULES[0] if module in SHARED_CLUSTER_MODULES else module
+    def _split_scope(self, nodeid: str) -> str:
+        module = super()._split_scope(nodeid)
+        return SHARED_CLUSTER_MODULES[0] if module in SHARED_CLUSTER_MODULES else module
 
-    return SharedClusterScheduling(config, log)
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> LoadFileScheduling | None:
+    """:class:`SharedClusterScheduling` where ``--dist loadfile`` is asked for (``./test.sh``)."""
+    return SharedClusterScheduling(config, log) if config.getvalue("dist") == "loadfile" else None
 
 
 @dataclass(frozen=True)

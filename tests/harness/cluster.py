@@ -394,7 +394,7 @@ class CeleryAirflowCluster(AirflowCluster):
     compose service                   here
     ================================  =================================================================
     ``postgres``, ``redis``           :class:`PostgresServer`, :class:`RedisServer` (given, started)
-    ``airflow-init``                  ``airflow db migrate`` + ``airflow pools set dashscope ...``
+    ``airflow-init``                  ``airflow db migrate``; the ``dashscope`` pool (REST API)
     ``airflow-apiserver``             ``airflow api-server``          } one process each, each with its
     ``airflow-scheduler``             ``airflow scheduler``           } own AIRFLOW_HOME (its "machine")
     ``airflow-dag-processor``         ``airflow dag-processor``       } and compose's environment:
