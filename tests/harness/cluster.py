@@ -206,7 +206,9 @@ class AirflowCluster:
         # Through the REST API the api-server already serves, not a second ``airflow pools set`` process.
         # Nothing runs before it exists: the DAG stays paused until wait_for_dag (or the UI) unpauses it.
         pool = {"name": "dashscope", "slots": self.pool_slots, "description": "DashScope tasks in flight"}
-        self.post("/pools", {**pool, "include_deferred": True})
+        made = self.post("/pools", {**pool, "include_deferred": True})
+        if (made["slots"], made["include_deferred"]) != (self.pool_slots, True):
+            raise RuntimeError(f"the dashscope pool was made as {made}")  # a wait must hold its slot
         return self
 
     def _migrate(self) -> None:
