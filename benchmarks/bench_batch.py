@@ -259,13 +259,12 @@ def run_batch(
             if rows_per_account is not None:
                 env[ROWS_PER_ACCOUNT_ENV] = str(rows_per_account)
             bound = env.get(ROWS_PER_ACCOUNT_ENV, "0")
-            cluster = AirflowCluster(root / "airflow", env)
+            cluster = AirflowCluster(root / "airflow", env, pool_slots=pool)
             if settings == "compose":
                 for name in HARNESS_ONLY:
                     cluster.env.pop(name, None)
             cluster.start()
             try:
-                cluster.airflow("pools", "set", "dashscope", str(pool), "bench", "--include-deferred")
                 cluster.wait_for_dag("talking_heads")
                 # the run that unpausing starts (default params) out of the way, then the components idle
                 cluster.wait_until_idle("talking_heads", seconds=600)

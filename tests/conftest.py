@@ -113,7 +113,6 @@ class SharedCluster:
     emulators: dict[str, EmulatorServer]
     media: str
     boxes: dict[str, Any]
-    root: Path
 
 
 @pytest.fixture(scope="session")
@@ -144,7 +143,7 @@ def shared_cluster(
         cluster = AirflowCluster(root / "airflow", env, pool_slots=8, scheduled_runs=False, migrated_home=migrated_home)
         cluster.env["AIRFLOW__API__BASE_URL"] = f"http://127.0.0.1:{cluster.port}"
         with cluster.running("talking_heads"):
-            yield SharedCluster(cluster, services, media, boxes, root)
+            yield SharedCluster(cluster, services, media, boxes)
 
 
 @pytest.fixture(scope="session")
