@@ -10,7 +10,6 @@ import contextlib
 import json
 import os
 import socket
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -25,6 +24,7 @@ import pandas as pd
 import pytest
 
 from tests.conftest import S3_BUCKET, repetitions
+from tests.harness.cluster import copy_sqlite
 from tests.harness.reliability import REPO_ROOT, Media, read_outcomes, tasks_by_row, write_table
 from tests.harness.services import s3_client, s3_connection
 
@@ -37,12 +37,7 @@ KINDS = ("emo-square", "emoji", "emo-halfbody", "emo-square", "emoji", "emo-half
 def _home(folder: Path, migrated_db: str) -> dict[str, str]:
     """An Airflow home of its own, with a copy of the session's migrated SQLite database."""
     folder.mkdir(parents=True)
-    # SQLite's backup API: a file copy could miss pages still in the write-ahead log.
-    with (
-        sqlite3.connect(migrated_db.removeprefix("sqlite:///")) as source,
-        sqlite3.connect(folder / "airflow.db") as copy,
-    ):
-        source.backup(copy)
+    copy_sqlite(Path(migrated_db.removeprefix("sqlite:///")), folder / "airflow.db")
     return {
         "AIRFLOW_HOME": str(folder),
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{folder}/airflow.db",
