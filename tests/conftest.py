@@ -60,18 +60,47 @@ def tier_size(full: int, everyday: int) -> int:
 #: they are handed out first, so the short unit modules fill the gaps instead of one long module running
 #: alone at the end.
 LONG_FIRST = ("tests/reliability/", "tests/integration/", "tests/browser/")
+#: Unit modules that mostly wait, not compute: on an emulated service's pace, QPS pacing, a lease or claim
+#: going stale (measured on one worker, each spends at most a quarter of its time on a core, 130 s of wall
+#: time in all). On several workers each is handed out right after a long module, so it waits while the long
+#: modules keep the cores busy, instead of at the end, where the cores would idle while it waits.
+WAITING_MODULES = (
+    "tests/unit/dashscope_provider/triggers/test_task_watcher.py",
+    "tests/unit/talking_heads/row/test_claims.py",
+    "tests/unit/dashscope_provider/hooks/test_pacing.py",
+    "tests/unit/talking_heads/row/test_reconcile.py",
+    "tests/unit/dashscope_provider/test_rate_limit.py",
+    "tests/unit/dashscope_provider/hooks/test_face_detection.py",
+    "tests/unit/dashscope_emulator/test_accounts.py",
+    "tests/unit/dashscope_provider/triggers/test_dashscope.py",
+    "tests/unit/dashscope_provider/hooks/test_task_list.py",
+    "tests/unit/talking_heads/orchestration/test_operators.py",
+)
 
 
-def _long_first(item: pytest.Item) -> int:
-    path = Path(str(item.fspath)).relative_to(REPO_ROOT).as_posix()
-    return next((rank for rank, folder in enumerate(LONG_FIRST) if path.startswith(folder)), len(LONG_FIRST))
+def _module(item: pytest.Item) -> str:
+    return Path(str(item.fspath)).relative_to(REPO_ROOT).as_posix()
+
+
+def run_order(modules: list[str]) -> list[str]:
+    """The order the workers are handed ``modules`` in: the long ones (:data:`LONG_FIRST`, by folder), each
+    followed by one of :data:`WAITING_MODULES` while they last, then the rest as collected."""
+    rank = {m: next((r for r, folder in enumerate(LONG_FIRST) if m.startswith(folder)), None) for m in modules}
+    long = sorted((m for m in modules if rank[m] is not None), key=lambda m: rank[m])
+    waiting = [m for m in modules if m in WAITING_MODULES]
+    order: list[str] = []
+    for index, module in enumerate(long):
+        order += [module, *waiting[index : index + 1]]
+    order += waiting[len(long) :]
+    return order + [m for m in modules if m not in order]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Tests marked ``full_tier`` run only in the full tier (``./test.sh --all``); on pytest-xdist workers the
-    long modules come first (:data:`LONG_FIRST`; every worker sorts the same way)."""
+    modules are handed out in :func:`run_order` (every worker sorts the same way)."""
     if os.environ.get("PYTEST_XDIST_WORKER"):  # a worker (xdist clears its numprocesses option there)
-        items.sort(key=_long_first)  # stable: a module's tests keep their order
+        position = {m: i for i, m in enumerate(run_order(list(dict.fromkeys(map(_module, items)))))}
+        items.sort(key=lambda item: position[_module(item)])  # stable: a module's tests keep their order
     if TIER == "all":
         return
     skip = pytest.mark.skip(reason="full tier only: ./test.sh --all")
