@@ -20,14 +20,12 @@ if [[ ! -x "$VENV/bin/python" || ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]
   [[ -x "$VENV/bin/python" ]] || "$PYTHON_BIN" -m venv "$VENV"
   # uv installs the ~300 pinned packages in seconds where pip takes minutes; both read the same lock.
   "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "uv==0.13.9"
-  "$VENV/bin/uv" pip install --quiet --python "$VENV/bin/python" -r "$REPO_ROOT/requirements.txt"
+  # Bytecode compiled at install (--compile-bytecode; uv, unlike pip, writes no .pyc by default), and where
+  # PYTHONDONTWRITEBYTECODE is set no import writes one either: every process (each Airflow task's too) would
+  # compile Airflow from source, about 0.4 CPU-s a task process (docs/benchmarks.md). Airflow's images ship
+  # compiled bytecode.
+  "$VENV/bin/uv" pip install --quiet --compile-bytecode --python "$VENV/bin/python" -r "$REPO_ROOT/requirements.txt"
   "$VENV/bin/uv" pip install --quiet --python "$VENV/bin/python" --no-deps -e "$REPO_ROOT" -e "$REPO_ROOT/include"
-  # Bytecode, compiled once: uv (unlike pip) writes no .pyc, and where PYTHONDONTWRITEBYTECODE is set no
-  # import writes one either, so every process (each Airflow task's too) would compile Airflow from source,
-  # about 0.4 CPU-s a task process (docs/benchmarks.md). Airflow's images ship compiled bytecode. A file
-  # that does not compile (some packages ship Python 2 samples) is left as it is.
-  site_packages="$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
-  "$VENV/bin/python" -m compileall -q -j 0 "$site_packages" >/dev/null || true
   echo "$want" > "$stamp"
 fi
 

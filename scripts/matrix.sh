@@ -45,12 +45,10 @@ setup_venv() {  # $1: the line (3.1); creates or reuses .venv-airflow-$1, return
   "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "uv==0.13.9" || return 1
   # The whole lock (test tools included), then the project and the emulator the way the README tells users
   # to: editable, resolved within the constraints, so a pyproject range the lock does not satisfy fails here.
-  "$venv/bin/uv" pip install --quiet --python "$venv/bin/python" -r "$lock" || return 1
+  # Bytecode compiled at install, as scripts/bootstrap.sh does, so no process compiles Airflow from source.
+  "$venv/bin/uv" pip install --quiet --compile-bytecode --python "$venv/bin/python" -r "$lock" || return 1
   "$venv/bin/uv" pip install --quiet --python "$venv/bin/python" -c "$lock" \
     -e "$REPO_ROOT[tests,celery]" -e "$REPO_ROOT/include" || return 1
-  # Bytecode compiled once, as scripts/bootstrap.sh does, so no process compiles Airflow from source.
-  "$venv/bin/python" -m compileall -q -j 0 \
-    "$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" >/dev/null || true
   echo "$want" > "$stamp"
 }
 
