@@ -22,10 +22,11 @@ ruff check .
 ruff format --check .
 # Both tiers run on TEST_WORKERS pytest-xdist workers, a test module at a time per worker (--dist loadfile),
 # so a module's cluster stays in one worker (the modules that share one count as one: SHARED_CLUSTER_MODULES in
-# tests/conftest.py); in the order tests/conftest.py gives them, long modules first
-# (xdist would order them by their number of tests). By default the everyday tier runs one worker more than
-# the machine has cores (much of it waits on emulated service time and on Airflow's loops, not on a core),
-# the full tier one per core (its soaks are the long poles; CI must not be the run that is starved).
+# tests/conftest.py); in the order tests/conftest.py gives them (run_order): long modules first, each followed by
+# a unit module that mostly waits (xdist would order them by their number of tests). By default the everyday
+# tier runs one worker more than the machine has cores (much of it waits on emulated service time and on
+# Airflow's loops, not on a core), the full tier one per core (its soaks are the long poles; CI must not be the
+# run that is starved).
 # TEST_WORKERS=1 runs them in one process.
 cores="$(nproc 2>/dev/null || echo 2)"
 if [[ "$tier" == "everyday" ]]; then default_workers=$((cores + 1)); else default_workers="$cores"; fi
