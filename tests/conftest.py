@@ -190,10 +190,26 @@ def migrated_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     made once per test run: pytest-xdist's workers share it through their common temporary folder."""
     from tests.harness.cluster import migrated_home
 
-    run_folder = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):  # each worker's basetemp is a folder of the run's
-        run_folder = run_folder.parent
-    return migrated_home(run_folder / "migrated-airflow-home")
+    return migrated_home(_run_folder(tmp_path_factory) / "migrated-airflow-home")
+
+
+def _run_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder of this test run that pytest-xdist's workers share (each worker's basetemp is one of its)."""
+    folder = tmp_path_factory.getbasetemp()
+    return folder.parent if os.environ.get("PYTEST_XDIST_WORKER") else folder
+
+
+@pytest.fixture(scope="session", autouse=True)
+def emulator_render_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One render cache for every emulator of the run that is given no ``cache_dir``
+    (``$DASHSCOPE_EMULATOR_RENDER_CACHE``): renders are cached by content, and the tests' tables use a handful
+    of portraits and clips, so each video is rendered once per run instead of once per emulator (an ffmpeg
+    process of about 0.3 CPU-s)."""
+    from dashscope_emulator.contract import RENDER_CACHE_ENV
+
+    cache = _run_folder(tmp_path_factory) / "emulator-renders"
+    os.environ[RENDER_CACHE_ENV] = str(cache)
+    return cache
 
 
 @pytest.fixture(scope="session")

@@ -27,6 +27,8 @@ ADMIN_PREFIX = "/_emulator/"
 #: The key accepted when none is configured (constructor, ``--api-key``, env).
 DEFAULT_API_KEY = "sk-emulator"
 API_KEYS_ENV = "DASHSCOPE_EMULATOR_API_KEYS"
+#: A folder where every emulator that is given no ``cache_dir`` caches its renders (they outlive it there).
+RENDER_CACHE_ENV = "DASHSCOPE_EMULATOR_RENDER_CACHE"
 
 # -- models and their parameters ------------------------------------------------------------------------
 

@@ -54,6 +54,7 @@ from dashscope_emulator.contract import (
     EMOJI_TEMPLATES,
     EMULATOR_ERRORS,
     QUERY_QPS,
+    RENDER_CACHE_ENV,
     emoji_template_seconds,
     key_fingerprint,
 )
@@ -100,8 +101,8 @@ class EmulatorServer:
     or one number for every model; default emo-v1 5, emoji-v1 1), ``query_qps`` (20), ``free_quota``
     (account -> submits its free quota allows, see :meth:`set_free_quota`), ``workers`` (threads that
     download and check media), ``render_parallel`` (concurrent ffmpeg runs, default min(2, CPUs)),
-    ``cache_dir`` (where rendered videos are cached; kept after :meth:`stop`; default a temporary folder
-    that :meth:`stop` deletes).
+    ``cache_dir`` (where rendered videos are cached; kept after :meth:`stop`; default
+    ``$DASHSCOPE_EMULATOR_RENDER_CACHE``, else a temporary folder that :meth:`stop` deletes).
     """
 
     def __init__(
@@ -141,6 +142,7 @@ class EmulatorServer:
         self._httpd: TrackingServer | None = None
         self._workdir: Path | None = None
         # A given cache folder outlives the server (tests share renders across servers); else a temp one.
+        cache_dir = cache_dir if cache_dir is not None else os.environ.get(RENDER_CACHE_ENV) or None
         self._cache_dir = Path(cache_dir) if cache_dir is not None else None
 
     # -- the parts, as attributes callers use ----------------------------------------------------------

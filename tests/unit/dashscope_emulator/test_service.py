@@ -139,6 +139,27 @@ def test_identical_tasks_render_once(emu: EmulatorServer, media: dict, key: str)
     assert first["output"]["video_url"] != second["output"]["video_url"]  # one URL per task, same file
 
 
+def test_emulators_given_no_cache_share_the_one_the_environment_names(
+    media: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``$DASHSCOPE_EMULATOR_RENDER_CACHE``: a second emulator serves the first one's render without rendering it
+    again, and the renders outlive both (the test suite's emulators share one cache so)."""
+    monkeypatch.setenv("DASHSCOPE_EMULATOR_RENDER_CACHE", str(tmp_path / "renders"))
+    body = emoji_body(media, "jingdian_lei")
+    results = []
+    for _ in range(2):
+        with EmulatorServer(api_keys=["sk-cache"], speed=2000) as server:
+            client = Client(server.base_url, "sk-cache")
+            answer = client.wait(client.submit(body))
+            assert answer["output"]["task_status"] == "SUCCEEDED", answer
+            assert server.renderer is not None
+            results.append(
+                (server.renderer.renders, _download(client, answer["output"]["video_url"], tmp_path / "v.mp4"))
+            )
+    assert [renders for renders, _ in results] == [1, 0]
+    assert len(list((tmp_path / "renders").glob("*.mp4"))) == 1
+
+
 def test_queue_is_fifo_one_running_per_key_and_keys_run_in_parallel(cache_dir: Path, media: dict) -> None:
     # Real time (speed 1): a task stays RUNNING for run_seconds() unless the test advances the clock.
     with EmulatorServer(api_keys=["sk-a", "sk-b"], speed=1, cache_dir=cache_dir) as server:
