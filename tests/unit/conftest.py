@@ -138,6 +138,18 @@ def slow_emulator() -> Iterator[Any]:
 
 
 @pytest.fixture
+def emulator_100x(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """An emulator at 100x behind ``dashscope_test``: an emo-v1 task is RUNNING for its simulated ~20 s, about
+    0.2 s of wall time, long enough to be seen unfinished (at :func:`emulator`'s 1000x it can end before the next
+    query: only a video's first render, now cached for the run, used to take longer)."""
+    from dashscope_emulator import EmulatorServer
+
+    with EmulatorServer(api_keys=[KEY], port=0, speed=100) as server:
+        monkeypatch.setenv(f"AIRFLOW_CONN_{CONN_ID.upper()}", conn_json(server.base_url))
+        yield server
+
+
+@pytest.fixture
 def dashscope_conn(emulator: Any, monkeypatch: pytest.MonkeyPatch) -> str:
     """The connection ``dashscope_test`` -> the emulator, from the environment. Returns its id."""
     monkeypatch.setenv(f"AIRFLOW_CONN_{CONN_ID.upper()}", conn_json(emulator.base_url))

@@ -314,7 +314,7 @@ def test_refused_connection_is_retried_then_not_sent(
 
 
 def test_get_task_emo_v1_shape(
-    dashscope_conn: str, make_hook: Any, emo_input: dict[str, Any], wait_terminal: Any
+    emulator_100x: Any, make_hook: Any, emo_input: dict[str, Any], wait_terminal: Any
 ) -> None:
     hook = make_hook()
     task_id = hook.submit_task("emo-v1", emo_input).task_id

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -14,7 +13,7 @@ from dashscope_provider.hooks.dashscope import DashScopeHook
 from dashscope_provider.models import DashScopeTask
 from dashscope_provider.triggers.dashscope import DashScopeTaskTrigger
 
-from tests.unit.conftest import CONN_ID, KEY, conn_json, is_query, logged_requests
+from tests.unit.conftest import CONN_ID, conn_json, is_query, logged_requests
 
 pytestmark = pytest.mark.usefixtures("no_key_in_logs")
 
@@ -52,20 +51,8 @@ def test_serialize_round_trip() -> None:
     assert DashScopeTaskTrigger("t-2").serialize()[1]["timeout"] is None
 
 
-@pytest.fixture
-def paced_emulator(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    """An emulator at 100x behind ``dashscope_test``: an emo-v1 task is RUNNING for its simulated ~20 s, about
-    0.2 s of wall time, which several of a 0.05 s trigger's polls see (at the unit emulator's 1000x, it could
-    end before the first; only a video's first render used to take longer)."""
-    from dashscope_emulator import EmulatorServer
-
-    with EmulatorServer(api_keys=[KEY], port=0, speed=100) as server:
-        monkeypatch.setenv(f"AIRFLOW_CONN_{CONN_ID.upper()}", conn_json(server.base_url))
-        yield server
-
-
 @pytest.mark.usefixtures("quick_retries")
-def test_trigger_until_succeeded(make_hook: Any, emo_input: dict[str, Any], paced_emulator: Any) -> None:
+def test_trigger_until_succeeded(make_hook: Any, emo_input: dict[str, Any], emulator_100x: Any) -> None:
     task_id = make_hook().submit_task("emo-v1", emo_input).task_id
     events = run_trigger(DashScopeTaskTrigger(task_id, CONN_ID, poll_interval=0.05))
     assert len(events) == 1
@@ -76,7 +63,7 @@ def test_trigger_until_succeeded(make_hook: Any, emo_input: dict[str, Any], pace
     assert task.video_url and task.video_duration
     json.dumps(payload)  # trigger events must be serializable
     # It polled more than once: it waited through PENDING/RUNNING.
-    assert len(logged_requests(paced_emulator, is_query, 2)) >= 2
+    assert len(logged_requests(emulator_100x, is_query, 2)) >= 2
 
 
 @pytest.mark.usefixtures("quick_retries")
