@@ -204,7 +204,7 @@ def emulator_render_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One render cache for every emulator of the run that is given no ``cache_dir``
     (``$DASHSCOPE_EMULATOR_RENDER_CACHE``): renders are cached by content, and the tests' tables use a handful
     of portraits and clips, so each video is rendered once per run instead of once per emulator (an ffmpeg
-    process of about 0.3 CPU-s)."""
+    process of about 0.4 CPU-s on a busy machine; docs/testing.md)."""
     from dashscope_emulator.contract import RENDER_CACHE_ENV
 
     cache = _run_folder(tmp_path_factory) / "emulator-renders"
