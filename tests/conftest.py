@@ -199,6 +199,18 @@ def _run_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder.parent if os.environ.get("PYTEST_XDIST_WORKER") else folder
 
 
+@pytest.fixture(autouse=True)
+def fresh_account_registries(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test starts with the process-wide registries of a new triggerer: no account watchers, no rate
+    limiters. They are keyed by (base URL, account), and a test's emulator on ``port=0`` can get a port an
+    earlier test's emulator had: its watcher (from another event loop) or a 429 hold would carry over."""
+    from dashscope_provider import rate_limit
+    from dashscope_provider.triggers import task_watcher
+
+    monkeypatch.setattr(task_watcher, "_WATCHERS", {})
+    monkeypatch.setattr(rate_limit, "_LIMITERS", {})
+
+
 @pytest.fixture(scope="session", autouse=True)
 def emulator_render_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One render cache for every emulator of the run that is given no ``cache_dir``

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from airflow.triggers.base import TriggerEvent
 from dashscope_provider.hooks.dashscope import DashScopeHook
+from dashscope_provider.hooks.dashscope_async import DashScopeAsyncHook
 from dashscope_provider.triggers import task_watcher
 from dashscope_provider.triggers.dashscope import DashScopeTaskTrigger
 
@@ -47,6 +48,18 @@ def paced_emulator(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
 def submit(count: int, task_input: dict[str, Any], conn_id: str = CONN_ID) -> list[str]:
     hook = DashScopeHook(dashscope_conn_id=conn_id, submit_qps={"emoji-v1": 1000.0})
     return [hook.submit_task("emoji-v1", task_input).task_id for _ in range(count)]
+
+
+def watchers_here(base_url: str) -> list[task_watcher.AccountWatcher]:
+    """The watchers of ``base_url`` in the running event loop: not one an earlier loop left under the same key."""
+    loop = asyncio.get_running_loop()
+    return [w for w in task_watcher.watchers() if w.key[0] == base_url and w.loop is loop]
+
+
+async def leave_a_watcher(conn_id: str) -> None:
+    """Leave, in this (soon ended) event loop, a watcher of the connection's account that has had rounds."""
+    key = await DashScopeAsyncHook(dashscope_conn_id=conn_id).account_key()
+    task_watcher.watcher_for(key).rounds = 1
 
 
 async def run_all(triggers: list[DashScopeTaskTrigger]) -> list[TriggerEvent]:
@@ -112,20 +125,28 @@ def test_an_unknown_task_is_still_confirmed_while_others_of_the_account_end(
     assert len(reads) == 3  # believed only when it repeats, as before
 
 
-def test_a_cancelled_wait_unregisters_and_the_loop_stops(slow_emulator: Any, emoji_input: dict[str, Any]) -> None:
-    """A wait cleared or killed, or the triggerer stopping: the trigger's task is cancelled."""
+@pytest.mark.parametrize("left_over", [False, True], ids=["fresh", "after-an-earlier-loop"])
+def test_a_cancelled_wait_unregisters_and_the_loop_stops(
+    slow_emulator: Any, emoji_input: dict[str, Any], left_over: bool
+) -> None:
+    """A wait cleared or killed, or the triggerer stopping: the trigger's task is cancelled.
+
+    ``after-an-earlier-loop``: a watcher of the same (base URL, account) is left by an event loop that ended, as
+    an earlier test's emulator on the same port left one (a CI run failed so); a new one replaces it."""
     conn = conn_json(slow_emulator.base_url)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv(f"AIRFLOW_CONN_{CONN_ID.upper()}", conn)
         task_ids = submit(2, emoji_input)
+        if left_over:
+            asyncio.run(leave_a_watcher(CONN_ID))
 
         async def scenario() -> tuple[int, bool, int, bool]:
             jobs = [
                 asyncio.create_task(anext(DashScopeTaskTrigger(t, CONN_ID, poll_interval=0.05).run())) for t in task_ids
             ]
-            while not any(w.key[0] == slow_emulator.base_url and w.rounds for w in task_watcher.watchers()):
+            while not any(w.rounds for w in watchers_here(slow_emulator.base_url)):
                 await asyncio.sleep(0.05)
-            [watcher] = [w for w in task_watcher.watchers() if w.key[0] == slow_emulator.base_url]
+            [watcher] = watchers_here(slow_emulator.base_url)
             jobs[0].cancel()
             await asyncio.sleep(0.1)
             one_left = (watcher.watched, watcher.running)
@@ -158,7 +179,7 @@ def test_two_accounts_get_two_watchers(
         async def scenario() -> tuple[list[TriggerEvent], set[tuple[str, str]]]:
             waits = asyncio.gather(*(one(DashScopeTaskTrigger(t, c, poll_interval=0.05)) for c, t in tasks))
             await asyncio.sleep(0.2)
-            running = {w.key for w in task_watcher.watchers() if w.key[0] == server.base_url and w.running}
+            running = {w.key for w in watchers_here(server.base_url) if w.running}
             return await waits, running
 
         async def one(trigger: DashScopeTaskTrigger) -> TriggerEvent:
