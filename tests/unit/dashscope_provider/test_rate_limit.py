@@ -40,10 +40,10 @@ def test_many_pollers_share_one_rate_limit(dashscope_conn: str, emulator: Any) -
     assert elapsed >= 39 / 15 - 0.2  # paced at 15 per second
 
 
-def _most_in_one_second(times: list[float]) -> int:
-    """The most requests whose arrival times fall within any 1 s window."""
+def _most_in_one_second(times: list[float], window: float = 1.0) -> int:
+    """The most requests whose arrival times fall within any ``window`` (1 s unless given)."""
     times = sorted(times)
-    return max((sum(1 for t in times[i:] if t - start < 1.0) for i, start in enumerate(times)), default=0)
+    return max((sum(1 for t in times[i:] if t - start < window) for i, start in enumerate(times)), default=0)
 
 
 def test_two_connections_of_one_account_share_one_query_budget(
@@ -133,7 +133,11 @@ def test_callers_woken_late_do_not_catch_up_in_a_burst() -> None:
 
     asyncio.run(stall_then_run())
     assert len(starts) == 25
-    assert _most_in_one_second(starts) <= 10  # without the window: the 6 missed slots start together, 14-16
+    # A start is recorded just after the limiter admitted it: a busy machine can preempt the process in between,
+    # so two starts the limiter admitted 1 s apart may be recorded a little less apart (a loaded run of the unit
+    # suite saw 11 in 1 s). The window gives that lag 50 ms; without the limiter's window the 6 missed slots
+    # start together: 15-16 in it.
+    assert _most_in_one_second(starts, window=0.95) <= 10
 
 
 def test_sync_limiters_are_shared_per_base_url_account_and_model() -> None:
