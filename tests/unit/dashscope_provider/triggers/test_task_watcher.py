@@ -155,7 +155,7 @@ def test_a_cancelled_wait_unregisters_and_the_loop_stops(
             await asyncio.sleep(0.1)
             return (*one_left, watcher.watched, watcher.running)
 
-        assert asyncio.run(scenario()) == (1, True, 0, False)
+        assert asyncio.run(asyncio.wait_for(scenario(), 30)) == (1, True, 0, False)
     before = len([r for r in slow_emulator.request_log() if is_list(r)])
     time.sleep(1.0)
     assert len([r for r in slow_emulator.request_log() if is_list(r)]) == before  # nothing polls any more
