@@ -141,7 +141,8 @@ class EmulatorServer:
         self._http_thread: threading.Thread | None = None
         self._httpd: TrackingServer | None = None
         self._workdir: Path | None = None
-        # A given cache folder outlives the server (tests share renders across servers); else a temp one.
+        # A given cache folder, else $DASHSCOPE_EMULATOR_RENDER_CACHE's, outlives the server (tests share renders
+        # across servers); else a temporary one, which stop() deletes.
         cache_dir = cache_dir if cache_dir is not None else os.environ.get(RENDER_CACHE_ENV) or None
         self._cache_dir = Path(cache_dir) if cache_dir is not None else None
 
